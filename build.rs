@@ -1,0 +1,17 @@
+//! Compiles proto/im.proto with protox (pure Rust), so no system `protoc` is needed, and writes the
+//! encoded descriptor set for gRPC server reflection.
+use std::{env, fs, path::PathBuf};
+
+use prost::Message as _;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(["im.proto"], ["proto"])?;
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(out.join("im_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        // Undecodable frames become INVALID_ARGUMENT instead of prost's INTERNAL: see src/codec.rs.
+        .codec_path("crate::codec::ImCodec")
+        .compile_fds(fds)?;
+    Ok(())
+}

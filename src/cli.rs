@@ -1,0 +1,152 @@
+//! The CLI subcommands: thin wrappers over the library.
+use std::error::Error;
+
+use clap::Args;
+use tokio::io::AsyncBufReadExt as _;
+
+use tim::client::{self, Event, Options};
+use tim::proto::{self, gateway_client::GatewayClient};
+
+type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
+
+/// Who to log in as, and where.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Gateway address (any node).
+    #[arg(long, env = "TIM_GATEWAY", default_value = "127.0.0.1:50051")]
+    pub addr: String,
+    /// User id (dev login), or the JWT's subject.
+    #[arg(long, env = "TIM_USER")]
+    pub user: String,
+    #[arg(long, env = "TIM_DEVICE", default_value = "cli")]
+    pub device: String,
+    /// HS256 JWT, for nodes in `--login jwt` mode.
+    #[arg(long, env = "TIM_JWT", default_value = "", hide_env_values = true)]
+    pub jwt: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub login: LoginArgs,
+    /// Recipient user id.
+    #[arg(long)]
+    pub to: String,
+    /// Message body.
+    pub body: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub login: LoginArgs,
+    /// Resume after this seq (default: after the device's stored ack cursor).
+    #[arg(long, default_value_t = 0)]
+    pub resume_after: u64,
+}
+
+/// Binds the listener, then runs the node until SIGINT or SIGTERM.
+pub async fn serve(config: tim::Config) -> Result<()> {
+    config.validate()?;
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
+    tim::run(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+pub async fn send(args: SendArgs) -> Result<()> {
+    let opts = Options::default();
+    let l = &args.login;
+    let login = client::login(&l.addr, &l.user, &l.device, &l.jwt, &opts).await?;
+    let mut gw = GatewayClient::new(client::channel(&l.addr, &opts).await?);
+    let req = proto::SendRequest {
+        client_msg_id: tim::node::new_id(),
+        to: args.to,
+        body: args.body,
+    };
+    let ack = gw
+        .send(client::authorized(req, &login.token))
+        .await
+        .map_err(client::ClientError::from)?
+        .into_inner();
+    println!("seq={} msg_id={}", ack.seq, ack.msg_id);
+    Ok(())
+}
+
+pub async fn chat(args: ChatArgs) -> Result<()> {
+    let opts = Options::default();
+    let l = &args.login;
+    let login = client::login(&l.addr, &l.user, &l.device, &l.jwt, &opts).await?;
+    let mut session =
+        client::Session::connect(&login.endpoint, &login.token, args.resume_after, &opts).await?;
+    eprintln!(
+        "connected as {}/{} to {}; type `<to>: <text>`",
+        login.user_id, login.device, login.node_id
+    );
+    let sender = session.sender();
+    // Sends run one at a time, in the order typed; stdin EOF ends the loop after the last ack.
+    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::channel::<String>(64);
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if lines_tx.send(line).await.is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        tokio::select! {
+            line = lines_rx.recv() => match line {
+                Some(line) => send_line(&sender, &line).await,
+                None => return Ok(()),
+            },
+            event = session.next_event() => match event {
+                Some(Event::Message(m)) => {
+                    println!("{}: {}", m.from, m.body);
+                    sender.ack(m.seq).await?;
+                }
+                Some(Event::Kicked(reason)) => return Err(format!("kicked: {reason}").into()),
+                Some(Event::Drain(_)) => return Err("the node is shutting down".into()),
+                Some(Event::Closed(Some(status))) => {
+                    return Err(format!("stream closed: {}", status.message()).into());
+                }
+                Some(Event::Closed(None)) | None => return Err("stream closed".into()),
+            },
+        }
+    }
+}
+
+async fn send_line(sender: &client::Sender, line: &str) {
+    let line = line.trim();
+    if line.is_empty() {
+        return;
+    }
+    let Some((to, text)) = line.split_once(':') else {
+        eprintln!("type `<to>: <text>`");
+        return;
+    };
+    match sender.send(to.trim(), text.trim()).await {
+        Ok(ack) => eprintln!("(sent to {}, seq {})", to.trim(), ack.seq),
+        Err(e) => eprintln!("not sent: {e}"),
+    }
+}

@@ -1,0 +1,312 @@
+//! The client library: log in through a gateway, open the chat stream to the assigned node,
+//! send with acks, receive, and ack. The CLI, the benchmark and the tests all use it.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tim::client::ClientError> {
+//! use tim::client::{self, Event};
+//! let opts = client::Options::default();
+//! let login = client::login("127.0.0.1:50051", "bob", "phone", "", &opts).await?;
+//! let mut session = client::Session::connect(&login.endpoint, &login.token, 0, &opts).await?;
+//! let ack = session.sender().send("alice", "hi").await?;
+//! println!("stored as seq {} in alice's inbox", ack.seq);
+//! while let Some(Event::Message(m)) = session.next_event().await {
+//!     println!("{}: {}", m.from, m.body);
+//!     session.sender().ack(m.seq).await?;
+//! }
+//! # Ok(()) }
+//! ```
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status, Streaming};
+
+use crate::proto::{
+    self, ClientFrame, ServerFrame, chat_client::ChatClient, client_frame, gateway_client,
+    server_frame::Frame,
+};
+
+/// Transport settings for client connections.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// HTTP/2 PING interval (sent even while idle).
+    pub keepalive_interval: Duration,
+    /// A PING unanswered for this long closes the connection.
+    pub keepalive_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Server events buffered before the reader stops reading (back-pressure to the server).
+    pub event_buffer: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            keepalive_interval: Duration::from_secs(15),
+            keepalive_timeout: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(5),
+            event_buffer: 1024,
+        }
+    }
+}
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] Status),
+    /// The server refused one message (SendError); retry with the same id when retryable.
+    #[error("send rejected ({code:?}): {reason}")]
+    Rejected { code: Code, reason: String },
+    #[error("the session stream is closed")]
+    Closed,
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The gRPC code behind this error, if any.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Status(s) => Some(s.code()),
+            ClientError::Rejected { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// Opens a channel to `addr` (host:port or a URL) with the keepalive settings of `opts`.
+pub async fn channel(addr: &str, opts: &Options) -> Result<Channel, ClientError> {
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(Endpoint::from_shared(url)?
+        .connect_timeout(opts.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(opts.keepalive_interval)
+        .keep_alive_timeout(opts.keepalive_timeout)
+        .keep_alive_while_idle(true)
+        .connect()
+        .await?)
+}
+
+/// Logs in through the gateway at `addr`. `jwt` is only needed in `jwt` login mode.
+pub async fn login(
+    addr: &str,
+    user: &str,
+    device: &str,
+    jwt: &str,
+    opts: &Options,
+) -> Result<proto::LoginResponse, ClientError> {
+    let mut gw = gateway_client::GatewayClient::new(channel(addr, opts).await?);
+    let req = proto::LoginRequest {
+        user_id: user.to_string(),
+        device: device.to_string(),
+        jwt: jwt.to_string(),
+    };
+    Ok(gw.login(req).await?.into_inner())
+}
+
+/// Attaches `authorization: Bearer <token>` to a unary request.
+pub fn authorized<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Ok(v) = format!("Bearer {token}").parse() {
+        req.metadata_mut().insert("authorization", v);
+    }
+    req
+}
+
+/// What the server pushes on a session.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Message(proto::Message),
+    /// A newer session of this device took over; do not reconnect automatically.
+    Kicked(String),
+    /// The node is draining; reconnect (through any gateway) after this many ms.
+    Drain(u32),
+    /// The stream ended: cleanly (None) or with a status.
+    Closed(Option<Status>),
+}
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Result<proto::SendAck, ClientError>>>>>;
+
+/// Sends frames on a session; cheap to clone.
+#[derive(Clone)]
+pub struct Sender {
+    frames: mpsc::Sender<ClientFrame>,
+    pending: Pending,
+}
+
+impl Sender {
+    /// Sends `body` to `to` with a fresh client_msg_id; resolves once the server stored it.
+    pub async fn send(&self, to: &str, body: &str) -> Result<proto::SendAck, ClientError> {
+        self.send_with_id(&crate::node::new_id(), to, body).await
+    }
+
+    /// Sends with a given client_msg_id (reuse it to retry the same message).
+    pub async fn send_with_id(
+        &self,
+        client_msg_id: &str,
+        to: &str,
+        body: &str,
+    ) -> Result<proto::SendAck, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(client_msg_id.to_string(), tx);
+        let frame = client_frame::Frame::Send(proto::SendMessage {
+            client_msg_id: client_msg_id.to_string(),
+            to: to.to_string(),
+            body: body.to_string(),
+        });
+        if self.frame(frame).await.is_err() {
+            self.lock().remove(client_msg_id);
+            return Err(ClientError::Closed);
+        }
+        rx.await.unwrap_or(Err(ClientError::Closed))
+    }
+
+    /// Tells the server everything up to `up_to` is processed.
+    pub async fn ack(&self, up_to: u64) -> Result<(), ClientError> {
+        self.frame(client_frame::Frame::Ack(proto::Ack { up_to }))
+            .await
+    }
+
+    /// Sends a raw frame.
+    pub async fn frame(&self, frame: client_frame::Frame) -> Result<(), ClientError> {
+        let frame = ClientFrame { frame: Some(frame) };
+        self.frames
+            .send(frame)
+            .await
+            .map_err(|_| ClientError::Closed)
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        HashMap<String, oneshot::Sender<Result<proto::SendAck, ClientError>>>,
+    > {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One open chat stream.
+pub struct Session {
+    /// What the server said when the session started.
+    pub welcome: proto::Welcome,
+    sender: Sender,
+    events: mpsc::Receiver<Event>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Session {
+    /// Opens `Chat.Session` on `endpoint`, sends Hello, and waits for Welcome.
+    pub async fn connect(
+        endpoint: &str,
+        token: &str,
+        resume_after: u64,
+        opts: &Options,
+    ) -> Result<Session, ClientError> {
+        let mut chat =
+            ChatClient::new(channel(endpoint, opts).await?).max_decoding_message_size(usize::MAX);
+        let (frames, rx) = mpsc::channel(256);
+        let hello = proto::Hello {
+            token: token.to_string(),
+            device: String::new(),
+            resume_after,
+        };
+        let hello = ClientFrame {
+            frame: Some(client_frame::Frame::Hello(hello)),
+        };
+        frames.send(hello).await.map_err(|_| ClientError::Closed)?;
+        let mut inbound = chat.session(ReceiverStream::new(rx)).await?.into_inner();
+        let welcome = match inbound.message().await? {
+            Some(ServerFrame {
+                frame: Some(Frame::Welcome(w)),
+            }) => w,
+            Some(other) => {
+                return Err(ClientError::Protocol(format!(
+                    "expected Welcome, got {other:?}"
+                )));
+            }
+            None => return Err(ClientError::Closed),
+        };
+        let pending: Pending = Arc::default();
+        let (events_tx, events) = mpsc::channel(opts.event_buffer);
+        let reader = tokio::spawn(read(inbound, events_tx, pending.clone()));
+        Ok(Session {
+            welcome,
+            sender: Sender { frames, pending },
+            events,
+            reader,
+        })
+    }
+
+    /// A handle for sending and acking.
+    pub fn sender(&self) -> Sender {
+        self.sender.clone()
+    }
+
+    /// The next server event; `None` once the stream ended and every event was taken.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Reads server frames: acks resolve pending sends, everything else becomes an [`Event`].
+async fn read(mut inbound: Streaming<ServerFrame>, events: mpsc::Sender<Event>, pending: Pending) {
+    let resolve = |id: &str, r| {
+        let tx = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        if let Some(tx) = tx {
+            let _ = tx.send(r);
+        }
+    };
+    let end = loop {
+        let event = match inbound.message().await {
+            Ok(Some(ServerFrame { frame: Some(f) })) => match f {
+                Frame::SendAck(a) => {
+                    resolve(&a.client_msg_id.clone(), Ok(a));
+                    continue;
+                }
+                Frame::SendError(e) => {
+                    let err = ClientError::Rejected {
+                        code: Code::from(e.code),
+                        reason: e.reason,
+                    };
+                    resolve(&e.client_msg_id, Err(err));
+                    continue;
+                }
+                Frame::Message(m) => Event::Message(m),
+                Frame::Kicked(k) => Event::Kicked(k.reason),
+                Frame::Drain(d) => Event::Drain(d.reconnect_after_ms),
+                Frame::Welcome(_) => continue,
+            },
+            Ok(Some(ServerFrame { frame: None })) => continue,
+            Ok(None) => break Event::Closed(None),
+            Err(status) => break Event::Closed(Some(status)),
+        };
+        if events.send(event).await.is_err() {
+            break Event::Closed(None);
+        }
+    };
+    let waiting: Vec<_> = pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+        .collect();
+    for (_, tx) in waiting {
+        let _ = tx.send(Err(ClientError::Closed));
+    }
+    let _ = events.send(end).await;
+}

@@ -1,0 +1,204 @@
+//! One typed configuration for a node: flags, then `TIM_*` environment variables, then defaults.
+//! [`Config::validate`] runs before any port is bound; a bad value is an error message and a
+//! non-zero exit, never a panic.
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+
+use crate::auth::{LoginMode, TokenSigner};
+use crate::store::StoreOptions;
+
+/// How `Gateway.Login` authenticates users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LoginKind {
+    /// Any user id is accepted (development only).
+    Dev,
+    /// An HS256 JWT from the application's backend, `sub` = user id.
+    Jwt,
+}
+
+/// Everything `tim serve` can be told.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "TIM_ADDR", default_value = "127.0.0.1:50051")]
+    pub addr: SocketAddr,
+    /// host:port that clients use to reach this node (returned by Login); defaults to the bound
+    /// address.
+    #[arg(long, env = "TIM_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Unique id of this node; defaults to the advertised address.
+    #[arg(long, env = "TIM_NODE_ID")]
+    pub node_id: Option<String>,
+    /// How Login authenticates users.
+    #[arg(long, env = "TIM_LOGIN", value_enum, default_value = "dev")]
+    pub login: LoginKind,
+    /// Secret of the HS256 JWTs accepted in `--login jwt` mode.
+    #[arg(long, env = "TIM_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Secret that signs session tokens; every node of a cluster needs the same one.
+    /// Random when unset (tokens then die with the process).
+    #[arg(long, env = "TIM_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// Lifetime of a session token.
+    #[arg(long, env = "TIM_TOKEN_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub token_ttl: Duration,
+    /// Largest message body accepted, in bytes.
+    #[arg(long, env = "TIM_MAX_BODY", default_value_t = 64 * 1024)]
+    pub max_body: usize,
+    /// Frames queued towards one stream before the client counts as not reading.
+    #[arg(long, env = "TIM_OUTBOUND_QUEUE", default_value_t = 256)]
+    pub outbound_queue: usize,
+    /// How long a full outbound queue may stay full before the stream is ended with
+    /// RESOURCE_EXHAUSTED (its messages stay in the inbox).
+    #[arg(long, env = "TIM_SLOW_CLIENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub slow_client_timeout: Duration,
+    /// Sustained sends per second allowed on one stream (0 = unlimited).
+    #[arg(long, env = "TIM_SEND_RATE", default_value_t = 500)]
+    pub send_rate: u32,
+    /// Burst of sends allowed on one stream above the sustained rate.
+    #[arg(long, env = "TIM_SEND_BURST", default_value_t = 1000)]
+    pub send_burst: u32,
+    /// HTTP/2 keepalive PING interval towards clients.
+    #[arg(long, env = "TIM_KEEPALIVE_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
+    /// A connection whose PING is not answered within this is closed and its streams cleaned up.
+    #[arg(long, env = "TIM_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+    /// How long a new stream may take to send Hello.
+    #[arg(long, env = "TIM_HELLO_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub hello_timeout: Duration,
+    /// On SIGTERM/SIGINT: how long to wait for streams and calls to finish after Drain.
+    #[arg(long, env = "TIM_DRAIN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub drain_grace: Duration,
+    /// Messages older than this are dropped from inboxes even if unacked.
+    #[arg(long, env = "TIM_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub retention: Duration,
+    /// How long a (sender, client_msg_id) pair is remembered, so retries are not stored twice.
+    #[arg(long, env = "TIM_DEDUP_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub dedup_ttl: Duration,
+}
+
+/// A configuration error: what is wrong, in words for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+#[derive(Parser)]
+struct Defaults {
+    #[command(flatten)]
+    config: Config,
+}
+
+impl Default for Config {
+    /// The defaults of `tim serve` with no flags (environment variables still apply).
+    fn default() -> Self {
+        Defaults::parse_from(["tim"]).config
+    }
+}
+
+impl Config {
+    /// Checks every value; called before any port is bound.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |m: &str| Err(ConfigError(m.to_string()));
+        if self.login == LoginKind::Jwt && self.jwt_secret.as_deref().unwrap_or("").is_empty() {
+            return fail("--login jwt needs --jwt-secret (TIM_JWT_SECRET)");
+        }
+        if self.token_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return fail("--token-secret must be at least 16 bytes");
+        }
+        if self.max_body == 0 || self.max_body > 4 * 1024 * 1024 - 1024 {
+            return fail("--max-body must be between 1 byte and 4 MiB - 1 KiB");
+        }
+        if self.outbound_queue < 8 {
+            return fail("--outbound-queue must be at least 8");
+        }
+        if self.keepalive_interval.is_zero() || self.keepalive_timeout.is_zero() {
+            return fail("--keepalive-interval and --keepalive-timeout must be positive");
+        }
+        if self.hello_timeout.is_zero() || self.slow_client_timeout.is_zero() {
+            return fail("--hello-timeout and --slow-client-timeout must be positive");
+        }
+        if self.token_ttl < Duration::from_secs(60) {
+            return fail("--token-ttl must be at least 60s");
+        }
+        if let Some(id) = &self.node_id
+            && (id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return fail("--node-id must be non-empty, without whitespace");
+        }
+        Ok(())
+    }
+
+    /// The login mode this config selects.
+    pub fn login_mode(&self) -> LoginMode {
+        match self.login {
+            LoginKind::Dev => LoginMode::Dev,
+            LoginKind::Jwt => LoginMode::Jwt {
+                secret: self.jwt_secret.clone().unwrap_or_default().into_bytes(),
+            },
+        }
+    }
+
+    /// The token signer: from `--token-secret`, or random.
+    pub fn signer(&self) -> TokenSigner {
+        match &self.token_secret {
+            Some(s) => TokenSigner::new(s.as_bytes().to_vec()),
+            None => TokenSigner::random(),
+        }
+    }
+
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            retention: self.retention,
+            dedup_ttl: self.dedup_ttl,
+        }
+    }
+}
+
+/// Parses `250ms`, `15s`, `5m`, `24h`, `7d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 15s or 250ms"))?;
+    let secs = |k: u64| Duration::from_secs(n.saturating_mul(k));
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(secs(1)),
+        "m" => Ok(secs(60)),
+        "h" => Ok(secs(3600)),
+        "d" => Ok(secs(86400)),
+        _ => Err(format!(
+            "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn defaults_validate_and_jwt_needs_secret() {
+        let mut c = Config::default();
+        assert_eq!(c.addr.port(), 50051);
+        c.validate().unwrap();
+        c.login = LoginKind::Jwt;
+        assert!(c.validate().is_err());
+        c.jwt_secret = Some("s".into());
+        c.validate().unwrap();
+    }
+}

@@ -1,0 +1,167 @@
+//! The gRPC server of one node: Gateway, Chat and Relay, plus gRPC health and reflection, and
+//! the ordered shutdown (NOT_SERVING, Drain every stream, bounded grace).
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_util::StreamExt as _;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tracing::{info, warn};
+
+use crate::config::{Config, ConfigError};
+use crate::discovery::{Discovery, NodeInfo, StaticDiscovery};
+use crate::lb::{Balancer, RoundRobin};
+use crate::node::Node;
+use crate::proto::{
+    FILE_DESCRIPTOR_SET, chat_server::ChatServer, gateway_server::GatewayServer,
+    relay_server::RelayServer,
+};
+use crate::store::MemoryStore;
+use crate::stream::Registry;
+
+pub mod chat;
+pub mod gateway;
+pub mod relay;
+
+/// Room for a frame's fields beside its body, for the transport's message size limit.
+const FRAME_OVERHEAD: usize = 16 * 1024;
+/// Live messages queued per session before it falls back to reading its inbox.
+const FEED_CAPACITY: usize = 1024;
+
+/// Why a node could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Runs a node on `listener` until `shutdown` resolves, then drains it and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    config.validate()?;
+    let local = listener.local_addr()?;
+    let endpoint = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| local.to_string());
+    let id = config.node_id.clone().unwrap_or_else(|| endpoint.clone());
+    let store = Arc::new(MemoryStore::new(config.store_options()));
+    let node = Arc::new(Node {
+        id: id.clone(),
+        endpoint: endpoint.clone(),
+        signer: config.signer(),
+        login: config.login_mode(),
+        inbox: store.clone(),
+        routes: store,
+        registry: Registry::new(FEED_CAPACITY),
+        balancer: Balancer::new(Box::new(RoundRobin::default())),
+        config,
+    });
+    if node.config.token_secret.is_none() {
+        warn!("no --token-secret: tokens are signed with a random key and die with this process");
+    }
+
+    let discovery = StaticDiscovery::new(vec![NodeInfo {
+        id: id.clone(),
+        endpoint,
+    }]);
+    let mut updates = discovery.updates();
+    let balancer_node = node.clone();
+    let discovery_task = tokio::spawn(async move {
+        while let Some(update) = updates.next().await {
+            balancer_node.balancer.apply(update);
+        }
+    });
+    // The static set is known at once; make sure Login can use it before serving.
+    while node.balancer.nodes().is_empty() {
+        tokio::task::yield_now().await;
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<GatewayServer<gateway::GatewayService>>()
+        .await;
+    health.set_serving::<ChatServer<chat::ChatService>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let max_frame = node.config.max_body + FRAME_OVERHEAD;
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(node.config.keepalive_interval));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
+        .http2_keepalive_interval(Some(node.config.keepalive_interval))
+        .http2_keepalive_timeout(Some(node.config.keepalive_timeout))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            GatewayServer::new(gateway::GatewayService::new(node.clone()))
+                .max_decoding_message_size(max_frame),
+        )
+        .add_service(
+            ChatServer::new(chat::ChatService::new(node.clone()))
+                .max_decoding_message_size(max_frame),
+        )
+        .add_service(RelayServer::new(relay::RelayService::new(node.clone())))
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(server);
+    info!(node = %node.id, addr = %local, "serving");
+
+    tokio::select! {
+        result = &mut server => {
+            discovery_task.abort();
+            return result.map_err(Into::into);
+        }
+        () = shutdown => {}
+    }
+
+    info!(
+        sessions = node.registry.len(),
+        "shutting down: draining streams"
+    );
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_not_serving::<GatewayServer<gateway::GatewayService>>()
+        .await;
+    health
+        .set_not_serving::<ChatServer<chat::ChatService>>()
+        .await;
+    node.registry.drain_all(|| rand::random_range(0..1000));
+    let _ = stop_tx.send(());
+    let grace = node.config.drain_grace;
+    let result = match tokio::time::timeout(grace, &mut server).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => {
+            warn!(
+                ?grace,
+                "drain grace expired; closing the remaining connections"
+            );
+            Ok(())
+        }
+    };
+    discovery_task.abort();
+    result
+}

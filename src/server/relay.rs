@@ -1,0 +1,70 @@
+//! Relay: node-to-node calls. Only callers with a node token (signed with the cluster's token
+//! secret) are accepted.
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::auth::TokenKind;
+use crate::node::Node;
+use crate::proto::{self, relay_server::Relay};
+use crate::store::StoredMessage;
+
+pub struct RelayService {
+    node: Arc<Node>,
+}
+
+impl RelayService {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        self.node
+            .signer
+            .verify_metadata(req.metadata(), TokenKind::Node)?;
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Relay for RelayService {
+    async fn deliver(
+        &self,
+        req: Request<proto::DeliverRequest>,
+    ) -> Result<Response<proto::DeliverResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let messages: Vec<StoredMessage> = r
+            .messages
+            .into_iter()
+            .map(|m| StoredMessage {
+                seq: m.seq,
+                msg_id: m.msg_id,
+                from: m.from,
+                to: m.to,
+                body: m.body,
+                sent_at: m.sent_at,
+            })
+            .collect();
+        let sessions = self.node.registry.deliver(&r.user_id, &messages);
+        Ok(Response::new(proto::DeliverResponse {
+            sessions: sessions as u32,
+        }))
+    }
+
+    async fn kick(
+        &self,
+        req: Request<proto::KickRequest>,
+    ) -> Result<Response<proto::KickResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let session = (!r.session_id.is_empty()).then_some(r.session_id.as_str());
+        let kicked = self.node.registry.kick(
+            &r.user_id,
+            &r.device,
+            session,
+            "signed in again on the same device",
+        );
+        Ok(Response::new(proto::KickResponse { kicked }))
+    }
+}

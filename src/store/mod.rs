@@ -1,0 +1,127 @@
+//! Where messages and routes live: the [`Inbox`] and [`RouteStore`] traits and their backends.
+//!
+//! - `memory`: the embedded default; one process, nothing survives a restart.
+//!
+//! Every user has an inbox whose messages carry a seq contiguous from 1. Appending deduplicates on
+//! (recipient, sender, client_msg_id), assigns the seq, stores the message and reads the
+//! recipient's routes in one atomic step, so the sender can be acked and the message pushed with
+//! a single store round trip.
+use async_trait::async_trait;
+
+pub mod memory;
+
+pub use memory::MemoryStore;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached or timed out; nothing was written. Retryable.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The backend answered something we do not understand.
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+/// A message to append to `to`'s inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub from: String,
+    pub to: String,
+    /// The sender's idempotency key.
+    pub client_msg_id: String,
+    pub body: String,
+    /// Globally unique id given by the accepting node; kept by the first successful append.
+    pub msg_id: String,
+    /// Unix epoch ms at which the accepting node took the message.
+    pub sent_at: i64,
+}
+
+/// A message in an inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub seq: u64,
+    pub msg_id: String,
+    pub from: String,
+    pub to: String,
+    pub body: String,
+    pub sent_at: i64,
+}
+
+/// Where one device's stream is held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub node_id: String,
+    pub session_id: String,
+}
+
+/// The result of [`Inbox::append`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The message as stored (for a duplicate: the first copy's seq, msg_id and sent_at).
+    pub message: StoredMessage,
+    /// True when (to, from, client_msg_id) was already stored: nothing new was written.
+    pub duplicate: bool,
+    /// The recipient's routes (device, route) at the time of the append.
+    pub routes: Vec<(String, Route)>,
+}
+
+/// Per-user durable message queues with per-device ack cursors.
+#[async_trait]
+pub trait Inbox: Send + Sync + 'static {
+    /// Dedup + next seq + append + route read, atomically.
+    async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError>;
+
+    /// Up to `limit` messages of `user` with seq > `after`, in seq order. Messages trimmed by
+    /// acks or retention are skipped.
+    async fn read(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// The highest seq ever assigned in `user`'s inbox (0 if none).
+    async fn last_seq(&self, user: &str) -> Result<u64, StoreError>;
+
+    /// Moves `device`'s cursor to `max(cursor, min(up_to, last_seq))` and returns it. Also
+    /// registers a device that has none, so trimming waits for it. Messages at or below every
+    /// device's cursor may be trimmed.
+    async fn ack(&self, user: &str, device: &str, up_to: u64) -> Result<u64, StoreError>;
+}
+
+/// Which node holds each device stream of a user.
+#[async_trait]
+pub trait RouteStore: Send + Sync + 'static {
+    /// Records that `device` of `user` is connected through `route` (replacing any older one).
+    async fn put(&self, user: &str, device: &str, route: &Route) -> Result<(), StoreError>;
+
+    /// Removes the route of `device` only if it still belongs to `session_id`.
+    async fn remove_if(
+        &self,
+        user: &str,
+        device: &str,
+        session_id: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// All routes of `user` as (device, route).
+    async fn get(&self, user: &str) -> Result<Vec<(String, Route)>, StoreError>;
+}
+
+/// Limits every backend applies.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Messages older than this are trimmed even if some device never acked them.
+    pub retention: std::time::Duration,
+    /// How long a (sender, client_msg_id) is remembered for deduplication.
+    pub dedup_ttl: std::time::Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            retention: std::time::Duration::from_secs(7 * 24 * 3600),
+            dedup_ttl: std::time::Duration::from_secs(24 * 3600),
+        }
+    }
+}

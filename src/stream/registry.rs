@@ -1,0 +1,189 @@
+//! The one owner of this node's live device sessions.
+//!
+//! Handlers never reach into the map: they register a session (which takes over from an older
+//! session of the same user and device), hand it messages, kick or drain it, and remove it when
+//! its stream ends.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::store::StoredMessage;
+
+/// Why the node ends a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// A newer session of the same user and device took over.
+    Kicked(String),
+    /// The node is shutting down; reconnect after this many ms.
+    Drain(u32),
+}
+
+/// Set when a message could not be queued for a session: the session reads its inbox instead.
+#[derive(Debug, Default)]
+pub struct Lag {
+    lagged: AtomicBool,
+    notify: Notify,
+}
+
+impl Lag {
+    fn mark(&self) {
+        self.lagged.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Waits until the session missed a message; clears the mark.
+    pub async fn wait(&self) {
+        loop {
+            if self.lagged.swap(false, Ordering::AcqRel) {
+                return;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// What a session task receives from the registry.
+#[derive(Debug)]
+pub struct Feed {
+    /// Live messages for this user, in the order they were stored on this node's path.
+    pub messages: mpsc::Receiver<StoredMessage>,
+    pub lag: Arc<Lag>,
+    pub stop: watch::Receiver<Option<Stop>>,
+}
+
+#[derive(Debug)]
+struct Handle {
+    session_id: String,
+    messages: mpsc::Sender<StoredMessage>,
+    lag: Arc<Lag>,
+    stop: watch::Sender<Option<Stop>>,
+}
+
+impl Handle {
+    fn push(&self, msg: &StoredMessage) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.messages.try_send(msg.clone()) {
+            self.lag.mark();
+        }
+    }
+}
+
+/// Live sessions on this node: user → device → session.
+#[derive(Debug)]
+pub struct Registry {
+    users: Mutex<HashMap<String, HashMap<String, Handle>>>,
+    feed_capacity: usize,
+}
+
+impl Registry {
+    /// `feed_capacity` bounds the live messages queued per session before it falls back to
+    /// reading its inbox.
+    pub fn new(feed_capacity: usize) -> Self {
+        Self {
+            users: Mutex::new(HashMap::new()),
+            feed_capacity,
+        }
+    }
+
+    fn users(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, Handle>>> {
+        self.users.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a session; an older local session of the same user and device is kicked.
+    pub fn register(&self, user: &str, device: &str, session_id: &str) -> Feed {
+        let (tx, rx) = mpsc::channel(self.feed_capacity);
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let lag = Arc::new(Lag::default());
+        let handle = Handle {
+            session_id: session_id.to_string(),
+            messages: tx,
+            lag: lag.clone(),
+            stop: stop_tx,
+        };
+        let old = self
+            .users()
+            .entry(user.to_string())
+            .or_default()
+            .insert(device.to_string(), handle);
+        if let Some(old) = old {
+            old.stop.send_replace(Some(Stop::Kicked(
+                "signed in again on the same device".into(),
+            )));
+        }
+        Feed {
+            messages: rx,
+            lag,
+            stop: stop_rx,
+        }
+    }
+
+    /// Removes a session if it is still the registered one for its device.
+    pub fn remove(&self, user: &str, device: &str, session_id: &str) {
+        let mut users = self.users();
+        if let Some(devices) = users.get_mut(user) {
+            if devices
+                .get(device)
+                .is_some_and(|h| h.session_id == session_id)
+            {
+                devices.remove(device);
+            }
+            if devices.is_empty() {
+                users.remove(user);
+            }
+        }
+    }
+
+    /// Hands messages to every local session of `user`; returns how many sessions got them.
+    pub fn deliver(&self, user: &str, messages: &[StoredMessage]) -> usize {
+        let users = self.users();
+        let Some(devices) = users.get(user) else {
+            return 0;
+        };
+        for handle in devices.values() {
+            for m in messages {
+                handle.push(m);
+            }
+        }
+        devices.len()
+    }
+
+    /// Ends the session of `user`'s `device` (only `session_id`'s, when given).
+    pub fn kick(&self, user: &str, device: &str, session_id: Option<&str>, reason: &str) -> bool {
+        let users = self.users();
+        let Some(h) = users.get(user).and_then(|d| d.get(device)) else {
+            return false;
+        };
+        if session_id.is_some_and(|s| s != h.session_id) {
+            return false;
+        }
+        h.stop.send_replace(Some(Stop::Kicked(reason.to_string())));
+        true
+    }
+
+    /// Tells every session to drain: each sends `Drain` and ends.
+    pub fn drain_all(&self, reconnect_after_ms: impl Fn() -> u32) {
+        for devices in self.users().values() {
+            for h in devices.values() {
+                h.stop.send_replace(Some(Stop::Drain(reconnect_after_ms())));
+            }
+        }
+    }
+
+    /// Devices of `user` with a session on this node.
+    pub fn devices(&self, user: &str) -> Vec<String> {
+        self.users()
+            .get(user)
+            .map(|d| d.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Number of live sessions on this node.
+    pub fn len(&self) -> usize {
+        self.users().values().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
