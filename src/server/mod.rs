@@ -25,8 +25,10 @@ pub mod chat;
 pub mod gateway;
 pub mod relay;
 
-/// Room for a frame's fields beside its body, for the transport's message size limit.
-const FRAME_OVERHEAD: usize = 16 * 1024;
+/// Frames up to this size reach validation, so an oversize body is refused with a clear
+/// INVALID_ARGUMENT naming the limit; only larger frames are cut off by the transport
+/// (OUT_OF_RANGE). Same as tonic's default.
+const MAX_FRAME: usize = 4 * 1024 * 1024;
 /// Live messages queued per session before it falls back to reading its inbox.
 const FEED_CAPACITY: usize = 1024;
 
@@ -102,7 +104,7 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let max_frame = node.config.max_body + FRAME_OVERHEAD;
+    let max_frame = MAX_FRAME.max(node.config.max_body + 1024);
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(node.config.keepalive_interval));

@@ -1,0 +1,425 @@
+//! Bad input gets a clear gRPC status and stores nothing.
+mod common;
+
+use std::time::Duration;
+
+use bytes::BufMut as _;
+use common::{SECRET, TestNode, config, next_message};
+use tim::auth::{Claims, TokenKind, TokenSigner};
+use tim::client::{self, ClientError, Options};
+use tim::proto::{self, ClientFrame, ServerFrame, chat_client::ChatClient, client_frame};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::{Codec, EncodeBuf, Encoder};
+use tonic::{Code, Status, Streaming};
+
+fn hello(token: &str, resume_after: u64) -> client_frame::Frame {
+    client_frame::Frame::Hello(proto::Hello {
+        token: token.into(),
+        device: String::new(),
+        resume_after,
+    })
+}
+
+fn send(id: &str, to: &str, body: &str) -> client_frame::Frame {
+    client_frame::Frame::Send(proto::SendMessage {
+        client_msg_id: id.into(),
+        to: to.into(),
+        body: body.into(),
+    })
+}
+
+/// A raw session: frames in, server frames (or the final status) out.
+struct Raw {
+    tx: mpsc::Sender<ClientFrame>,
+    rx: Streaming<ServerFrame>,
+}
+
+impl Raw {
+    async fn open(node: &TestNode, first: client_frame::Frame) -> Raw {
+        let ch = client::channel(&node.endpoint(), &Options::default())
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(ClientFrame { frame: Some(first) }).await.unwrap();
+        let rx = ChatClient::new(ch)
+            .session(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Raw { tx, rx }
+    }
+
+    /// Sends a frame; the server may already have ended the stream.
+    async fn send(&self, f: client_frame::Frame) {
+        let _ = self.tx.send(ClientFrame { frame: Some(f) }).await;
+    }
+
+    async fn frame(&mut self) -> Result<Option<ServerFrame>, Status> {
+        tokio::time::timeout(common::WAIT, self.rx.message())
+            .await
+            .expect("server answered")
+    }
+
+    /// Reads frames until the stream ends with an error status, and returns it.
+    async fn status(&mut self) -> Status {
+        loop {
+            match self.frame().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("stream ended without an error status"),
+                Err(s) => return s,
+            }
+        }
+    }
+
+    async fn welcome(&mut self) -> proto::Welcome {
+        match self.frame().await.unwrap().and_then(|f| f.frame) {
+            Some(proto::server_frame::Frame::Welcome(w)) => w,
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+}
+
+/// How many messages `user`'s inbox has ever stored.
+async fn stored(node: &TestNode, user: &str) -> u64 {
+    node.connect(user, "inspector", 0).await.welcome.last_seq
+}
+
+#[tokio::test]
+async fn oversize_or_empty_fields_are_invalid_argument_and_store_nothing() {
+    let node = TestNode::start().await;
+    let alice = node.connect("alice", "phone", 0).await;
+    let big = "x".repeat(64 * 1024 + 1);
+    let cases: [(&str, &str, &str); 6] = [
+        ("c1", "bob", big.as_str()),
+        ("c2", "", "hi"),
+        ("c3", "bob", ""),
+        ("c4", "b o b", "hi"),
+        ("", "bob", "hi"),
+        ("c6", "{bob}", "hi"),
+    ];
+    for (id, to, body) in cases {
+        let err = alice.sender().send_with_id(id, to, body).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(Code::InvalidArgument),
+            "stream send {id:?} {to:?}: {err}"
+        );
+        let err = node.send_unary("alice", id, to, body).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "unary send {id:?} {to:?}: {err:?}"
+        );
+    }
+    // A 200 KiB body is refused by validation too, naming the limit.
+    let err = node
+        .send_unary("alice", "c7", "bob", &"y".repeat(200 * 1024))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("65536"), "{}", err.message());
+    // The stream stayed usable, and only the good message was stored.
+    let ack = alice.sender().send("bob", "fine").await.unwrap();
+    assert_eq!(ack.seq, 1);
+    assert_eq!(stored(&node, "bob").await, 1);
+}
+
+#[tokio::test]
+async fn bad_tokens_are_unauthenticated() {
+    let node = TestNode::start().await;
+    let signer = TokenSigner::new(SECRET.as_bytes().to_vec());
+    let expired = signer.sign(&Claims {
+        sub: "alice".into(),
+        dev: "phone".into(),
+        exp: 1_000_000,
+        kind: TokenKind::Session,
+    });
+    let (foreign, _) = TokenSigner::new(b"some-other-secret-123".to_vec()).issue(
+        TokenKind::Session,
+        "alice",
+        "phone",
+        Duration::from_secs(60),
+    );
+    let (node_token, _) = signer.issue(TokenKind::Node, "node-1", "", Duration::from_secs(60));
+    for token in [
+        "",
+        "garbage",
+        "v1.e30.AAAA",
+        expired.as_str(),
+        foreign.as_str(),
+        node_token.as_str(),
+    ] {
+        let mut raw = Raw::open(&node, hello(token, 0)).await;
+        raw.send(send("c1", "bob", "sneaky")).await;
+        assert_eq!(
+            raw.status().await.code(),
+            Code::Unauthenticated,
+            "hello with {token:?}"
+        );
+
+        let req = proto::SendRequest {
+            client_msg_id: "c1".into(),
+            to: "bob".into(),
+            body: "x".into(),
+        };
+        let err = node
+            .gateway()
+            .await
+            .send(client::authorized(req, token))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::Unauthenticated,
+            "unary send with {token:?}"
+        );
+    }
+    let req = proto::SendRequest {
+        client_msg_id: "c1".into(),
+        to: "bob".into(),
+        body: "x".into(),
+    };
+    let err = node.gateway().await.send(req).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unauthenticated,
+        "unary send without a token"
+    );
+    let err = node
+        .gateway()
+        .await
+        .presence(proto::PresenceRequest {
+            user_id: "bob".into(),
+        })
+        .await;
+    assert_eq!(err.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(stored(&node, "bob").await, 0);
+}
+
+#[tokio::test]
+async fn hello_device_must_match_the_token() {
+    let node = TestNode::start().await;
+    let token = node.login("bob", "phone").await.token;
+    let f = client_frame::Frame::Hello(proto::Hello {
+        token,
+        device: "laptop".into(),
+        resume_after: 0,
+    });
+    let mut raw = Raw::open(&node, f).await;
+    assert_eq!(raw.status().await.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn frames_out_of_order_are_failed_precondition() {
+    let node = TestNode::start().await;
+    let token = node.login("alice", "phone").await.token;
+
+    let mut raw = Raw::open(&node, send("c1", "bob", "before hello")).await;
+    assert_eq!(raw.status().await.code(), Code::FailedPrecondition);
+
+    let mut raw = Raw::open(&node, client_frame::Frame::Ack(proto::Ack { up_to: 1 })).await;
+    assert_eq!(raw.status().await.code(), Code::FailedPrecondition);
+
+    let mut raw = Raw::open(&node, hello(&token, 0)).await;
+    raw.welcome().await;
+    raw.send(hello(&token, 0)).await;
+    raw.send(send("c2", "bob", "after second hello")).await;
+    assert_eq!(raw.status().await.code(), Code::FailedPrecondition);
+
+    assert_eq!(stored(&node, "bob").await, 0);
+}
+
+#[tokio::test]
+async fn empty_frames_and_acks_beyond_delivery_are_invalid_argument() {
+    let node = TestNode::start().await;
+    let token = node.login("alice", "phone").await.token;
+    let mut raw = Raw::open(&node, hello(&token, 0)).await;
+    raw.welcome().await;
+    raw.tx.send(ClientFrame { frame: None }).await.unwrap();
+    assert_eq!(raw.status().await.code(), Code::InvalidArgument);
+
+    node.send_unary("bob", "b1", "alice", "one").await.unwrap();
+    let mut raw = Raw::open(&node, hello(&token, 0)).await;
+    raw.welcome().await;
+    raw.send(client_frame::Frame::Ack(proto::Ack { up_to: 5 }))
+        .await;
+    let status = raw.status().await;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    // The bogus ack moved nothing: the message is still delivered.
+    let mut alice = node.connect("alice", "phone", 0).await;
+    assert_eq!(next_message(&mut alice).await.body, "one");
+}
+
+#[tokio::test]
+async fn a_silent_stream_is_ended_by_the_hello_timeout() {
+    let node = TestNode::with(|c| c.hello_timeout = Duration::from_millis(200)).await;
+    let ch = client::channel(&node.endpoint(), &Options::default())
+        .await
+        .unwrap();
+    let (_tx, rx) = mpsc::channel::<ClientFrame>(1);
+    let mut s = ChatClient::new(ch)
+        .session(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = tokio::time::timeout(common::WAIT, s.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+}
+
+#[tokio::test]
+async fn a_flood_is_rate_limited_and_loses_nothing_acked() {
+    let node = TestNode::with(|c| {
+        c.send_rate = 20;
+        c.send_burst = 5;
+    })
+    .await;
+    let alice = node.connect("alice", "phone", 0).await;
+    let mut acked = Vec::new();
+    let mut limited = 0;
+    for i in 0..40 {
+        match alice.sender().send("bob", &format!("m{i}")).await {
+            Ok(ack) => acked.push((ack.seq, format!("m{i}"))),
+            Err(ClientError::Rejected {
+                code: Code::ResourceExhausted,
+                reason,
+            }) => {
+                assert!(reason.contains("rate limit"), "{reason}");
+                limited += 1;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(
+        limited > 0,
+        "a flood of 40 sends must hit a 5-message burst"
+    );
+    // The allowance refills: a retry later succeeds.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ack = alice.sender().send("bob", "later").await.unwrap();
+    acked.push((ack.seq, "later".into()));
+    // bob has exactly the acked messages, in order.
+    let mut bob = node.connect("bob", "phone", 0).await;
+    assert_eq!(bob.welcome.last_seq, acked.len() as u64);
+    assert_eq!(common::take(&mut bob, acked.len()).await, acked);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_and_its_messages_kept() {
+    let node = TestNode::with(|c| {
+        c.outbound_queue = 8;
+        c.slow_client_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let token = node.login("bob", "phone").await.token;
+    let mut raw = Raw::open(&node, hello(&token, 0)).await;
+    raw.welcome().await;
+    // ~6 MiB: more than HTTP/2 flow control lets through to a client that does not read.
+    let body = "z".repeat(60 * 1024);
+    for i in 0..100 {
+        node.send_unary("alice", &format!("c{i}"), "bob", &body)
+            .await
+            .unwrap();
+    }
+    // bob is cut off: his route goes away while he is not reading.
+    common::eventually(|| async { node.presence("bob").await.is_empty().then_some(()) }).await;
+    let status = raw.status().await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    // Nothing was acked, so everything is still there.
+    let mut bob = node.connect("bob", "phone", 0).await;
+    let got = common::take(&mut bob, 100).await;
+    assert_eq!(
+        got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        (1..=100).collect::<Vec<_>>()
+    );
+}
+
+/// Sends already-encoded bytes as the request message.
+#[derive(Default)]
+struct RawCodec<D>(std::marker::PhantomData<D>);
+struct RawEncoder;
+impl Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+impl<D: prost::Message + Default + Send + 'static> Codec for RawCodec<D> {
+    type Encode = Vec<u8>;
+    type Decode = D;
+    type Encoder = RawEncoder;
+    type Decoder = tim::codec::ImDecoder<D>;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        tim::codec::ImCodec::<Vec<u8>, D>::default().decoder()
+    }
+}
+
+#[tokio::test]
+async fn malformed_requests_are_invalid_argument() {
+    use prost::Message as _;
+    let node = TestNode::start().await;
+    let ch = client::channel(&node.endpoint(), &Options::default())
+        .await
+        .unwrap();
+    let token = node.login("alice", "phone").await.token;
+    let garbage: [&[u8]; 2] = [
+        &[0x0a, 0xff, 0xff, 0xff], // field 1, impossible length
+        &[0x12, 0x02, 0xff, 0xfe], // field 2 (`to`) that is not UTF-8
+    ];
+    for bytes in garbage {
+        let mut grpc = tonic::client::Grpc::new(ch.clone());
+        grpc.ready().await.unwrap();
+        let req = client::authorized(bytes.to_vec(), &token);
+        let path = http::uri::PathAndQuery::from_static("/im.v1.Gateway/Send");
+        let err = grpc
+            .unary::<_, proto::SendResponse, _>(req, path, RawCodec::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    }
+    // On the stream: a good Hello, then garbage.
+    let hello = ClientFrame {
+        frame: Some(hello(&token, 0)),
+    }
+    .encode_to_vec();
+    let frames = tokio_stream::iter(vec![hello, garbage[0].to_vec()]);
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/im.v1.Chat/Session");
+    let mut stream = grpc
+        .streaming::<_, _, ServerFrame, _>(tonic::Request::new(frames), path, RawCodec::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let status = loop {
+        match tokio::time::timeout(common::WAIT, stream.message())
+            .await
+            .unwrap()
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("stream ended cleanly"),
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(stored(&node, "bob").await, 0);
+}
+
+#[tokio::test]
+async fn invalid_configuration_is_refused_before_serving() {
+    let mut c = config();
+    c.outbound_queue = 0;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = tim::run(listener, c, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("outbound-queue"), "{err}");
+}

@@ -1,0 +1,224 @@
+//! Chat behaviour of one node: delivery, ordering, offline inbox, ack and resume, idempotent
+//! sends, device takeover and fan-out to devices.
+mod common;
+
+use std::time::Duration;
+
+use common::{TestNode, assert_quiet, expected, next_event, next_message, take};
+use tim::client::Event;
+
+#[tokio::test]
+async fn alice_and_bob_chat_both_ways() {
+    let node = TestNode::start().await;
+    let mut alice = node.connect("alice", "phone", 0).await;
+    let mut bob = node.connect("bob", "phone", 0).await;
+
+    let ack = alice.sender().send("bob", "hi bob").await.unwrap();
+    assert_eq!(ack.seq, 1);
+    let m = next_message(&mut bob).await;
+    assert_eq!(
+        (m.seq, m.from.as_str(), m.to.as_str(), m.body.as_str()),
+        (1, "alice", "bob", "hi bob")
+    );
+    assert_eq!(m.msg_id, ack.msg_id);
+    assert!(m.sent_at > 0);
+
+    let ack = bob.sender().send("alice", "hi alice").await.unwrap();
+    assert_eq!(ack.seq, 1, "each recipient has its own seq");
+    let m = next_message(&mut alice).await;
+    assert_eq!(
+        (m.seq, m.from.as_str(), m.body.as_str()),
+        (1, "bob", "hi alice")
+    );
+}
+
+#[tokio::test]
+async fn offline_messages_wait_and_arrive_in_order() {
+    let node = TestNode::start().await;
+    let alice = node.connect("alice", "phone", 0).await;
+    for i in 1..=20 {
+        let ack = alice.sender().send("bob", &format!("m{i}")).await.unwrap();
+        assert_eq!(ack.seq, i);
+    }
+    let mut bob = node.connect("bob", "phone", 0).await;
+    assert_eq!(bob.welcome.last_seq, 20);
+    assert_eq!(take(&mut bob, 20).await, expected("m", 1, 20));
+    // Live messages continue the sequence without a gap.
+    alice.sender().send("bob", "m21").await.unwrap();
+    assert_eq!(take(&mut bob, 1).await, expected("m", 21, 21));
+    assert_quiet(&mut bob, Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn replay_and_concurrent_live_sends_have_no_gap_and_no_duplicate() {
+    let node = TestNode::start().await;
+    let mut senders = Vec::new();
+    for s in 0..4 {
+        senders.push(node.connect(&format!("s{s}"), "d", 0).await);
+    }
+    // Half the messages are stored before bob connects, half race with his replay.
+    let mut tasks = Vec::new();
+    for (s, session) in senders.iter().enumerate() {
+        let sender = session.sender();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                sender.send("bob", &format!("s{s}-{i}")).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut bob = node.connect("bob", "phone", 0).await;
+    let got = take(&mut bob, 200).await;
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+    // Each sender's messages keep their order within bob's inbox.
+    for s in 0..4 {
+        let mine: Vec<&String> = got
+            .iter()
+            .map(|(_, b)| b)
+            .filter(|b| b.starts_with(&format!("s{s}-")))
+            .collect();
+        let want: Vec<String> = (0..50).map(|i| format!("s{s}-{i}")).collect();
+        assert_eq!(mine, want.iter().collect::<Vec<_>>());
+    }
+    assert_quiet(&mut bob, Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn ack_and_resume_deliver_exactly_the_unacked_rest() {
+    let node = TestNode::start().await;
+    let alice = node.connect("alice", "phone", 0).await;
+    for i in 1..=10 {
+        alice.sender().send("bob", &format!("m{i}")).await.unwrap();
+    }
+    let mut bob = node.connect("bob", "phone", 0).await;
+    assert_eq!(take(&mut bob, 10).await, expected("m", 1, 10));
+    bob.sender().ack(6).await.unwrap();
+    // The ack is stored once a later frame on the same stream has been processed.
+    bob.sender().send("alice", "sync").await.unwrap();
+    drop(bob);
+    for i in 11..=12 {
+        alice.sender().send("bob", &format!("m{i}")).await.unwrap();
+    }
+
+    // The client says where it is...
+    let mut bob = node.connect("bob", "phone", 6).await;
+    assert_eq!(bob.welcome.resume_from, 6);
+    assert_eq!(take(&mut bob, 6).await, expected("m", 7, 12));
+    assert_quiet(&mut bob, Duration::from_millis(200)).await;
+    drop(bob);
+
+    // ...or relies on the stored cursor when it has lost its state.
+    let mut bob = node.connect("bob", "phone", 0).await;
+    assert_eq!(bob.welcome.resume_from, 6);
+    assert_eq!(take(&mut bob, 6).await, expected("m", 7, 12));
+    bob.sender().ack(12).await.unwrap();
+    bob.sender().send("alice", "sync").await.unwrap();
+    drop(bob);
+    let mut bob = node.connect("bob", "phone", 0).await;
+    assert_eq!(bob.welcome.resume_from, 12);
+    assert_quiet(&mut bob, Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn retried_send_returns_the_first_ack_and_stores_once() {
+    let node = TestNode::start().await;
+    let alice = node.connect("alice", "phone", 0).await;
+    let first = alice
+        .sender()
+        .send_with_id("c-1", "bob", "once")
+        .await
+        .unwrap();
+    let again = alice
+        .sender()
+        .send_with_id("c-1", "bob", "once")
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.seq, &again.msg_id, again.duplicate),
+        (first.seq, &first.msg_id, true)
+    );
+    assert!(!first.duplicate);
+    // The same key through the unary API from the same sender is the same message too.
+    let unary = node
+        .send_unary("alice", "c-1", "bob", "once")
+        .await
+        .unwrap();
+    assert_eq!((unary.seq, unary.duplicate), (first.seq, true));
+    // Another sender may use the same key.
+    let carol = node
+        .send_unary("carol", "c-1", "bob", "other")
+        .await
+        .unwrap();
+    assert_eq!((carol.seq, carol.duplicate), (2, false));
+
+    let mut bob = node.connect("bob", "phone", 0).await;
+    assert_eq!(bob.welcome.last_seq, 2, "exactly two messages stored");
+    assert_eq!(
+        take(&mut bob, 2).await,
+        vec![(1, "once".to_string()), (2, "other".to_string())]
+    );
+    assert_quiet(&mut bob, Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn second_login_on_the_same_device_kicks_the_older_stream() {
+    let node = TestNode::start().await;
+    let mut old = node.connect("bob", "phone", 0).await;
+    let mut new = node.connect("bob", "phone", 0).await;
+    match next_event(&mut old).await {
+        Event::Kicked(reason) => assert!(!reason.is_empty()),
+        other => panic!("expected Kicked, got {other:?}"),
+    }
+    assert!(matches!(next_event(&mut old).await, Event::Closed(None)));
+    // The new stream owns the device: messages go there, and its route stays.
+    node.send_unary("alice", "k1", "bob", "to the new one")
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut new).await.body, "to the new one");
+    assert_eq!(node.presence("bob").await, ["phone"]);
+}
+
+#[tokio::test]
+async fn every_device_of_a_user_receives_everything() {
+    let node = TestNode::start().await;
+    let mut phone = node.connect("bob", "phone", 0).await;
+    let mut laptop = node.connect("bob", "laptop", 0).await;
+    let mut presence = node.presence("bob").await;
+    presence.sort();
+    assert_eq!(presence, ["laptop", "phone"]);
+    for i in 1..=5 {
+        node.send_unary("alice", &format!("d{i}"), "bob", &format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(take(&mut phone, 5).await, expected("m", 1, 5));
+    assert_eq!(take(&mut laptop, 5).await, expected("m", 1, 5));
+    // Acks are per device: the phone's ack does not hide anything from the laptop.
+    phone.sender().ack(5).await.unwrap();
+    drop(laptop);
+    let mut laptop = node.connect("bob", "laptop", 0).await;
+    assert_eq!(take(&mut laptop, 5).await, expected("m", 1, 5));
+}
+
+#[tokio::test]
+async fn messages_carry_the_token_identity() {
+    let node = TestNode::start().await;
+    let mallory = node.connect("mallory", "phone", 0).await;
+    let mut bob = node.connect("bob", "phone", 0).await;
+    mallory.sender().send("bob", "from whom?").await.unwrap();
+    assert_eq!(next_message(&mut bob).await.from, "mallory");
+}
+
+#[tokio::test]
+async fn a_closed_stream_clears_its_route() {
+    let node = TestNode::start().await;
+    let bob = node.connect("bob", "phone", 0).await;
+    assert_eq!(node.presence("bob").await, ["phone"]);
+    drop(bob);
+    common::eventually(|| async { node.presence("bob").await.is_empty().then_some(()) }).await;
+}

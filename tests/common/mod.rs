@@ -1,0 +1,216 @@
+//! Test harness: real tim nodes on 127.0.0.1:0 driven through the real client library.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tim::Config;
+use tim::client::{self, Event, Options, Session};
+use tim::proto::{self, gateway_client::GatewayClient};
+use tim::server::ServeError;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+pub mod proxy;
+
+/// The token secret every test node uses, so tests can mint their own tokens.
+pub const SECRET: &str = "test-token-secret-0123456789";
+
+/// How long a test waits for something that should happen promptly.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A node's configuration for tests: port 0, a known token secret.
+pub fn config() -> Config {
+    Config {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        token_secret: Some(SECRET.to_string()),
+        ..Config::default()
+    }
+}
+
+/// A running node.
+pub struct TestNode {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+impl TestNode {
+    pub async fn start() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    /// Starts a node with [`config`] changed by `f`.
+    pub async fn with(f: impl FnOnce(&mut Config)) -> Self {
+        let mut c = config();
+        f(&mut c);
+        let listener = tokio::net::TcpListener::bind(c.addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(tim::run(listener, c, async {
+            let _ = stopped.await;
+        }));
+        let node = TestNode {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        // Ready once health answers.
+        eventually(|| async {
+            let ch = client::channel(&node.endpoint(), &Options::default())
+                .await
+                .ok()?;
+            let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+            h.check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .ok()
+        })
+        .await;
+        node
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Signals shutdown and waits for `run` to return.
+    pub async fn stop(mut self) -> Result<(), ServeError> {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap()
+    }
+
+    pub async fn login(&self, user: &str, device: &str) -> proto::LoginResponse {
+        client::login(&self.endpoint(), user, device, "", &Options::default())
+            .await
+            .unwrap()
+    }
+
+    /// Logs in and opens a session resuming after `resume_after`.
+    pub async fn connect(&self, user: &str, device: &str, resume_after: u64) -> Session {
+        let login = self.login(user, device).await;
+        Session::connect(
+            &login.endpoint,
+            &login.token,
+            resume_after,
+            &Options::default(),
+        )
+        .await
+        .unwrap()
+    }
+
+    pub async fn gateway(&self) -> GatewayClient<Channel> {
+        GatewayClient::new(
+            client::channel(&self.endpoint(), &Options::default())
+                .await
+                .unwrap(),
+        )
+    }
+
+    /// Unary Gateway.Send as `from`.
+    pub async fn send_unary(
+        &self,
+        from: &str,
+        client_msg_id: &str,
+        to: &str,
+        body: &str,
+    ) -> Result<proto::SendResponse, tonic::Status> {
+        let token = self.login(from, "server").await.token;
+        let req = proto::SendRequest {
+            client_msg_id: client_msg_id.into(),
+            to: to.into(),
+            body: body.into(),
+        };
+        self.gateway()
+            .await
+            .send(client::authorized(req, &token))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Devices of `user` that Presence reports online.
+    pub async fn presence(&self, user: &str) -> Vec<String> {
+        let token = self.login("presence-checker", "server").await.token;
+        let req = proto::PresenceRequest {
+            user_id: user.into(),
+        };
+        let resp = self
+            .gateway()
+            .await
+            .presence(client::authorized(req, &token))
+            .await
+            .unwrap();
+        resp.into_inner()
+            .devices
+            .into_iter()
+            .map(|d| d.device)
+            .collect()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Polls `f` until it returns Some, for up to [`WAIT`].
+pub async fn eventually<T, F, Fut>(mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The next event, failing the test if none comes in time.
+pub async fn next_event(s: &mut Session) -> Event {
+    tokio::time::timeout(WAIT, s.next_event())
+        .await
+        .expect("no event in time")
+        .expect("event stream ended")
+}
+
+/// The next pushed message; panics on any other event.
+pub async fn next_message(s: &mut Session) -> proto::Message {
+    match next_event(s).await {
+        Event::Message(m) => m,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+/// Takes `n` messages and returns (seq, body) pairs.
+pub async fn take(s: &mut Session, n: usize) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let m = next_message(s).await;
+        out.push((m.seq, m.body));
+    }
+    out
+}
+
+/// Asserts that nothing arrives within `d`.
+pub async fn assert_quiet(s: &mut Session, d: Duration) {
+    if let Ok(ev) = tokio::time::timeout(d, s.next_event()).await {
+        panic!("expected no event, got {ev:?}");
+    }
+}
+
+/// (seq, body) pairs for seqs `from..=to` with bodies `prefix<seq>`.
+pub fn expected(prefix: &str, from: u64, to: u64) -> Vec<(u64, String)> {
+    (from..=to).map(|i| (i, format!("{prefix}{i}"))).collect()
+}

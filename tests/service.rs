@@ -1,0 +1,288 @@
+//! The node as a service: login modes, health and reflection for grpcurl, keepalive cleanup of
+//! dead connections, graceful drain, and the CLI.
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::proxy::FreezableProxy;
+use common::{TestNode, WAIT, eventually, next_event, next_message};
+use tim::auth::sign_hs256_jwt;
+use tim::client::{self, Event, Options, Session};
+use tim::config::LoginKind;
+use tonic::Code;
+
+fn now() -> i64 {
+    tim::auth::unix_ms(SystemTime::now()) / 1000
+}
+
+#[tokio::test]
+async fn jwt_login_honours_signature_subject_and_expiry() {
+    let node = TestNode::with(|c| {
+        c.login = LoginKind::Jwt;
+        c.jwt_secret = Some("app-backend-secret".into());
+    })
+    .await;
+    let opts = Options::default();
+    let addr = node.endpoint();
+    let good = sign_hs256_jwt(
+        &serde_json::json!({"sub": "bob", "exp": now() + 60}),
+        b"app-backend-secret",
+    );
+    let login = client::login(&addr, "", "phone", &good, &opts)
+        .await
+        .unwrap();
+    assert_eq!(login.user_id, "bob");
+    let bob = Session::connect(&login.endpoint, &login.token, 0, &opts)
+        .await
+        .unwrap();
+    assert_eq!(bob.welcome.user_id, "bob");
+
+    let expired = sign_hs256_jwt(
+        &serde_json::json!({"sub": "bob", "exp": now() - 5}),
+        b"app-backend-secret",
+    );
+    let forged = sign_hs256_jwt(
+        &serde_json::json!({"sub": "bob", "exp": now() + 60}),
+        b"guess",
+    );
+    for (jwt, what) in [
+        (expired.as_str(), "expired"),
+        (forged.as_str(), "forged"),
+        ("", "missing"),
+        ("a.b.c", "garbage"),
+    ] {
+        let err = client::login(&addr, "bob", "phone", jwt, &opts)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(Code::Unauthenticated), "{what}: {err}");
+    }
+    let err = client::login(&addr, "alice", "phone", &good, &opts)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(Code::PermissionDenied),
+        "user_id must match sub"
+    );
+}
+
+#[tokio::test]
+async fn dev_login_rejects_bad_ids() {
+    let node = TestNode::start().await;
+    let opts = Options::default();
+    for (user, device) in [
+        ("", "d"),
+        ("a b", "d"),
+        ("alice", "x y"),
+        ("alice", &"d".repeat(65)),
+    ] {
+        let err = client::login(&node.endpoint(), user, device, "", &opts)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(Code::InvalidArgument),
+            "{user:?}/{device:?}"
+        );
+    }
+    let login = client::login(&node.endpoint(), "alice", "", "", &opts)
+        .await
+        .unwrap();
+    assert_eq!(login.device, "default");
+    assert_eq!(login.endpoint, node.endpoint());
+    assert!(login.expires_at > now() * 1000);
+}
+
+#[tokio::test]
+async fn health_is_serving_and_reflection_lists_the_services() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let node = TestNode::start().await;
+    let ch = client::channel(&node.endpoint(), &Options::default())
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(ch.clone());
+    for service in ["", "im.v1.Gateway", "im.v1.Chat"] {
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            r.into_inner().status(),
+            ServingStatus::Serving,
+            "{service:?}"
+        );
+    }
+
+    let mut refl = ServerReflectionClient::new(ch);
+    let list = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let describe = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol("im.v1.Chat".into())),
+    };
+    let mut replies = refl
+        .server_reflection_info(tokio_stream::iter(vec![list, describe]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(services)) =
+        replies.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list");
+    };
+    let names: Vec<_> = services.service.into_iter().map(|s| s.name).collect();
+    for want in ["im.v1.Gateway", "im.v1.Chat", "grpc.health.v1.Health"] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    let Some(MessageResponse::FileDescriptorResponse(files)) =
+        replies.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected the file describing im.v1.Chat");
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}
+
+#[tokio::test]
+async fn keepalive_removes_a_stream_whose_network_went_silent() {
+    let node = TestNode::with(|c| {
+        c.keepalive_interval = Duration::from_millis(200);
+        c.keepalive_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let proxy = FreezableProxy::start(node.addr).await;
+    // The client itself would not notice for an hour: only the server's PINGs can.
+    let opts = Options {
+        keepalive_interval: Duration::from_secs(3600),
+        keepalive_timeout: Duration::from_secs(3600),
+        ..Options::default()
+    };
+    let login = node.login("bob", "phone").await;
+    let _bob = Session::connect(&proxy.addr.to_string(), &login.token, 0, &opts)
+        .await
+        .unwrap();
+    assert_eq!(node.presence("bob").await, ["phone"]);
+    // Let a few PINGs pass while the network is fine: the stream must stay.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(node.presence("bob").await, ["phone"]);
+    proxy.freeze();
+    eventually(|| async { node.presence("bob").await.is_empty().then_some(()) }).await;
+    // Messages sent meanwhile wait in the inbox for the next connection.
+    node.send_unary("alice", "k1", "bob", "while you were away")
+        .await
+        .unwrap();
+    let mut bob = node.connect("bob", "phone", 0).await;
+    assert_eq!(next_message(&mut bob).await.body, "while you were away");
+}
+
+#[tokio::test]
+async fn shutdown_drains_every_stream_and_returns_within_the_grace() {
+    let node = TestNode::with(|c| c.drain_grace = Duration::from_secs(3)).await;
+    let mut sessions = Vec::new();
+    for i in 0..5 {
+        sessions.push(node.connect(&format!("u{i}"), "phone", 0).await);
+    }
+    let started = std::time::Instant::now();
+    let stopped = tokio::spawn(node.stop());
+    for s in &mut sessions {
+        match next_event(s).await {
+            Event::Drain(ms) => assert!(ms < 1000),
+            other => panic!("expected Drain, got {other:?}"),
+        }
+        assert!(matches!(next_event(s).await, Event::Closed(None)));
+    }
+    drop(sessions);
+    tokio::time::timeout(WAIT, stopped)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3) + WAIT);
+}
+
+#[tokio::test]
+async fn shutdown_is_bounded_even_if_a_client_never_closes() {
+    let node = TestNode::with(|c| c.drain_grace = Duration::from_millis(500)).await;
+    let ch = client::channel(&node.endpoint(), &Options::default())
+        .await
+        .unwrap();
+    // A unary call that never finishes is impossible here, so hold a stream that has not said
+    // Hello: it is not in the registry, so Drain cannot reach it.
+    let (_tx, rx) = tokio::sync::mpsc::channel::<tim::proto::ClientFrame>(1);
+    let _held = tim::proto::chat_client::ChatClient::new(ch)
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap();
+    let bound = Duration::from_secs(3);
+    tokio::time::timeout(bound, node.stop())
+        .await
+        .expect("stop is bounded by the grace")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn cli_send_and_chat() {
+    use std::process::Stdio;
+    use tokio::io::AsyncWriteExt;
+    let node = TestNode::start().await;
+    let tim = env!("CARGO_BIN_EXE_tim");
+    let out = tokio::process::Command::new(tim)
+        .args([
+            "send",
+            "--addr",
+            &node.endpoint(),
+            "--user",
+            "alice",
+            "--to",
+            "bob",
+            "hello bob",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("seq=1 "));
+
+    let mut chat = tokio::process::Command::new(tim)
+        .args(["chat", "--addr", &node.endpoint(), "--user", "bob"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut alice = node.connect("alice", "phone", 0).await;
+    let mut stdin = chat.stdin.take().unwrap();
+    stdin.write_all(b"alice: hi alice\n").await.unwrap();
+    assert_eq!(next_message(&mut alice).await.body, "hi alice");
+    drop(stdin);
+    let out = tokio::time::timeout(WAIT, chat.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "alice: hello bob\n");
+    // chat acked what it printed.
+    let mut bob = node.connect("bob", "cli", 0).await;
+    assert_eq!(bob.welcome.resume_from, 1);
+    common::assert_quiet(&mut bob, Duration::from_millis(200)).await;
+}
