@@ -286,3 +286,35 @@ async fn cli_send_and_chat() {
     assert_eq!(bob.welcome.resume_from, 1);
     common::assert_quiet(&mut bob, Duration::from_millis(200)).await;
 }
+
+#[tokio::test]
+async fn the_binary_drains_and_exits_cleanly_on_sigterm() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_tim"))
+        .args(["serve", "--addr", &addr, "--drain-grace", "2s"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let opts = Options::default();
+    let login =
+        eventually(|| async { client::login(&addr, "bob", "phone", "", &opts).await.ok() }).await;
+    let mut bob = Session::connect(&login.endpoint, &login.token, 0, &opts)
+        .await
+        .unwrap();
+    let pid = server.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert!(matches!(next_event(&mut bob).await, Event::Drain(_)));
+    let status = tokio::time::timeout(WAIT, server.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
