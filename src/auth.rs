@@ -109,26 +109,19 @@ impl TokenSigner {
     /// Issues a token for `sub`/`dev` valid for `ttl`; returns it with its expiry (Unix ms).
     pub fn issue(&self, kind: TokenKind, sub: &str, dev: &str, ttl: Duration) -> (String, i64) {
         let exp_ms = unix_ms(SystemTime::now() + ttl);
-        let claims = Claims {
-            sub: sub.to_string(),
-            dev: dev.to_string(),
-            exp: exp_ms / 1000,
-            kind,
-        };
+        let claims =
+            Claims { sub: sub.to_string(), dev: dev.to_string(), exp: exp_ms / 1000, kind };
         (self.sign(&claims), exp_ms)
     }
 
     /// Verifies signature, expiry and kind.
     pub fn verify(&self, token: &str, kind: TokenKind) -> Result<Claims, AuthError> {
-        let rest = token
-            .strip_prefix(TOKEN_PREFIX)
-            .ok_or(AuthError::Malformed)?;
+        let rest = token.strip_prefix(TOKEN_PREFIX).ok_or(AuthError::Malformed)?;
         let (payload, sig) = rest.split_once('.').ok_or(AuthError::Malformed)?;
         let sig = B64.decode(sig).map_err(|_| AuthError::Malformed)?;
         let mut mac = self.mac();
         mac.update(&token.as_bytes()[..TOKEN_PREFIX.len() + payload.len()]);
-        mac.verify_slice(&sig)
-            .map_err(|_| AuthError::BadSignature)?;
+        mac.verify_slice(&sig).map_err(|_| AuthError::BadSignature)?;
         let json = B64.decode(payload).map_err(|_| AuthError::Malformed)?;
         let claims: Claims = serde_json::from_slice(&json).map_err(|_| AuthError::Malformed)?;
         if claims.exp <= unix_ms(SystemTime::now()) / 1000 {
@@ -215,13 +208,10 @@ pub fn verify_hs256_jwt(jwt: &str, secret: &[u8]) -> Result<String, AuthError> {
     if header.alg != "HS256" {
         return Err(AuthError::Jwt("alg must be HS256"));
     }
-    let sig = B64
-        .decode(s)
-        .map_err(|_| AuthError::Jwt("bad signature encoding"))?;
+    let sig = B64.decode(s).map_err(|_| AuthError::Jwt("bad signature encoding"))?;
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length");
     mac.update(&jwt.as_bytes()[..h.len() + 1 + c.len()]);
-    mac.verify_slice(&sig)
-        .map_err(|_| AuthError::Jwt("bad signature"))?;
+    mac.verify_slice(&sig).map_err(|_| AuthError::Jwt("bad signature"))?;
     let claims: JwtClaims = B64
         .decode(c)
         .ok()
@@ -251,8 +241,7 @@ pub fn sign_hs256_jwt(claims: &serde_json::Value, secret: &[u8]) -> String {
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]
@@ -262,50 +251,25 @@ mod tests {
     #[test]
     fn token_round_trip_and_tamper() {
         let s = TokenSigner::new(b"k".to_vec());
-        let (t, _) = s.issue(
-            TokenKind::Session,
-            "alice",
-            "phone",
-            Duration::from_secs(60),
-        );
+        let (t, _) = s.issue(TokenKind::Session, "alice", "phone", Duration::from_secs(60));
         let c = s.verify(&t, TokenKind::Session).unwrap();
         assert_eq!((c.sub.as_str(), c.dev.as_str()), ("alice", "phone"));
-        assert!(matches!(
-            s.verify(&t, TokenKind::Node),
-            Err(AuthError::WrongKind)
-        ));
+        assert!(matches!(s.verify(&t, TokenKind::Node), Err(AuthError::WrongKind)));
         let other = TokenSigner::new(b"x".to_vec());
-        assert!(matches!(
-            other.verify(&t, TokenKind::Session),
-            Err(AuthError::BadSignature)
-        ));
+        assert!(matches!(other.verify(&t, TokenKind::Session), Err(AuthError::BadSignature)));
         // Swap in claims for another user under the same signature.
-        let forged = Claims {
-            sub: "mallory".into(),
-            ..c
-        };
+        let forged = Claims { sub: "mallory".into(), ..c };
         let forged_payload = s.sign(&forged);
         let sig = t.rsplit('.').next().unwrap();
         let (head, _) = forged_payload.rsplit_once('.').unwrap();
-        assert!(
-            s.verify(&format!("{head}.{sig}"), TokenKind::Session)
-                .is_err()
-        );
+        assert!(s.verify(&format!("{head}.{sig}"), TokenKind::Session).is_err());
     }
 
     #[test]
     fn expired_token_is_refused() {
         let s = TokenSigner::new(b"k".to_vec());
-        let claims = Claims {
-            sub: "a".into(),
-            dev: "d".into(),
-            exp: 1,
-            kind: TokenKind::Session,
-        };
-        assert!(matches!(
-            s.verify(&s.sign(&claims), TokenKind::Session),
-            Err(AuthError::Expired)
-        ));
+        let claims = Claims { sub: "a".into(), dev: "d".into(), exp: 1, kind: TokenKind::Session };
+        assert!(matches!(s.verify(&s.sign(&claims), TokenKind::Session), Err(AuthError::Expired)));
     }
 
     #[test]
@@ -315,10 +279,7 @@ mod tests {
         assert_eq!(verify_hs256_jwt(&ok, b"s").unwrap(), "bob");
         assert!(verify_hs256_jwt(&ok, b"t").is_err());
         let old = sign_hs256_jwt(&serde_json::json!({"sub": "bob", "exp": now - 1}), b"s");
-        assert!(matches!(
-            verify_hs256_jwt(&old, b"s"),
-            Err(AuthError::Jwt("expired"))
-        ));
+        assert!(matches!(verify_hs256_jwt(&old, b"s"), Err(AuthError::Jwt("expired"))));
         let no_exp = sign_hs256_jwt(&serde_json::json!({"sub": "bob"}), b"s");
         assert!(verify_hs256_jwt(&no_exp, b"s").is_err());
     }

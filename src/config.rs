@@ -72,6 +72,23 @@ pub struct Config {
     /// On SIGTERM/SIGINT: how long to wait for streams and calls to finish after Drain.
     #[arg(long, env = "TIM_DRAIN_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub drain_grace: Duration,
+    /// How long a device route lives unless its session refreshes it (every third of this):
+    /// bounds how long a node that died keeps attracting deliveries.
+    #[arg(long, env = "TIM_ROUTE_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub route_ttl: Duration,
+    /// Redis URL(s) for durable, shared inboxes and routes (`redis://host:port`); comma-separated
+    /// seed nodes with `--redis-cluster`. Without it the node keeps everything in memory.
+    #[arg(long, env = "TIM_REDIS")]
+    pub redis: Option<String>,
+    /// Treat `--redis` as a Redis Cluster.
+    #[arg(long, env = "TIM_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+    /// Prefix of every Redis key tim writes (several deployments can share one Redis).
+    #[arg(long, env = "TIM_REDIS_PREFIX", default_value = "im")]
+    pub redis_prefix: String,
+    /// A Redis command that takes longer fails (the send gets UNAVAILABLE and is retried).
+    #[arg(long, env = "TIM_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
     /// Messages older than this are dropped from inboxes even if unacked.
     #[arg(long, env = "TIM_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub retention: Duration,
@@ -124,9 +141,24 @@ impl Config {
             return fail("--token-ttl must be at least 60s");
         }
         if let Some(id) = &self.node_id
-            && (id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control()))
+            && (id.is_empty()
+                || id.chars().any(|c| c.is_whitespace() || c.is_control() || c == '|'))
         {
-            return fail("--node-id must be non-empty, without whitespace");
+            return fail("--node-id must be non-empty, without whitespace or '|'");
+        }
+        if self.route_ttl < Duration::from_secs(1) {
+            return fail("--route-ttl must be at least 1s");
+        }
+        if self.redis_prefix.is_empty()
+            || !self.redis_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
+        {
+            return fail("--redis-prefix may only hold letters, digits and _ . : -");
+        }
+        if self.redis.as_deref().is_some_and(|r| r.trim().is_empty()) {
+            return fail("--redis is empty");
+        }
+        if self.redis_timeout.is_zero() {
+            return fail("--redis-timeout must be positive");
         }
         Ok(())
     }
@@ -135,9 +167,9 @@ impl Config {
     pub fn login_mode(&self) -> LoginMode {
         match self.login {
             LoginKind::Dev => LoginMode::Dev,
-            LoginKind::Jwt => LoginMode::Jwt {
-                secret: self.jwt_secret.clone().unwrap_or_default().into_bytes(),
-            },
+            LoginKind::Jwt => {
+                LoginMode::Jwt { secret: self.jwt_secret.clone().unwrap_or_default().into_bytes() }
+            }
         }
     }
 
@@ -150,10 +182,13 @@ impl Config {
     }
 
     pub fn store_options(&self) -> StoreOptions {
-        StoreOptions {
-            retention: self.retention,
-            dedup_ttl: self.dedup_ttl,
-        }
+        StoreOptions { retention: self.retention, dedup_ttl: self.dedup_ttl }
+    }
+
+    /// The `--redis` URLs, one per comma-separated entry.
+    pub fn redis_urls(&self) -> Vec<String> {
+        let urls = self.redis.as_deref().unwrap_or("").split(',');
+        urls.map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect()
     }
 }
 
@@ -162,9 +197,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 15s or 250ms"))?;
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 15s or 250ms"))?;
     let secs = |k: u64| Duration::from_secs(n.saturating_mul(k));
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
@@ -172,9 +205,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => Ok(secs(60)),
         "h" => Ok(secs(3600)),
         "d" => Ok(secs(86400)),
-        _ => Err(format!(
-            "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
-        )),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)")),
     }
 }
 

@@ -18,10 +18,7 @@ fn check(what: &str, value: &str, max: usize) -> Result<(), Error> {
     if value.len() > max {
         return Err(Error::invalid(format!("{what} is longer than {max} bytes")));
     }
-    if value
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
-    {
+    if value.chars().any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}') {
         return Err(Error::invalid(format!(
             "{what} may not contain whitespace, control characters or braces"
         )));

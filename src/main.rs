@@ -10,11 +10,7 @@ use tracing_subscriber::EnvFilter;
 mod cli;
 
 #[derive(Parser)]
-#[command(
-    name = "tim",
-    version,
-    about = "tim: distributed instant messaging over gRPC"
-)]
+#[command(name = "tim", version, about = "tim: distributed instant messaging over gRPC")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,6 +49,8 @@ fn main() -> ExitCode {
             Command::Chat(args) => cli::chat(args).await,
         }
     });
+    // `tim chat` may leave a blocking stdin read behind: do not wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -61,13 +61,10 @@ impl Node {
                 sent_at: unix_ms(std::time::SystemTime::now()),
             })
             .await?;
-        if !appended.duplicate {
-            // A session that misses this (full queue, race) reads it from the inbox instead.
-            self.registry.deliver(
-                &appended.message.to,
-                std::slice::from_ref(&appended.message),
-            );
-        }
+        // Also for a duplicate: the first attempt may have been stored but never pushed (its
+        // caller gave up between the two). Sessions drop seqs they already sent; one that misses
+        // this (full queue, race) reads it from the inbox instead.
+        self.registry.deliver(&appended.message.to, std::slice::from_ref(&appended.message));
         Ok(appended)
     }
 }

@@ -37,16 +37,10 @@ struct Raw {
 
 impl Raw {
     async fn open(node: &TestNode, first: client_frame::Frame) -> Raw {
-        let ch = client::channel(&node.endpoint(), &Options::default())
-            .await
-            .unwrap();
+        let ch = client::channel(&node.endpoint(), &Options::default()).await.unwrap();
         let (tx, rx) = mpsc::channel(16);
         tx.send(ClientFrame { frame: Some(first) }).await.unwrap();
-        let rx = ChatClient::new(ch)
-            .session(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
+        let rx = ChatClient::new(ch).session(ReceiverStream::new(rx)).await.unwrap().into_inner();
         Raw { tx, rx }
     }
 
@@ -56,9 +50,7 @@ impl Raw {
     }
 
     async fn frame(&mut self) -> Result<Option<ServerFrame>, Status> {
-        tokio::time::timeout(common::WAIT, self.rx.message())
-            .await
-            .expect("server answered")
+        tokio::time::timeout(common::WAIT, self.rx.message()).await.expect("server answered")
     }
 
     /// Reads frames until the stream ends with an error status, and returns it.
@@ -100,23 +92,12 @@ async fn oversize_or_empty_fields_are_invalid_argument_and_store_nothing() {
     ];
     for (id, to, body) in cases {
         let err = alice.sender().send_with_id(id, to, body).await.unwrap_err();
-        assert_eq!(
-            err.code(),
-            Some(Code::InvalidArgument),
-            "stream send {id:?} {to:?}: {err}"
-        );
+        assert_eq!(err.code(), Some(Code::InvalidArgument), "stream send {id:?} {to:?}: {err}");
         let err = node.send_unary("alice", id, to, body).await.unwrap_err();
-        assert_eq!(
-            err.code(),
-            Code::InvalidArgument,
-            "unary send {id:?} {to:?}: {err:?}"
-        );
+        assert_eq!(err.code(), Code::InvalidArgument, "unary send {id:?} {to:?}: {err:?}");
     }
     // A 200 KiB body is refused by validation too, naming the limit.
-    let err = node
-        .send_unary("alice", "c7", "bob", &"y".repeat(200 * 1024))
-        .await
-        .unwrap_err();
+    let err = node.send_unary("alice", "c7", "bob", &"y".repeat(200 * 1024)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("65536"), "{}", err.message());
     // The stream stayed usable, and only the good message was stored.
@@ -142,57 +123,22 @@ async fn bad_tokens_are_unauthenticated() {
         Duration::from_secs(60),
     );
     let (node_token, _) = signer.issue(TokenKind::Node, "node-1", "", Duration::from_secs(60));
-    for token in [
-        "",
-        "garbage",
-        "v1.e30.AAAA",
-        expired.as_str(),
-        foreign.as_str(),
-        node_token.as_str(),
-    ] {
+    for token in
+        ["", "garbage", "v1.e30.AAAA", expired.as_str(), foreign.as_str(), node_token.as_str()]
+    {
         let mut raw = Raw::open(&node, hello(token, 0)).await;
         raw.send(send("c1", "bob", "sneaky")).await;
-        assert_eq!(
-            raw.status().await.code(),
-            Code::Unauthenticated,
-            "hello with {token:?}"
-        );
+        assert_eq!(raw.status().await.code(), Code::Unauthenticated, "hello with {token:?}");
 
-        let req = proto::SendRequest {
-            client_msg_id: "c1".into(),
-            to: "bob".into(),
-            body: "x".into(),
-        };
-        let err = node
-            .gateway()
-            .await
-            .send(client::authorized(req, token))
-            .await
-            .unwrap_err();
-        assert_eq!(
-            err.code(),
-            Code::Unauthenticated,
-            "unary send with {token:?}"
-        );
+        let req =
+            proto::SendRequest { client_msg_id: "c1".into(), to: "bob".into(), body: "x".into() };
+        let err = node.gateway().await.send(client::authorized(req, token)).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "unary send with {token:?}");
     }
-    let req = proto::SendRequest {
-        client_msg_id: "c1".into(),
-        to: "bob".into(),
-        body: "x".into(),
-    };
+    let req = proto::SendRequest { client_msg_id: "c1".into(), to: "bob".into(), body: "x".into() };
     let err = node.gateway().await.send(req).await.unwrap_err();
-    assert_eq!(
-        err.code(),
-        Code::Unauthenticated,
-        "unary send without a token"
-    );
-    let err = node
-        .gateway()
-        .await
-        .presence(proto::PresenceRequest {
-            user_id: "bob".into(),
-        })
-        .await;
+    assert_eq!(err.code(), Code::Unauthenticated, "unary send without a token");
+    let err = node.gateway().await.presence(proto::PresenceRequest { user_id: "bob".into() }).await;
     assert_eq!(err.unwrap_err().code(), Code::Unauthenticated);
     assert_eq!(stored(&node, "bob").await, 0);
 }
@@ -242,8 +188,7 @@ async fn empty_frames_and_acks_beyond_delivery_are_invalid_argument() {
     node.send_unary("bob", "b1", "alice", "one").await.unwrap();
     let mut raw = Raw::open(&node, hello(&token, 0)).await;
     raw.welcome().await;
-    raw.send(client_frame::Frame::Ack(proto::Ack { up_to: 5 }))
-        .await;
+    raw.send(client_frame::Frame::Ack(proto::Ack { up_to: 5 })).await;
     let status = raw.status().await;
     assert_eq!(status.code(), Code::InvalidArgument);
     // The bogus ack moved nothing: the message is still delivered.
@@ -254,19 +199,10 @@ async fn empty_frames_and_acks_beyond_delivery_are_invalid_argument() {
 #[tokio::test]
 async fn a_silent_stream_is_ended_by_the_hello_timeout() {
     let node = TestNode::with(|c| c.hello_timeout = Duration::from_millis(200)).await;
-    let ch = client::channel(&node.endpoint(), &Options::default())
-        .await
-        .unwrap();
+    let ch = client::channel(&node.endpoint(), &Options::default()).await.unwrap();
     let (_tx, rx) = mpsc::channel::<ClientFrame>(1);
-    let mut s = ChatClient::new(ch)
-        .session(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let status = tokio::time::timeout(common::WAIT, s.message())
-        .await
-        .unwrap()
-        .unwrap_err();
+    let mut s = ChatClient::new(ch).session(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let status = tokio::time::timeout(common::WAIT, s.message()).await.unwrap().unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded);
 }
 
@@ -283,20 +219,14 @@ async fn a_flood_is_rate_limited_and_loses_nothing_acked() {
     for i in 0..40 {
         match alice.sender().send("bob", &format!("m{i}")).await {
             Ok(ack) => acked.push((ack.seq, format!("m{i}"))),
-            Err(ClientError::Rejected {
-                code: Code::ResourceExhausted,
-                reason,
-            }) => {
+            Err(ClientError::Rejected { code: Code::ResourceExhausted, reason }) => {
                 assert!(reason.contains("rate limit"), "{reason}");
                 limited += 1;
             }
             Err(e) => panic!("unexpected {e}"),
         }
     }
-    assert!(
-        limited > 0,
-        "a flood of 40 sends must hit a 5-message burst"
-    );
+    assert!(limited > 0, "a flood of 40 sends must hit a 5-message burst");
     // The allowance refills: a retry later succeeds.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ack = alice.sender().send("bob", "later").await.unwrap();
@@ -320,9 +250,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_its_messages_kept() {
     // ~6 MiB: more than HTTP/2 flow control lets through to a client that does not read.
     let body = "z".repeat(60 * 1024);
     for i in 0..100 {
-        node.send_unary("alice", &format!("c{i}"), "bob", &body)
-            .await
-            .unwrap();
+        node.send_unary("alice", &format!("c{i}"), "bob", &body).await.unwrap();
     }
     // bob is cut off: his route goes away while he is not reading.
     common::eventually(|| async { node.presence("bob").await.is_empty().then_some(()) }).await;
@@ -331,10 +259,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_its_messages_kept() {
     // Nothing was acked, so everything is still there.
     let mut bob = node.connect("bob", "phone", 0).await;
     let got = common::take(&mut bob, 100).await;
-    assert_eq!(
-        got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-        (1..=100).collect::<Vec<_>>()
-    );
+    assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), (1..=100).collect::<Vec<_>>());
 }
 
 /// Sends already-encoded bytes as the request message.
@@ -366,9 +291,7 @@ impl<D: prost::Message + Default + Send + 'static> Codec for RawCodec<D> {
 async fn malformed_requests_are_invalid_argument() {
     use prost::Message as _;
     let node = TestNode::start().await;
-    let ch = client::channel(&node.endpoint(), &Options::default())
-        .await
-        .unwrap();
+    let ch = client::channel(&node.endpoint(), &Options::default()).await.unwrap();
     let token = node.login("alice", "phone").await.token;
     let garbage: [&[u8]; 2] = [
         &[0x0a, 0xff, 0xff, 0xff], // field 1, impossible length
@@ -386,10 +309,7 @@ async fn malformed_requests_are_invalid_argument() {
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     }
     // On the stream: a good Hello, then garbage.
-    let hello = ClientFrame {
-        frame: Some(hello(&token, 0)),
-    }
-    .encode_to_vec();
+    let hello = ClientFrame { frame: Some(hello(&token, 0)) }.encode_to_vec();
     let frames = tokio_stream::iter(vec![hello, garbage[0].to_vec()]);
     let mut grpc = tonic::client::Grpc::new(ch);
     grpc.ready().await.unwrap();
@@ -400,10 +320,7 @@ async fn malformed_requests_are_invalid_argument() {
         .unwrap()
         .into_inner();
     let status = loop {
-        match tokio::time::timeout(common::WAIT, stream.message())
-            .await
-            .unwrap()
-        {
+        match tokio::time::timeout(common::WAIT, stream.message()).await.unwrap() {
             Ok(Some(_)) => continue,
             Ok(None) => panic!("stream ended cleanly"),
             Err(s) => break s,
@@ -418,8 +335,6 @@ async fn invalid_configuration_is_refused_before_serving() {
     let mut c = config();
     c.outbound_queue = 0;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = tim::run(listener, c, std::future::pending())
-        .await
-        .unwrap_err();
+    let err = tim::run(listener, c, std::future::pending()).await.unwrap_err();
     assert!(err.to_string().contains("outbound-queue"), "{err}");
 }

@@ -26,10 +26,7 @@ async fn alice_and_bob_chat_both_ways() {
     let ack = bob.sender().send("alice", "hi alice").await.unwrap();
     assert_eq!(ack.seq, 1, "each recipient has its own seq");
     let m = next_message(&mut alice).await;
-    assert_eq!(
-        (m.seq, m.from.as_str(), m.body.as_str()),
-        (1, "bob", "hi alice")
-    );
+    assert_eq!((m.seq, m.from.as_str(), m.body.as_str()), (1, "bob", "hi alice"));
 }
 
 #[tokio::test]
@@ -57,18 +54,23 @@ async fn replay_and_concurrent_live_sends_have_no_gap_and_no_duplicate() {
         senders.push(node.connect(&format!("s{s}"), "d", 0).await);
     }
     // Half the messages are stored before bob connects, half race with his replay.
+    for (s, session) in senders.iter().enumerate() {
+        for i in 0..25 {
+            session.sender().send("bob", &format!("s{s}-{i}")).await.unwrap();
+        }
+    }
+    let mut bob = node.connect("bob", "phone", 0).await;
     let mut tasks = Vec::new();
     for (s, session) in senders.iter().enumerate() {
         let sender = session.sender();
         tasks.push(tokio::spawn(async move {
-            for i in 0..50 {
+            for i in 25..50 {
                 sender.send("bob", &format!("s{s}-{i}")).await.unwrap();
                 tokio::task::yield_now().await;
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    let mut bob = node.connect("bob", "phone", 0).await;
+    assert_eq!(bob.welcome.last_seq, 100, "the rest arrive live");
     let got = take(&mut bob, 200).await;
     for t in tasks {
         t.await.unwrap();
@@ -77,11 +79,8 @@ async fn replay_and_concurrent_live_sends_have_no_gap_and_no_duplicate() {
     assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
     // Each sender's messages keep their order within bob's inbox.
     for s in 0..4 {
-        let mine: Vec<&String> = got
-            .iter()
-            .map(|(_, b)| b)
-            .filter(|b| b.starts_with(&format!("s{s}-")))
-            .collect();
+        let mine: Vec<&String> =
+            got.iter().map(|(_, b)| b).filter(|b| b.starts_with(&format!("s{s}-"))).collect();
         let want: Vec<String> = (0..50).map(|i| format!("s{s}-{i}")).collect();
         assert_eq!(mine, want.iter().collect::<Vec<_>>());
     }
@@ -112,10 +111,24 @@ async fn ack_and_resume_deliver_exactly_the_unacked_rest() {
     assert_quiet(&mut bob, Duration::from_millis(200)).await;
     drop(bob);
 
+    // A client ahead of the stored cursor (its last acks were lost) is believed...
+    let mut bob = node.connect("bob", "phone", 8).await;
+    assert_eq!(bob.welcome.resume_from, 8);
+    assert_eq!(take(&mut bob, 4).await, expected("m", 9, 12));
+    assert_quiet(&mut bob, Duration::from_millis(200)).await;
+    drop(bob);
+
+    // ...unless it claims more than the inbox ever held (state from a lost inbox): then the
+    // stored cursor decides, so nothing is skipped.
+    let mut bob = node.connect("bob", "phone", 1000).await;
+    assert_eq!((bob.welcome.resume_from, bob.welcome.last_seq), (8, 12));
+    assert_eq!(take(&mut bob, 4).await, expected("m", 9, 12));
+    drop(bob);
+
     // ...or relies on the stored cursor when it has lost its state.
     let mut bob = node.connect("bob", "phone", 0).await;
-    assert_eq!(bob.welcome.resume_from, 6);
-    assert_eq!(take(&mut bob, 6).await, expected("m", 7, 12));
+    assert_eq!(bob.welcome.resume_from, 8);
+    assert_eq!(take(&mut bob, 4).await, expected("m", 9, 12));
     bob.sender().ack(12).await.unwrap();
     bob.sender().send("alice", "sync").await.unwrap();
     drop(bob);
@@ -128,40 +141,20 @@ async fn ack_and_resume_deliver_exactly_the_unacked_rest() {
 async fn retried_send_returns_the_first_ack_and_stores_once() {
     let node = TestNode::start().await;
     let alice = node.connect("alice", "phone", 0).await;
-    let first = alice
-        .sender()
-        .send_with_id("c-1", "bob", "once")
-        .await
-        .unwrap();
-    let again = alice
-        .sender()
-        .send_with_id("c-1", "bob", "once")
-        .await
-        .unwrap();
-    assert_eq!(
-        (again.seq, &again.msg_id, again.duplicate),
-        (first.seq, &first.msg_id, true)
-    );
+    let first = alice.sender().send_with_id("c-1", "bob", "once").await.unwrap();
+    let again = alice.sender().send_with_id("c-1", "bob", "once").await.unwrap();
+    assert_eq!((again.seq, &again.msg_id, again.duplicate), (first.seq, &first.msg_id, true));
     assert!(!first.duplicate);
     // The same key through the unary API from the same sender is the same message too.
-    let unary = node
-        .send_unary("alice", "c-1", "bob", "once")
-        .await
-        .unwrap();
+    let unary = node.send_unary("alice", "c-1", "bob", "once").await.unwrap();
     assert_eq!((unary.seq, unary.duplicate), (first.seq, true));
     // Another sender may use the same key.
-    let carol = node
-        .send_unary("carol", "c-1", "bob", "other")
-        .await
-        .unwrap();
+    let carol = node.send_unary("carol", "c-1", "bob", "other").await.unwrap();
     assert_eq!((carol.seq, carol.duplicate), (2, false));
 
     let mut bob = node.connect("bob", "phone", 0).await;
     assert_eq!(bob.welcome.last_seq, 2, "exactly two messages stored");
-    assert_eq!(
-        take(&mut bob, 2).await,
-        vec![(1, "once".to_string()), (2, "other".to_string())]
-    );
+    assert_eq!(take(&mut bob, 2).await, vec![(1, "once".to_string()), (2, "other".to_string())]);
     assert_quiet(&mut bob, Duration::from_millis(200)).await;
 }
 
@@ -176,9 +169,7 @@ async fn second_login_on_the_same_device_kicks_the_older_stream() {
     }
     assert!(matches!(next_event(&mut old).await, Event::Closed(None)));
     // The new stream owns the device: messages go there, and its route stays.
-    node.send_unary("alice", "k1", "bob", "to the new one")
-        .await
-        .unwrap();
+    node.send_unary("alice", "k1", "bob", "to the new one").await.unwrap();
     assert_eq!(next_message(&mut new).await.body, "to the new one");
     assert_eq!(node.presence("bob").await, ["phone"]);
 }
@@ -192,14 +183,13 @@ async fn every_device_of_a_user_receives_everything() {
     presence.sort();
     assert_eq!(presence, ["laptop", "phone"]);
     for i in 1..=5 {
-        node.send_unary("alice", &format!("d{i}"), "bob", &format!("m{i}"))
-            .await
-            .unwrap();
+        node.send_unary("alice", &format!("d{i}"), "bob", &format!("m{i}")).await.unwrap();
     }
     assert_eq!(take(&mut phone, 5).await, expected("m", 1, 5));
     assert_eq!(take(&mut laptop, 5).await, expected("m", 1, 5));
     // Acks are per device: the phone's ack does not hide anything from the laptop.
     phone.sender().ack(5).await.unwrap();
+    phone.sender().send("alice", "sync").await.unwrap();
     drop(laptop);
     let mut laptop = node.connect("bob", "laptop", 0).await;
     assert_eq!(take(&mut laptop, 5).await, expected("m", 1, 5));

@@ -28,66 +28,36 @@ async fn jwt_login_honours_signature_subject_and_expiry() {
         &serde_json::json!({"sub": "bob", "exp": now() + 60}),
         b"app-backend-secret",
     );
-    let login = client::login(&addr, "", "phone", &good, &opts)
-        .await
-        .unwrap();
+    let login = client::login(&addr, "", "phone", &good, &opts).await.unwrap();
     assert_eq!(login.user_id, "bob");
-    let bob = Session::connect(&login.endpoint, &login.token, 0, &opts)
-        .await
-        .unwrap();
+    let bob = Session::connect(&login.endpoint, &login.token, 0, &opts).await.unwrap();
     assert_eq!(bob.welcome.user_id, "bob");
 
-    let expired = sign_hs256_jwt(
-        &serde_json::json!({"sub": "bob", "exp": now() - 5}),
-        b"app-backend-secret",
-    );
-    let forged = sign_hs256_jwt(
-        &serde_json::json!({"sub": "bob", "exp": now() + 60}),
-        b"guess",
-    );
+    let expired =
+        sign_hs256_jwt(&serde_json::json!({"sub": "bob", "exp": now() - 5}), b"app-backend-secret");
+    let forged = sign_hs256_jwt(&serde_json::json!({"sub": "bob", "exp": now() + 60}), b"guess");
     for (jwt, what) in [
         (expired.as_str(), "expired"),
         (forged.as_str(), "forged"),
         ("", "missing"),
         ("a.b.c", "garbage"),
     ] {
-        let err = client::login(&addr, "bob", "phone", jwt, &opts)
-            .await
-            .unwrap_err();
+        let err = client::login(&addr, "bob", "phone", jwt, &opts).await.unwrap_err();
         assert_eq!(err.code(), Some(Code::Unauthenticated), "{what}: {err}");
     }
-    let err = client::login(&addr, "alice", "phone", &good, &opts)
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.code(),
-        Some(Code::PermissionDenied),
-        "user_id must match sub"
-    );
+    let err = client::login(&addr, "alice", "phone", &good, &opts).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::PermissionDenied), "user_id must match sub");
 }
 
 #[tokio::test]
 async fn dev_login_rejects_bad_ids() {
     let node = TestNode::start().await;
     let opts = Options::default();
-    for (user, device) in [
-        ("", "d"),
-        ("a b", "d"),
-        ("alice", "x y"),
-        ("alice", &"d".repeat(65)),
-    ] {
-        let err = client::login(&node.endpoint(), user, device, "", &opts)
-            .await
-            .unwrap_err();
-        assert_eq!(
-            err.code(),
-            Some(Code::InvalidArgument),
-            "{user:?}/{device:?}"
-        );
+    for (user, device) in [("", "d"), ("a b", "d"), ("alice", "x y"), ("alice", &"d".repeat(65))] {
+        let err = client::login(&node.endpoint(), user, device, "", &opts).await.unwrap_err();
+        assert_eq!(err.code(), Some(Code::InvalidArgument), "{user:?}/{device:?}");
     }
-    let login = client::login(&node.endpoint(), "alice", "", "", &opts)
-        .await
-        .unwrap();
+    let login = client::login(&node.endpoint(), "alice", "", "", &opts).await.unwrap();
     assert_eq!(login.device, "default");
     assert_eq!(login.endpoint, node.endpoint());
     assert!(login.expires_at > now() * 1000);
@@ -103,22 +73,11 @@ async fn health_is_serving_and_reflection_lists_the_services() {
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
     let node = TestNode::start().await;
-    let ch = client::channel(&node.endpoint(), &Options::default())
-        .await
-        .unwrap();
+    let ch = client::channel(&node.endpoint(), &Options::default()).await.unwrap();
     let mut health = HealthClient::new(ch.clone());
     for service in ["", "im.v1.Gateway", "im.v1.Chat"] {
-        let r = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            r.into_inner().status(),
-            ServingStatus::Serving,
-            "{service:?}"
-        );
+        let r = health.check(HealthCheckRequest { service: service.into() }).await.unwrap();
+        assert_eq!(r.into_inner().status(), ServingStatus::Serving, "{service:?}");
     }
 
     let mut refl = ServerReflectionClient::new(ch);
@@ -142,10 +101,7 @@ async fn health_is_serving_and_reflection_lists_the_services() {
     };
     let names: Vec<_> = services.service.into_iter().map(|s| s.name).collect();
     for want in ["im.v1.Gateway", "im.v1.Chat", "grpc.health.v1.Health"] {
-        assert!(
-            names.iter().any(|n| n == want),
-            "{want} missing from {names:?}"
-        );
+        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
     }
     let Some(MessageResponse::FileDescriptorResponse(files)) =
         replies.message().await.unwrap().unwrap().message_response
@@ -170,9 +126,7 @@ async fn keepalive_removes_a_stream_whose_network_went_silent() {
         ..Options::default()
     };
     let login = node.login("bob", "phone").await;
-    let _bob = Session::connect(&proxy.addr.to_string(), &login.token, 0, &opts)
-        .await
-        .unwrap();
+    let _bob = Session::connect(&proxy.addr.to_string(), &login.token, 0, &opts).await.unwrap();
     assert_eq!(node.presence("bob").await, ["phone"]);
     // Let a few PINGs pass while the network is fine: the stream must stay.
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -180,9 +134,7 @@ async fn keepalive_removes_a_stream_whose_network_went_silent() {
     proxy.freeze();
     eventually(|| async { node.presence("bob").await.is_empty().then_some(()) }).await;
     // Messages sent meanwhile wait in the inbox for the next connection.
-    node.send_unary("alice", "k1", "bob", "while you were away")
-        .await
-        .unwrap();
+    node.send_unary("alice", "k1", "bob", "while you were away").await.unwrap();
     let mut bob = node.connect("bob", "phone", 0).await;
     assert_eq!(next_message(&mut bob).await.body, "while you were away");
 }
@@ -204,32 +156,49 @@ async fn shutdown_drains_every_stream_and_returns_within_the_grace() {
         assert!(matches!(next_event(s).await, Event::Closed(None)));
     }
     drop(sessions);
-    tokio::time::timeout(WAIT, stopped)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(3) + WAIT);
+    tokio::time::timeout(WAIT, stopped).await.unwrap().unwrap().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3), "drained before the grace ran out");
 }
 
 #[tokio::test]
-async fn shutdown_is_bounded_even_if_a_client_never_closes() {
-    let node = TestNode::with(|c| c.drain_grace = Duration::from_millis(500)).await;
-    let ch = client::channel(&node.endpoint(), &Options::default())
+async fn shutdown_is_bounded_even_if_a_client_never_reads() {
+    let node = TestNode::with(|c| {
+        c.drain_grace = Duration::from_millis(500);
+        c.slow_client_timeout = Duration::from_secs(60);
+        c.outbound_queue = 8;
+    })
+    .await;
+    // bob's stream is full and he is not reading: Drain cannot even be queued for him.
+    let token = node.login("bob", "phone").await.token;
+    let ch = client::channel(&node.endpoint(), &Options::default()).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let hello = tim::proto::Hello { token, device: String::new(), resume_after: 0 };
+    tx.send(tim::proto::ClientFrame { frame: Some(tim::proto::client_frame::Frame::Hello(hello)) })
         .await
         .unwrap();
-    // A unary call that never finishes is impossible here, so hold a stream that has not said
-    // Hello: it is not in the registry, so Drain cannot reach it.
-    let (_tx, rx) = tokio::sync::mpsc::channel::<tim::proto::ClientFrame>(1);
     let _held = tim::proto::chat_client::ChatClient::new(ch)
         .session(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
         .unwrap();
-    let bound = Duration::from_secs(3);
-    tokio::time::timeout(bound, node.stop())
+    let body = "z".repeat(60 * 1024);
+    for i in 0..100 {
+        node.send_unary("alice", &format!("c{i}"), "bob", &body).await.unwrap();
+    }
+    // A stream that has not said Hello yet is ended at the drain as well.
+    let (_tx2, rx2) = tokio::sync::mpsc::channel::<tim::proto::ClientFrame>(1);
+    let ch = client::channel(&node.endpoint(), &Options::default()).await.unwrap();
+    let mut silent = tim::proto::chat_client::ChatClient::new(ch)
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx2))
         .await
-        .expect("stop is bounded by the grace")
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    let started = std::time::Instant::now();
+    let stop = tokio::spawn(node.stop());
+    let status = tokio::time::timeout(WAIT, silent.message()).await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    tokio::time::timeout(WAIT, stop).await.unwrap().unwrap().unwrap();
+    // The grace (0.5 s) plus the moment given to connections, not the 60 s slow-client timeout.
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
 }
 
 #[tokio::test]
@@ -239,24 +208,11 @@ async fn cli_send_and_chat() {
     let node = TestNode::start().await;
     let tim = env!("CARGO_BIN_EXE_tim");
     let out = tokio::process::Command::new(tim)
-        .args([
-            "send",
-            "--addr",
-            &node.endpoint(),
-            "--user",
-            "alice",
-            "--to",
-            "bob",
-            "hello bob",
-        ])
+        .args(["send", "--addr", &node.endpoint(), "--user", "alice", "--to", "bob", "hello bob"])
         .output()
         .await
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("seq=1 "));
 
     let mut chat = tokio::process::Command::new(tim)
@@ -271,15 +227,8 @@ async fn cli_send_and_chat() {
     stdin.write_all(b"alice: hi alice\n").await.unwrap();
     assert_eq!(next_message(&mut alice).await.body, "hi alice");
     drop(stdin);
-    let out = tokio::time::timeout(WAIT, chat.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = tokio::time::timeout(WAIT, chat.wait_with_output()).await.unwrap().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "alice: hello bob\n");
     // chat acked what it printed.
     let mut bob = node.connect("bob", "cli", 0).await;
@@ -302,19 +251,14 @@ async fn the_binary_drains_and_exits_cleanly_on_sigterm() {
     let opts = Options::default();
     let login =
         eventually(|| async { client::login(&addr, "bob", "phone", "", &opts).await.ok() }).await;
-    let mut bob = Session::connect(&login.endpoint, &login.token, 0, &opts)
-        .await
-        .unwrap();
+    let mut bob = Session::connect(&login.endpoint, &login.token, 0, &opts).await.unwrap();
     let pid = server.id().unwrap().to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
+    let kill = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(kill.success());
+    let started = std::time::Instant::now();
     assert!(matches!(next_event(&mut bob).await, Event::Drain(_)));
-    let status = tokio::time::timeout(WAIT, server.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    drop(bob);
+    let status = tokio::time::timeout(WAIT, server.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "drained before the 2 s grace ran out");
 }

@@ -81,11 +81,7 @@ impl ClientError {
 
 /// Opens a channel to `addr` (host:port or a URL) with the keepalive settings of `opts`.
 pub async fn channel(addr: &str, opts: &Options) -> Result<Channel, ClientError> {
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
+    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
     Ok(Endpoint::from_shared(url)?
         .connect_timeout(opts.connect_timeout)
         .tcp_nodelay(true)
@@ -134,7 +130,64 @@ pub enum Event {
     Closed(Option<Status>),
 }
 
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Result<proto::SendAck, ClientError>>>>>;
+type AckTx = oneshot::Sender<Result<proto::SendAck, ClientError>>;
+
+/// Sends waiting for their SendAck/SendError, by client_msg_id.
+#[derive(Clone, Default)]
+struct Pending(Arc<Mutex<PendingState>>);
+
+#[derive(Default)]
+struct PendingState {
+    /// The stream ended: no ack will come, so no send may wait for one.
+    closed: bool,
+    waiting: HashMap<String, AckTx>,
+}
+
+impl Pending {
+    fn state(&self) -> std::sync::MutexGuard<'_, PendingState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(
+        &self,
+        id: &str,
+    ) -> Result<oneshot::Receiver<Result<proto::SendAck, ClientError>>, ClientError> {
+        let mut state = self.state();
+        if state.closed {
+            return Err(ClientError::Closed);
+        }
+        if state.waiting.contains_key(id) {
+            return Err(ClientError::Protocol(format!(
+                "client_msg_id {id:?} is already in flight"
+            )));
+        }
+        let (tx, rx) = oneshot::channel();
+        state.waiting.insert(id.to_string(), tx);
+        Ok(rx)
+    }
+
+    fn resolve(&self, id: &str, result: Result<proto::SendAck, ClientError>) {
+        if let Some(tx) = self.state().waiting.remove(id) {
+            let _ = tx.send(result);
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        self.state().waiting.remove(id);
+    }
+
+    /// Fails every waiting send and refuses new ones.
+    fn close(&self) {
+        let waiting = {
+            let mut state = self.state();
+            state.closed = true;
+            std::mem::take(&mut state.waiting)
+        };
+        for (_, tx) in waiting {
+            let _ = tx.send(Err(ClientError::Closed));
+        }
+    }
+}
 
 /// Sends frames on a session; cheap to clone.
 #[derive(Clone)]
@@ -156,15 +209,14 @@ impl Sender {
         to: &str,
         body: &str,
     ) -> Result<proto::SendAck, ClientError> {
-        let (tx, rx) = oneshot::channel();
-        self.lock().insert(client_msg_id.to_string(), tx);
+        let rx = self.pending.register(client_msg_id)?;
         let frame = client_frame::Frame::Send(proto::SendMessage {
             client_msg_id: client_msg_id.to_string(),
             to: to.to_string(),
             body: body.to_string(),
         });
         if self.frame(frame).await.is_err() {
-            self.lock().remove(client_msg_id);
+            self.pending.forget(client_msg_id);
             return Err(ClientError::Closed);
         }
         rx.await.unwrap_or(Err(ClientError::Closed))
@@ -172,30 +224,21 @@ impl Sender {
 
     /// Tells the server everything up to `up_to` is processed.
     pub async fn ack(&self, up_to: u64) -> Result<(), ClientError> {
-        self.frame(client_frame::Frame::Ack(proto::Ack { up_to }))
-            .await
+        self.frame(client_frame::Frame::Ack(proto::Ack { up_to })).await
     }
 
     /// Sends a raw frame.
     pub async fn frame(&self, frame: client_frame::Frame) -> Result<(), ClientError> {
         let frame = ClientFrame { frame: Some(frame) };
-        self.frames
-            .send(frame)
-            .await
-            .map_err(|_| ClientError::Closed)
-    }
-
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        HashMap<String, oneshot::Sender<Result<proto::SendAck, ClientError>>>,
-    > {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+        self.frames.send(frame).await.map_err(|_| ClientError::Closed)
     }
 }
 
 /// One open chat stream.
+///
+/// Keep taking events: SendAcks travel on the same stream behind pushed messages, so a caller
+/// that awaits sends but never reads events stalls once the event buffer is full (and the server
+/// then ends the stream as not reading).
 pub struct Session {
     /// What the server said when the session started.
     pub welcome: proto::Welcome,
@@ -215,36 +258,21 @@ impl Session {
         let mut chat =
             ChatClient::new(channel(endpoint, opts).await?).max_decoding_message_size(usize::MAX);
         let (frames, rx) = mpsc::channel(256);
-        let hello = proto::Hello {
-            token: token.to_string(),
-            device: String::new(),
-            resume_after,
-        };
-        let hello = ClientFrame {
-            frame: Some(client_frame::Frame::Hello(hello)),
-        };
+        let hello = proto::Hello { token: token.to_string(), device: String::new(), resume_after };
+        let hello = ClientFrame { frame: Some(client_frame::Frame::Hello(hello)) };
         frames.send(hello).await.map_err(|_| ClientError::Closed)?;
         let mut inbound = chat.session(ReceiverStream::new(rx)).await?.into_inner();
         let welcome = match inbound.message().await? {
-            Some(ServerFrame {
-                frame: Some(Frame::Welcome(w)),
-            }) => w,
+            Some(ServerFrame { frame: Some(Frame::Welcome(w)) }) => w,
             Some(other) => {
-                return Err(ClientError::Protocol(format!(
-                    "expected Welcome, got {other:?}"
-                )));
+                return Err(ClientError::Protocol(format!("expected Welcome, got {other:?}")));
             }
             None => return Err(ClientError::Closed),
         };
-        let pending: Pending = Arc::default();
+        let pending = Pending::default();
         let (events_tx, events) = mpsc::channel(opts.event_buffer);
         let reader = tokio::spawn(read(inbound, events_tx, pending.clone()));
-        Ok(Session {
-            welcome,
-            sender: Sender { frames, pending },
-            events,
-            reader,
-        })
+        Ok(Session { welcome, sender: Sender { frames, pending }, events, reader })
     }
 
     /// A handle for sending and acking.
@@ -261,17 +289,13 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.reader.abort();
+        self.sender.pending.close();
     }
 }
 
 /// Reads server frames: acks resolve pending sends, everything else becomes an [`Event`].
 async fn read(mut inbound: Streaming<ServerFrame>, events: mpsc::Sender<Event>, pending: Pending) {
-    let resolve = |id: &str, r| {
-        let tx = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
-        if let Some(tx) = tx {
-            let _ = tx.send(r);
-        }
-    };
+    let resolve = |id: &str, r| pending.resolve(id, r);
     let end = loop {
         let event = match inbound.message().await {
             Ok(Some(ServerFrame { frame: Some(f) })) => match f {
@@ -280,10 +304,7 @@ async fn read(mut inbound: Streaming<ServerFrame>, events: mpsc::Sender<Event>, 
                     continue;
                 }
                 Frame::SendError(e) => {
-                    let err = ClientError::Rejected {
-                        code: Code::from(e.code),
-                        reason: e.reason,
-                    };
+                    let err = ClientError::Rejected { code: Code::from(e.code), reason: e.reason };
                     resolve(&e.client_msg_id, Err(err));
                     continue;
                 }
@@ -300,13 +321,6 @@ async fn read(mut inbound: Streaming<ServerFrame>, events: mpsc::Sender<Event>, 
             break Event::Closed(None);
         }
     };
-    let waiting: Vec<_> = pending
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .drain()
-        .collect();
-    for (_, tx) in waiting {
-        let _ = tx.send(Err(ClientError::Closed));
-    }
+    pending.close();
     let _ = events.send(end).await;
 }

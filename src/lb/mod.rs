@@ -31,10 +31,7 @@ pub struct Balancer {
 
 impl Balancer {
     pub fn new(strategy: Box<dyn Strategy>) -> Self {
-        Self {
-            nodes: RwLock::new(Vec::new()),
-            strategy,
-        }
+        Self { nodes: RwLock::new(Vec::new()), strategy }
     }
 
     /// Applies one discovery update. Nodes are kept sorted by id so that every node of a
@@ -76,10 +73,7 @@ mod tests {
     use super::*;
 
     fn node(id: &str) -> NodeInfo {
-        NodeInfo {
-            id: id.into(),
-            endpoint: format!("{id}:1"),
-        }
+        NodeInfo { id: id.into(), endpoint: format!("{id}:1") }
     }
 
     #[test]

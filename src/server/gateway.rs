@@ -29,23 +29,15 @@ impl Gateway for GatewayService {
     ) -> Result<Response<proto::LoginResponse>, Status> {
         let req = req.into_inner();
         let user = self.node.login.authenticate(&req.user_id, &req.jwt)?;
-        let device = if req.device.is_empty() {
-            DEFAULT_DEVICE.to_string()
-        } else {
-            req.device
-        };
+        let device = if req.device.is_empty() { DEFAULT_DEVICE.to_string() } else { req.device };
         ids::device(&device)?;
         let target = self
             .node
             .balancer
             .pick(&user)
             .ok_or_else(|| Status::unavailable("no node is available to hold the stream"))?;
-        let (token, expires_at) = self.node.signer.issue(
-            TokenKind::Session,
-            &user,
-            &device,
-            self.node.config.token_ttl,
-        );
+        let (token, expires_at) =
+            self.node.signer.issue(TokenKind::Session, &user, &device, self.node.config.token_ttl);
         tracing::debug!(%user, %device, node = %target.id, "login");
         Ok(Response::new(proto::LoginResponse {
             token,
@@ -61,16 +53,9 @@ impl Gateway for GatewayService {
         &self,
         req: Request<proto::SendRequest>,
     ) -> Result<Response<proto::SendResponse>, Status> {
-        let claims = self
-            .node
-            .signer
-            .verify_metadata(req.metadata(), TokenKind::Session)?;
+        let claims = self.node.signer.verify_metadata(req.metadata(), TokenKind::Session)?;
         let r = req.into_inner();
-        let msg = Outgoing {
-            client_msg_id: r.client_msg_id,
-            to: r.to,
-            body: r.body,
-        };
+        let msg = Outgoing { client_msg_id: r.client_msg_id, to: r.to, body: r.body };
         let appended = self.node.send(&claims.sub, msg).await?;
         Ok(Response::new(proto::SendResponse {
             msg_id: appended.message.msg_id,
@@ -83,23 +68,13 @@ impl Gateway for GatewayService {
         &self,
         req: Request<proto::PresenceRequest>,
     ) -> Result<Response<proto::PresenceResponse>, Status> {
-        self.node
-            .signer
-            .verify_metadata(req.metadata(), TokenKind::Session)?;
+        self.node.signer.verify_metadata(req.metadata(), TokenKind::Session)?;
         let user = req.into_inner().user_id;
         ids::user(&user)?;
-        let routes = self
-            .node
-            .routes
-            .get(&user)
-            .await
-            .map_err(crate::Error::from)?;
+        let routes = self.node.routes.get(&user).await.map_err(crate::Error::from)?;
         let mut devices: Vec<_> = routes
             .into_iter()
-            .map(|(device, r)| proto::DeviceRoute {
-                device,
-                node_id: r.node_id,
-            })
+            .map(|(device, r)| proto::DeviceRoute { device, node_id: r.node_id })
             .collect();
         devices.sort_by(|a, b| a.device.cmp(&b.device));
         Ok(Response::new(proto::PresenceResponse {

@@ -2,6 +2,7 @@
 //! the ordered shutdown (NOT_SERVING, Drain every stream, bounded grace).
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use tokio::net::TcpListener;
@@ -18,7 +19,7 @@ use crate::proto::{
     FILE_DESCRIPTOR_SET, chat_server::ChatServer, gateway_server::GatewayServer,
     relay_server::RelayServer,
 };
-use crate::store::MemoryStore;
+use crate::store::{Inbox, MemoryStore, RedisStore, RouteStore};
 use crate::stream::Registry;
 
 pub mod chat;
@@ -41,8 +42,31 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("cannot open the store: {0}")]
+    Store(String),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// The configured stores: Redis with `--redis`, else in memory.
+async fn open_store(config: &Config) -> Result<(Arc<dyn Inbox>, Arc<dyn RouteStore>), ServeError> {
+    let urls = config.redis_urls();
+    if urls.is_empty() {
+        let store = MemoryStore::shared(config.store_options(), Duration::from_secs(60));
+        return Ok((store.clone(), store));
+    }
+    let store = RedisStore::connect(
+        &urls,
+        config.redis_cluster,
+        config.redis_timeout,
+        &config.redis_prefix,
+        config.store_options(),
+    )
+    .await
+    .map_err(|e| ServeError::Store(e.to_string()))?;
+    info!(redis = %urls.join(","), cluster = config.redis_cluster, "using Redis stores");
+    let store = Arc::new(store);
+    Ok((store.clone(), store))
 }
 
 /// Runs a node on `listener` until `shutdown` resolves, then drains it and returns.
@@ -53,19 +77,16 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     config.validate()?;
     let local = listener.local_addr()?;
-    let endpoint = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| local.to_string());
+    let endpoint = config.advertise.clone().unwrap_or_else(|| local.to_string());
     let id = config.node_id.clone().unwrap_or_else(|| endpoint.clone());
-    let store = Arc::new(MemoryStore::new(config.store_options()));
+    let (inbox, routes) = open_store(&config).await?;
     let node = Arc::new(Node {
         id: id.clone(),
         endpoint: endpoint.clone(),
         signer: config.signer(),
         login: config.login_mode(),
-        inbox: store.clone(),
-        routes: store,
+        inbox,
+        routes,
         registry: Registry::new(FEED_CAPACITY),
         balancer: Balancer::new(Box::new(RoundRobin::default())),
         config,
@@ -74,10 +95,7 @@ pub async fn run(
         warn!("no --token-secret: tokens are signed with a random key and die with this process");
     }
 
-    let discovery = StaticDiscovery::new(vec![NodeInfo {
-        id: id.clone(),
-        endpoint,
-    }]);
+    let discovery = StaticDiscovery::new(vec![NodeInfo { id: id.clone(), endpoint }]);
     let mut updates = discovery.updates();
     let balancer_node = node.clone();
     let discovery_task = tokio::spawn(async move {
@@ -91,9 +109,7 @@ pub async fn run(
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<GatewayServer<gateway::GatewayService>>()
-        .await;
+    health.set_serving::<GatewayServer<gateway::GatewayService>>().await;
     health.set_serving::<ChatServer<chat::ChatService>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -138,30 +154,23 @@ pub async fn run(
         () = shutdown => {}
     }
 
-    info!(
-        sessions = node.registry.len(),
-        "shutting down: draining streams"
-    );
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_not_serving::<GatewayServer<gateway::GatewayService>>()
-        .await;
-    health
-        .set_not_serving::<ChatServer<chat::ChatService>>()
-        .await;
+    info!(sessions = node.registry.len(), "shutting down: draining streams");
+    health.set_service_status("", ServingStatus::NotServing).await;
+    health.set_not_serving::<GatewayServer<gateway::GatewayService>>().await;
+    health.set_not_serving::<ChatServer<chat::ChatService>>().await;
     node.registry.drain_all(|| rand::random_range(0..1000));
     let _ = stop_tx.send(());
     let grace = node.config.drain_grace;
     let result = match tokio::time::timeout(grace, &mut server).await {
         Ok(result) => result.map_err(Into::into),
         Err(_) => {
-            warn!(
-                ?grace,
-                "drain grace expired; closing the remaining connections"
-            );
-            Ok(())
+            warn!(?grace, sessions = node.registry.len(), "drain grace expired; ending the rest");
+            node.registry.terminate();
+            // Sessions end at once; give their connections a moment to close.
+            match tokio::time::timeout(Duration::from_secs(1), &mut server).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Ok(()),
+            }
         }
     };
     discovery_task.abort();

@@ -19,9 +19,7 @@ impl RelayService {
     }
 
     fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        self.node
-            .signer
-            .verify_metadata(req.metadata(), TokenKind::Node)?;
+        self.node.signer.verify_metadata(req.metadata(), TokenKind::Node)?;
         Ok(())
     }
 }
@@ -47,9 +45,7 @@ impl Relay for RelayService {
             })
             .collect();
         let sessions = self.node.registry.deliver(&r.user_id, &messages);
-        Ok(Response::new(proto::DeliverResponse {
-            sessions: sessions as u32,
-        }))
+        Ok(Response::new(proto::DeliverResponse { sessions: sessions as u32 }))
     }
 
     async fn kick(

@@ -1,6 +1,7 @@
 //! Where messages and routes live: the [`Inbox`] and [`RouteStore`] traits and their backends.
 //!
 //! - `memory`: the embedded default; one process, nothing survives a restart.
+//! - `redis`: durable and shared by all nodes; a single server or a Redis Cluster.
 //!
 //! Every user has an inbox whose messages carry a seq contiguous from 1. Appending deduplicates on
 //! (recipient, sender, client_msg_id), assigns the seq, stores the message and reads the
@@ -9,8 +10,10 @@
 use async_trait::async_trait;
 
 pub mod memory;
+pub mod redis;
 
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +65,7 @@ pub struct Appended {
     pub message: StoredMessage,
     /// True when (to, from, client_msg_id) was already stored: nothing new was written.
     pub duplicate: bool,
-    /// The recipient's routes (device, route) at the time of the append.
+    /// The recipient's unexpired routes (device, route) at the time of the append.
     pub routes: Vec<(String, Route)>,
 }
 
@@ -93,8 +96,26 @@ pub trait Inbox: Send + Sync + 'static {
 /// Which node holds each device stream of a user.
 #[async_trait]
 pub trait RouteStore: Send + Sync + 'static {
-    /// Records that `device` of `user` is connected through `route` (replacing any older one).
-    async fn put(&self, user: &str, device: &str, route: &Route) -> Result<(), StoreError>;
+    /// Records that `device` of `user` is connected through `route` (replacing any older one)
+    /// for `ttl`; a live session refreshes it well before then, so routes of a node that died
+    /// without cleaning up lapse on their own.
+    async fn put(
+        &self,
+        user: &str,
+        device: &str,
+        route: &Route,
+        ttl: std::time::Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Extends `route` for another `ttl` if `device` is still its session's (or has no route any
+    /// more). Returns false, changing nothing, when another session owns the device.
+    async fn refresh(
+        &self,
+        user: &str,
+        device: &str,
+        route: &Route,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError>;
 
     /// Removes the route of `device` only if it still belongs to `session_id`.
     async fn remove_if(
@@ -104,7 +125,7 @@ pub trait RouteStore: Send + Sync + 'static {
         session_id: &str,
     ) -> Result<bool, StoreError>;
 
-    /// All routes of `user` as (device, route).
+    /// All unexpired routes of `user` as (device, route).
     async fn get(&self, user: &str) -> Result<Vec<(String, Route)>, StoreError>;
 }
 

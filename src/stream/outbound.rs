@@ -40,16 +40,8 @@ pub fn channel(capacity: usize, slow_timeout: Duration) -> (Outbound, OutboundSt
     let (tx, rx) = mpsc::channel(capacity);
     let (abort_tx, abort_rx) = oneshot::channel();
     (
-        Outbound {
-            tx,
-            abort: Some(abort_tx),
-            slow_timeout,
-        },
-        OutboundStream {
-            rx,
-            abort: Some(abort_rx),
-            done: false,
-        },
+        Outbound { tx, abort: Some(abort_tx), slow_timeout },
+        OutboundStream { rx, abort: Some(abort_rx), done: false },
     )
 }
 
@@ -71,18 +63,13 @@ impl Outbound {
 
     /// Ends the stream with `status` after the frames already queued.
     pub async fn finish(&mut self, status: Status) {
-        if self
-            .tx
-            .send_timeout(Err(status.clone()), self.slow_timeout)
-            .await
-            .is_err()
-        {
+        if self.tx.send_timeout(Err(status.clone()), self.slow_timeout).await.is_err() {
             self.abort(status);
         }
     }
 
     /// Ends the stream with `status` now, dropping whatever is still queued.
-    fn abort(&mut self, status: Status) {
+    pub fn abort(&mut self, status: Status) {
         if let Some(abort) = self.abort.take() {
             let _ = abort.send(status);
         }

@@ -20,6 +20,16 @@ pub enum Stop {
     Drain(u32),
 }
 
+/// Where the node is in its life; sessions watch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Serving,
+    /// Shutting down: new and existing sessions are told to drain.
+    Draining,
+    /// The drain grace is over: every session ends now.
+    Terminated,
+}
+
 /// Set when a message could not be queued for a session: the session reads its inbox instead.
 #[derive(Debug, Default)]
 pub struct Lag {
@@ -69,11 +79,14 @@ impl Handle {
     }
 }
 
+type Users = HashMap<String, HashMap<String, Handle>>;
+
 /// Live sessions on this node: user → device → session.
 #[derive(Debug)]
 pub struct Registry {
-    users: Mutex<HashMap<String, HashMap<String, Handle>>>,
+    users: Mutex<Users>,
     feed_capacity: usize,
+    phase: watch::Sender<Phase>,
 }
 
 impl Registry {
@@ -83,14 +96,16 @@ impl Registry {
         Self {
             users: Mutex::new(HashMap::new()),
             feed_capacity,
+            phase: watch::Sender::new(Phase::Serving),
         }
     }
 
-    fn users(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, Handle>>> {
+    fn users(&self) -> std::sync::MutexGuard<'_, Users> {
         self.users.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a session; an older local session of the same user and device is kicked.
+    /// Adds a session; an older local session of the same user and device is kicked. While the
+    /// node drains, the new session is told to drain at once.
     pub fn register(&self, user: &str, device: &str, session_id: &str) -> Feed {
         let (tx, rx) = mpsc::channel(self.feed_capacity);
         let (stop_tx, stop_rx) = watch::channel(None);
@@ -101,31 +116,22 @@ impl Registry {
             lag: lag.clone(),
             stop: stop_tx,
         };
-        let old = self
-            .users()
-            .entry(user.to_string())
-            .or_default()
-            .insert(device.to_string(), handle);
+        let mut users = self.users();
+        if *self.phase.borrow() != Phase::Serving {
+            handle.stop.send_replace(Some(Stop::Drain(0)));
+        }
+        let old = users.entry(user.to_string()).or_default().insert(device.to_string(), handle);
         if let Some(old) = old {
-            old.stop.send_replace(Some(Stop::Kicked(
-                "signed in again on the same device".into(),
-            )));
+            old.stop.send_replace(Some(Stop::Kicked("signed in again on the same device".into())));
         }
-        Feed {
-            messages: rx,
-            lag,
-            stop: stop_rx,
-        }
+        Feed { messages: rx, lag, stop: stop_rx }
     }
 
     /// Removes a session if it is still the registered one for its device.
     pub fn remove(&self, user: &str, device: &str, session_id: &str) {
         let mut users = self.users();
         if let Some(devices) = users.get_mut(user) {
-            if devices
-                .get(device)
-                .is_some_and(|h| h.session_id == session_id)
-            {
+            if devices.get(device).is_some_and(|h| h.session_id == session_id) {
                 devices.remove(device);
             }
             if devices.is_empty() {
@@ -134,12 +140,15 @@ impl Registry {
         }
     }
 
+    /// The session currently registered for `user`'s `device`, if any.
+    pub fn current(&self, user: &str, device: &str) -> Option<String> {
+        self.users().get(user)?.get(device).map(|h| h.session_id.clone())
+    }
+
     /// Hands messages to every local session of `user`; returns how many sessions got them.
     pub fn deliver(&self, user: &str, messages: &[StoredMessage]) -> usize {
         let users = self.users();
-        let Some(devices) = users.get(user) else {
-            return 0;
-        };
+        let Some(devices) = users.get(user) else { return 0 };
         for handle in devices.values() {
             for m in messages {
                 handle.push(m);
@@ -151,9 +160,7 @@ impl Registry {
     /// Ends the session of `user`'s `device` (only `session_id`'s, when given).
     pub fn kick(&self, user: &str, device: &str, session_id: Option<&str>, reason: &str) -> bool {
         let users = self.users();
-        let Some(h) = users.get(user).and_then(|d| d.get(device)) else {
-            return false;
-        };
+        let Some(h) = users.get(user).and_then(|d| d.get(device)) else { return false };
         if session_id.is_some_and(|s| s != h.session_id) {
             return false;
         }
@@ -161,21 +168,32 @@ impl Registry {
         true
     }
 
-    /// Tells every session to drain: each sends `Drain` and ends.
+    /// Tells every session, and every one that registers from now on, to drain: each sends
+    /// `Drain` and ends.
     pub fn drain_all(&self, reconnect_after_ms: impl Fn() -> u32) {
-        for devices in self.users().values() {
+        let users = self.users();
+        self.phase.send_replace(Phase::Draining);
+        for devices in users.values() {
             for h in devices.values() {
                 h.stop.send_replace(Some(Stop::Drain(reconnect_after_ms())));
             }
         }
     }
 
+    /// Ends every session now, drained or not (after the drain grace).
+    pub fn terminate(&self) {
+        self.phase.send_replace(Phase::Terminated);
+    }
+
+    /// Resolves once the node has reached `phase` (or a later one).
+    pub async fn reached(&self, phase: Phase) {
+        let mut rx = self.phase.subscribe();
+        let _ = rx.wait_for(|p| *p >= phase).await;
+    }
+
     /// Devices of `user` with a session on this node.
     pub fn devices(&self, user: &str) -> Vec<String> {
-        self.users()
-            .get(user)
-            .map(|d| d.keys().cloned().collect())
-            .unwrap_or_default()
+        self.users().get(user).map(|d| d.keys().cloned().collect()).unwrap_or_default()
     }
 
     /// Number of live sessions on this node.

@@ -4,7 +4,8 @@
 //! Ordering: the session keeps `next`, the next seq this device must see. A live message with a
 //! lower seq is a duplicate and dropped; one with a higher seq means something was missed (a
 //! concurrent append, a full feed), so the gap is filled from the inbox first. Replay at start
-//! uses the same path, so resume has neither a gap nor a duplicate.
+//! uses the same path, so resume has neither a gap nor a duplicate. The inbox is read one page
+//! per turn of the loop, so a long replay never holds up kicks, drains, sends or acks.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,13 +13,13 @@ use tonic::{Status, Streaming};
 use tracing::{debug, warn};
 
 use super::outbound::{Gone, Outbound};
-use super::registry::{Feed, Stop};
+use super::registry::{Feed, Phase, Stop};
 use crate::auth::{Claims, TokenKind};
 use crate::error::Error;
 use crate::ids;
 use crate::node::{Node, Outgoing, new_id};
 use crate::proto::{self, ClientFrame, client_frame, server_frame::Frame};
-use crate::store::StoredMessage;
+use crate::store::{Route, StoreError, StoredMessage};
 
 /// How many messages one inbox read returns.
 const PAGE: usize = 256;
@@ -27,13 +28,17 @@ const RETRY: Duration = Duration::from_secs(1);
 
 /// Runs a session to its end. Spawned per stream by the Chat service.
 pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: Outbound) {
-    let hello = match hello(&node, &mut inbound).await {
-        Ok(h) => h,
-        Err(Some(status)) => return out.finish(status).await,
-        Err(None) => return,
+    let (claims, resume_after) = tokio::select! {
+        hello = hello(&node, &mut inbound) => match hello {
+            Ok(h) => h,
+            Err(Some(status)) => return out.finish(status).await,
+            Err(None) => return,
+        },
+        () = node.registry.reached(Phase::Draining) => {
+            return out.finish(Status::unavailable("node is shutting down; log in again")).await;
+        }
     };
-    let (claims, resume_after) = hello;
-    let (user, device) = (claims.sub.clone(), claims.dev.clone());
+    let (user, device) = (claims.sub, claims.dev);
     let session_id = new_id();
     let feed = node.registry.register(&user, &device, &session_id);
     let mut s = Session {
@@ -43,17 +48,28 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
         session_id: session_id.clone(),
         next: 1,
         acked: 0,
+        more: false,
         retry_at: None,
         bucket: TokenBucket::new(node.config.send_rate, node.config.send_burst),
     };
-    let result = match s.start(&mut out, resume_after).await {
-        Ok(()) => s.serve(&mut inbound, &mut out, feed).await,
-        Err(e) => Err(e),
+    let body = async {
+        // A session told to stop before it started (drain) skips straight to saying so.
+        if feed.stop.borrow().is_none() {
+            s.start(&mut out, resume_after).await?;
+        }
+        s.serve(&mut inbound, &mut out, feed).await
+    };
+    let result = tokio::select! {
+        r = body => r,
+        () = node.registry.reached(Phase::Terminated) => {
+            Err(End::Abort(Status::unavailable("node shut down; log in again")))
+        }
     };
     match result {
         Ok(()) => {}
         Err(End::Gone(why)) => debug!(%user, %device, ?why, "client gone"),
         Err(End::Status(status)) => out.finish(status).await,
+        Err(End::Abort(status)) => out.abort(status),
     }
     node.registry.remove(&user, &device, &session_id);
     if let Err(e) = node.routes.remove_if(&user, &device, &session_id).await {
@@ -69,24 +85,15 @@ async fn hello(
 ) -> Result<(Claims, u64), Option<Status>> {
     let first = tokio::time::timeout(node.config.hello_timeout, inbound.message()).await;
     let frame = match first {
-        Err(_) => {
-            return Err(Some(Status::deadline_exceeded(
-                "no Hello within the hello timeout",
-            )));
-        }
+        Err(_) => return Err(Some(Status::deadline_exceeded("no Hello within the hello timeout"))),
         Ok(Ok(Some(f))) => f,
         Ok(Ok(None)) => return Err(None),
         Ok(Err(status)) => return Err(Some(status)),
     };
     let Some(client_frame::Frame::Hello(h)) = frame.frame else {
-        return Err(Some(Status::failed_precondition(
-            "the first frame must be Hello",
-        )));
+        return Err(Some(Status::failed_precondition("the first frame must be Hello")));
     };
-    let claims = node
-        .signer
-        .verify(&h.token, TokenKind::Session)
-        .map_err(|e| Some(e.into()))?;
+    let claims = node.signer.verify(&h.token, TokenKind::Session).map_err(|e| Some(e.into()))?;
     if !h.device.is_empty() && h.device != claims.dev {
         return Err(Some(Status::permission_denied(
             "Hello.device differs from the token's device; log in with that device",
@@ -100,13 +107,21 @@ async fn hello(
 enum End {
     /// The client is gone; nothing more can be sent.
     Gone(Gone),
-    /// End the stream with this status.
+    /// End the stream with this status, after what is queued.
     Status(Status),
+    /// End the stream with this status now.
+    Abort(Status),
 }
 
 impl From<Gone> for End {
     fn from(g: Gone) -> Self {
         End::Gone(g)
+    }
+}
+
+impl From<StoreError> for End {
+    fn from(e: StoreError) -> Self {
+        End::Status(Error::from(e).into())
     }
 }
 
@@ -119,31 +134,41 @@ struct Session {
     next: u64,
     /// This device's ack cursor as last stored.
     acked: u64,
+    /// The last inbox read was a full page: read on.
+    more: bool,
     /// When a failed inbox read is to be retried.
     retry_at: Option<tokio::time::Instant>,
     bucket: TokenBucket,
 }
 
 impl Session {
-    /// Writes the route, registers the device's cursor, sends Welcome and replays the inbox.
+    fn route(&self) -> Route {
+        Route { node_id: self.node.id.clone(), session_id: self.session_id.clone() }
+    }
+
+    /// Writes the route, registers the device's cursor, sends Welcome and starts the replay.
     async fn start(&mut self, out: &mut Outbound, resume_after: u64) -> Result<(), End> {
         let node = self.node.clone();
-        let route = crate::store::Route {
-            node_id: node.id.clone(),
-            session_id: self.session_id.clone(),
+        let ttl = node.config.route_ttl;
+        node.routes.put(&self.user, &self.device, &self.route(), ttl).await?;
+        // A newer local session of this device may have registered and written its route
+        // before ours landed: give the device back to it.
+        if let Some(current) = node.registry.current(&self.user, &self.device)
+            && current != self.session_id
+        {
+            let theirs = Route { node_id: node.id.clone(), session_id: current };
+            node.routes.put(&self.user, &self.device, &theirs, ttl).await?;
+        }
+        let last_seq = node.inbox.last_seq(&self.user).await?;
+        // A resume point past the end of the inbox comes from another inbox (one that was
+        // lost): using it would skip messages, so the stored cursor decides alone.
+        let resume_after = if resume_after > last_seq {
+            warn!(user = %self.user, resume_after, last_seq, "resume point beyond the inbox; ignored");
+            0
+        } else {
+            resume_after
         };
-        let stored = async {
-            node.routes.put(&self.user, &self.device, &route).await?;
-            let cursor = node
-                .inbox
-                .ack(&self.user, &self.device, resume_after)
-                .await?;
-            let last = node.inbox.last_seq(&self.user).await?;
-            Ok::<_, crate::store::StoreError>((cursor, last))
-        };
-        let (cursor, last_seq) = stored
-            .await
-            .map_err(|e| End::Status(Error::from(e).into()))?;
+        let cursor = node.inbox.ack(&self.user, &self.device, resume_after).await?;
         self.acked = cursor;
         self.next = cursor + 1;
         out.send(Frame::Welcome(proto::Welcome {
@@ -164,23 +189,16 @@ impl Session {
         out: &mut Outbound,
         mut feed: Feed,
     ) -> Result<(), End> {
+        let period = self.node.config.route_ttl / 3;
+        let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let retry = self.retry_at;
             tokio::select! {
                 biased;
                 _ = feed.stop.changed() => {
                     let stop = feed.stop.borrow_and_update().clone();
-                    return match stop {
-                        Some(Stop::Kicked(reason)) => {
-                            out.send(Frame::Kicked(proto::Kicked { reason })).await?;
-                            Ok(())
-                        }
-                        Some(Stop::Drain(ms)) => {
-                            out.send(Frame::Drain(proto::Drain { reconnect_after_ms: ms })).await?;
-                            Ok(())
-                        }
-                        None => Ok(()),
-                    };
+                    return self.stop(stop, out).await;
                 }
                 _ = out.closed() => return Err(End::Gone(Gone::Closed)),
                 frame = inbound.message() => match frame {
@@ -193,6 +211,37 @@ impl Session {
                 _ = tokio::time::sleep_until(retry.unwrap_or_else(far_future)), if retry.is_some() => {
                     self.fill(out).await?
                 }
+                _ = refresh.tick() => {
+                    if !self.refresh_route().await {
+                        let reason = "signed in again on the same device".to_string();
+                        return self.stop(Some(Stop::Kicked(reason)), out).await;
+                    }
+                }
+                () = std::future::ready(()), if self.more => self.fill(out).await?,
+            }
+        }
+    }
+
+    async fn stop(&mut self, stop: Option<Stop>, out: &mut Outbound) -> Result<(), End> {
+        match stop {
+            Some(Stop::Kicked(reason)) => out.send(Frame::Kicked(proto::Kicked { reason })).await?,
+            Some(Stop::Drain(ms)) => {
+                out.send(Frame::Drain(proto::Drain { reconnect_after_ms: ms })).await?
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Keeps this session's route from lapsing. Returns false when another session owns the
+    /// device. A store failure is retried at the next tick (the route lives three periods).
+    async fn refresh_route(&self) -> bool {
+        let ttl = self.node.config.route_ttl;
+        match self.node.routes.refresh(&self.user, &self.device, &self.route(), ttl).await {
+            Ok(owned) => owned,
+            Err(e) => {
+                warn!(user = %self.user, error = %e, "route refresh failed");
+                true
             }
         }
     }
@@ -201,7 +250,7 @@ impl Session {
         if msg.seq < self.next {
             return Ok(());
         }
-        if msg.seq > self.next {
+        if msg.seq > self.next || self.more {
             return self.fill(out).await;
         }
         self.push(msg, out).await
@@ -213,30 +262,26 @@ impl Session {
         Ok(())
     }
 
-    /// Pushes everything in the inbox from `next` on. A read error keeps the stream up and
-    /// schedules a retry.
+    /// Pushes one page of the inbox from `next` on; `more` says whether to read on. A read
+    /// error keeps the stream up and schedules a retry.
     async fn fill(&mut self, out: &mut Outbound) -> Result<(), End> {
         self.retry_at = None;
-        loop {
-            match self.node.inbox.read(&self.user, self.next - 1, PAGE).await {
-                Ok(page) => {
-                    let full = page.len() == PAGE;
-                    for msg in page {
-                        if msg.seq >= self.next {
-                            self.push(msg, out).await?;
-                        }
+        match self.node.inbox.read(&self.user, self.next - 1, PAGE).await {
+            Ok(page) => {
+                self.more = page.len() == PAGE;
+                for msg in page {
+                    if msg.seq >= self.next {
+                        self.push(msg, out).await?;
                     }
-                    if !full {
-                        return Ok(());
-                    }
-                }
-                Err(e) => {
-                    warn!(user = %self.user, error = %e, "inbox read failed; will retry");
-                    self.retry_at = Some(tokio::time::Instant::now() + RETRY);
-                    return Ok(());
                 }
             }
+            Err(e) => {
+                warn!(user = %self.user, error = %e, "inbox read failed; will retry");
+                self.more = false;
+                self.retry_at = Some(tokio::time::Instant::now() + RETRY);
+            }
         }
+        Ok(())
     }
 
     async fn on_frame(&mut self, frame: ClientFrame, out: &mut Outbound) -> Result<(), End> {
@@ -257,11 +302,7 @@ impl Session {
     async fn send(&mut self, m: proto::SendMessage) -> Frame {
         let client_msg_id = m.client_msg_id.clone();
         let result = if self.bucket.take() {
-            let msg = Outgoing {
-                client_msg_id: m.client_msg_id,
-                to: m.to,
-                body: m.body,
-            };
+            let msg = Outgoing { client_msg_id: m.client_msg_id, to: m.to, body: m.body };
             self.node.send(&self.user, msg).await
         } else {
             Err(Error::ResourceExhausted(format!(
@@ -334,12 +375,7 @@ struct TokenBucket {
 impl TokenBucket {
     fn new(rate: u32, burst: u32) -> Self {
         let burst = f64::from(burst.max(1));
-        Self {
-            rate: f64::from(rate),
-            burst,
-            tokens: burst,
-            at: Instant::now(),
-        }
+        Self { rate: f64::from(rate), burst, tokens: burst, at: Instant::now() }
     }
 
     fn take(&mut self) -> bool {

@@ -51,22 +51,12 @@ impl TestNode {
         let task = tokio::spawn(tim::run(listener, c, async {
             let _ = stopped.await;
         }));
-        let node = TestNode {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        };
+        let node = TestNode { addr, stop: Some(stop), task: Some(task) };
         // Ready once health answers.
         eventually(|| async {
-            let ch = client::channel(&node.endpoint(), &Options::default())
-                .await
-                .ok()?;
+            let ch = client::channel(&node.endpoint(), &Options::default()).await.ok()?;
             let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
-            h.check(tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .ok()
+            h.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.ok()
         })
         .await;
         node
@@ -83,30 +73,19 @@ impl TestNode {
     }
 
     pub async fn login(&self, user: &str, device: &str) -> proto::LoginResponse {
-        client::login(&self.endpoint(), user, device, "", &Options::default())
-            .await
-            .unwrap()
+        client::login(&self.endpoint(), user, device, "", &Options::default()).await.unwrap()
     }
 
     /// Logs in and opens a session resuming after `resume_after`.
     pub async fn connect(&self, user: &str, device: &str, resume_after: u64) -> Session {
         let login = self.login(user, device).await;
-        Session::connect(
-            &login.endpoint,
-            &login.token,
-            resume_after,
-            &Options::default(),
-        )
-        .await
-        .unwrap()
+        Session::connect(&login.endpoint, &login.token, resume_after, &Options::default())
+            .await
+            .unwrap()
     }
 
     pub async fn gateway(&self) -> GatewayClient<Channel> {
-        GatewayClient::new(
-            client::channel(&self.endpoint(), &Options::default())
-                .await
-                .unwrap(),
-        )
+        GatewayClient::new(client::channel(&self.endpoint(), &Options::default()).await.unwrap())
     }
 
     /// Unary Gateway.Send as `from`.
@@ -123,30 +102,15 @@ impl TestNode {
             to: to.into(),
             body: body.into(),
         };
-        self.gateway()
-            .await
-            .send(client::authorized(req, &token))
-            .await
-            .map(|r| r.into_inner())
+        self.gateway().await.send(client::authorized(req, &token)).await.map(|r| r.into_inner())
     }
 
     /// Devices of `user` that Presence reports online.
     pub async fn presence(&self, user: &str) -> Vec<String> {
         let token = self.login("presence-checker", "server").await.token;
-        let req = proto::PresenceRequest {
-            user_id: user.into(),
-        };
-        let resp = self
-            .gateway()
-            .await
-            .presence(client::authorized(req, &token))
-            .await
-            .unwrap();
-        resp.into_inner()
-            .devices
-            .into_iter()
-            .map(|d| d.device)
-            .collect()
+        let req = proto::PresenceRequest { user_id: user.into() };
+        let resp = self.gateway().await.presence(client::authorized(req, &token)).await.unwrap();
+        resp.into_inner().devices.into_iter().map(|d| d.device).collect()
     }
 }
 
@@ -169,10 +133,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {WAIT:?}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within {WAIT:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

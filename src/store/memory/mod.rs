@@ -31,20 +31,29 @@ struct UserState {
     /// Stored messages in seq order (a suffix of 1..=last_seq once trimmed).
     messages: VecDeque<StoredMessage>,
     cursors: HashMap<String, u64>,
-    routes: HashMap<String, Route>,
+    /// device → (route, when it lapses).
+    routes: HashMap<String, (Route, Instant)>,
     /// (from, client_msg_id) → seq of the stored copy.
     dedup: HashMap<(String, String), DedupEntry>,
     /// Dedup keys in expiry order, for cheap expiry.
     dedup_expiry: VecDeque<(Instant, (String, String))>,
 }
 
+/// What a retry needs to be answered: the first copy's identity, not its body.
 #[derive(Debug, Clone)]
 struct DedupEntry {
-    message: StoredMessage,
+    seq: u64,
+    msg_id: String,
+    sent_at: i64,
     expires: Instant,
 }
 
 impl UserState {
+    fn live_routes(&mut self, now: Instant) -> Vec<(String, Route)> {
+        self.routes.retain(|_, (_, lapses)| *lapses > now);
+        self.routes.iter().map(|(d, (r, _))| (d.clone(), r.clone())).collect()
+    }
+
     fn expire(&mut self, opts: &StoreOptions, now: Instant) {
         while let Some((at, _)) = self.dedup_expiry.front() {
             if *at > now {
@@ -82,10 +91,57 @@ impl MemoryStore {
         }
     }
 
-    fn with_user<R>(&self, user: &str, f: impl FnOnce(&mut UserState) -> R) -> R {
+    /// A store shared behind an `Arc`, swept every `every` by a task that ends with the store.
+    /// Needs a tokio runtime.
+    pub fn shared(opts: StoreOptions, every: Duration) -> std::sync::Arc<Self> {
+        let store = std::sync::Arc::new(Self::new(opts));
+        let weak = std::sync::Arc::downgrade(&store);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(store) => store.sweep(),
+                    None => return,
+                }
+            }
+        });
+        store
+    }
+
+    fn shard(&self, user: &str) -> std::sync::MutexGuard<'_, HashMap<String, UserState>> {
         let shard = &self.shards[self.hasher.hash_one(user) as usize % SHARDS];
-        let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
-        f(map.entry(user.to_string()).or_default())
+        shard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on `user`'s state, creating it if needed (writes).
+    fn with_user<R>(&self, user: &str, f: impl FnOnce(&mut UserState) -> R) -> R {
+        f(self.shard(user).entry(user.to_string()).or_default())
+    }
+
+    /// Runs `f` on `user`'s state if it exists (reads of unknown users allocate nothing).
+    fn peek<R: Default>(&self, user: &str, f: impl FnOnce(&mut UserState) -> R) -> R {
+        self.shard(user).get_mut(user).map(f).unwrap_or_default()
+    }
+
+    /// Expires dedup keys, routes and messages past retention everywhere, and forgets users
+    /// with nothing left. Appends and acks do this per user; this catches dormant ones.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        for shard in &self.shards {
+            let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            map.retain(|_, u| {
+                u.expire(&self.opts, now);
+                u.live_routes(now);
+                // last_seq must survive while cursors refer to it.
+                !(u.messages.is_empty()
+                    && u.dedup.is_empty()
+                    && u.routes.is_empty()
+                    && u.cursors.is_empty()
+                    && u.last_seq == 0)
+            });
+        }
     }
 }
 
@@ -96,18 +152,18 @@ impl Inbox for MemoryStore {
         let dedup_ttl: Duration = self.opts.dedup_ttl;
         Ok(self.with_user(&msg.to.clone(), |u| {
             u.expire(&self.opts, now);
-            let routes = u
-                .routes
-                .iter()
-                .map(|(d, r)| (d.clone(), r.clone()))
-                .collect();
+            let routes = u.live_routes(now);
             let key = (msg.from.clone(), msg.client_msg_id.clone());
-            if let Some(entry) = u.dedup.get(&key) {
-                return Appended {
-                    message: entry.message.clone(),
-                    duplicate: true,
-                    routes,
+            if let Some(e) = u.dedup.get(&key) {
+                let message = StoredMessage {
+                    seq: e.seq,
+                    msg_id: e.msg_id.clone(),
+                    from: msg.from,
+                    to: msg.to,
+                    body: msg.body,
+                    sent_at: e.sent_at,
                 };
+                return Appended { message, duplicate: true, routes };
             }
             u.last_seq += 1;
             let stored = StoredMessage {
@@ -119,20 +175,16 @@ impl Inbox for MemoryStore {
                 sent_at: msg.sent_at,
             };
             let expires = now + dedup_ttl;
-            u.dedup.insert(
-                key.clone(),
-                DedupEntry {
-                    message: stored.clone(),
-                    expires,
-                },
-            );
+            let entry = DedupEntry {
+                seq: stored.seq,
+                msg_id: stored.msg_id.clone(),
+                sent_at: stored.sent_at,
+                expires,
+            };
+            u.dedup.insert(key.clone(), entry);
             u.dedup_expiry.push_back((expires, key));
             u.messages.push_back(stored.clone());
-            Appended {
-                message: stored,
-                duplicate: false,
-                routes,
-            }
+            Appended { message: stored, duplicate: false, routes }
         }))
     }
 
@@ -142,7 +194,7 @@ impl Inbox for MemoryStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        Ok(self.with_user(user, |u| {
+        Ok(self.peek(user, |u| {
             let Some(first) = u.messages.front().map(|m| m.seq) else {
                 return Vec::new();
             };
@@ -152,7 +204,7 @@ impl Inbox for MemoryStore {
     }
 
     async fn last_seq(&self, user: &str) -> Result<u64, StoreError> {
-        Ok(self.with_user(user, |u| u.last_seq))
+        Ok(self.peek(user, |u| u.last_seq))
     }
 
     async fn ack(&self, user: &str, device: &str, up_to: u64) -> Result<u64, StoreError> {
@@ -169,9 +221,33 @@ impl Inbox for MemoryStore {
 
 #[async_trait]
 impl RouteStore for MemoryStore {
-    async fn put(&self, user: &str, device: &str, route: &Route) -> Result<(), StoreError> {
-        self.with_user(user, |u| u.routes.insert(device.to_string(), route.clone()));
+    async fn put(
+        &self,
+        user: &str,
+        device: &str,
+        route: &Route,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let lapses = Instant::now() + ttl;
+        self.with_user(user, |u| u.routes.insert(device.to_string(), (route.clone(), lapses)));
         Ok(())
+    }
+
+    async fn refresh(
+        &self,
+        user: &str,
+        device: &str,
+        route: &Route,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        Ok(self.with_user(user, |u| match u.routes.get(device) {
+            Some((r, lapses)) if *lapses > now && r.session_id != route.session_id => false,
+            _ => {
+                u.routes.insert(device.to_string(), (route.clone(), now + ttl));
+                true
+            }
+        }))
     }
 
     async fn remove_if(
@@ -180,11 +256,8 @@ impl RouteStore for MemoryStore {
         device: &str,
         session_id: &str,
     ) -> Result<bool, StoreError> {
-        Ok(self.with_user(user, |u| {
-            if u.routes
-                .get(device)
-                .is_some_and(|r| r.session_id == session_id)
-            {
+        Ok(self.peek(user, |u| {
+            if u.routes.get(device).is_some_and(|(r, _)| r.session_id == session_id) {
                 u.routes.remove(device);
                 true
             } else {
@@ -194,11 +267,6 @@ impl RouteStore for MemoryStore {
     }
 
     async fn get(&self, user: &str) -> Result<Vec<(String, Route)>, StoreError> {
-        Ok(self.with_user(user, |u| {
-            u.routes
-                .iter()
-                .map(|(d, r)| (d.clone(), r.clone()))
-                .collect()
-        }))
+        Ok(self.peek(user, |u| u.live_routes(Instant::now())))
     }
 }

@@ -1,0 +1,296 @@
+//! Durable, shared inboxes and routes in Redis (a single server or a Redis Cluster).
+//!
+//! Keys of one user all carry the hash tag `{uid}`, so they share a cluster slot and one script
+//! can touch them atomically (`<p>` is `--redis-prefix`, default `im`):
+//! - `<p>:seq:{uid}`: INCR counter, the inbox's last seq
+//! - `<p>:inbox:{uid}`: stream, entry id `<seq>-0`, fields from, to, client_msg_id, body,
+//!   msg_id, sent_at
+//! - `<p>:dedup:{uid}:<len(from)>:<from>:<client_msg_id>`: `seq|msg_id|sent_at`, with a TTL
+//! - `<p>:ack:{uid}`: hash device → highest acked seq
+//! - `<p>:route:{uid}`: hash device → `node_id|session_id|lapses_at_ms`, key TTL = route TTL
+//!
+//! The Lua scripts sit beside this file and run by EVALSHA (reloaded after NOSCRIPT, e.g. after
+//! a Redis restart).
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use redis::streams::StreamRangeReply;
+use redis::{AsyncCommands, RedisError, Script, Value};
+
+use super::{
+    Appended, Inbox, NewMessage, Route, RouteStore, StoreError, StoreOptions, StoredMessage,
+};
+use crate::auth::unix_ms;
+
+mod conn;
+
+pub use conn::Conn;
+
+/// Redis-backed [`Inbox`] and [`RouteStore`].
+pub struct RedisStore {
+    conn: Conn,
+    prefix: String,
+    opts: StoreOptions,
+    append: Script,
+    ack: Script,
+    route_remove: Script,
+    route_refresh: Script,
+}
+
+impl From<RedisError> for StoreError {
+    fn from(e: RedisError) -> Self {
+        // Connection loss, timeouts, LOADING after a restart, cluster failover: all mean
+        // "not stored, try again".
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+impl RedisStore {
+    /// Connects and checks the connection with a PING.
+    pub async fn connect(
+        urls: &[String],
+        cluster: bool,
+        timeout: Duration,
+        prefix: &str,
+        opts: StoreOptions,
+    ) -> Result<Self, StoreError> {
+        let mut conn = Conn::open(urls, cluster, timeout).await?;
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(Self {
+            conn,
+            prefix: prefix.to_string(),
+            opts,
+            append: Script::new(include_str!("append.lua")),
+            ack: Script::new(include_str!("ack.lua")),
+            route_remove: Script::new(include_str!("route_remove.lua")),
+            route_refresh: Script::new(include_str!("route_refresh.lua")),
+        })
+    }
+
+    fn key(&self, kind: &str, user: &str) -> String {
+        format!("{}:{kind}:{{{user}}}", self.prefix)
+    }
+
+    fn dedup_key(&self, user: &str, from: &str, client_msg_id: &str) -> String {
+        format!("{}:{}:{from}:{client_msg_id}", self.key("dedup", user), from.len())
+    }
+}
+
+fn now_ms() -> i64 {
+    unix_ms(SystemTime::now())
+}
+
+fn bad(what: &str) -> StoreError {
+    StoreError::Internal(format!("unexpected reply from Redis: {what}"))
+}
+
+/// Parses `seq|msg_id|sent_at`.
+fn parse_stored(s: &str) -> Result<(u64, String, i64), StoreError> {
+    let mut it = s.splitn(3, '|');
+    let (Some(seq), Some(id), Some(at)) = (it.next(), it.next(), it.next()) else {
+        return Err(bad("dedup value"));
+    };
+    Ok((
+        seq.parse().map_err(|_| bad("seq"))?,
+        id.to_string(),
+        at.parse().map_err(|_| bad("sent_at"))?,
+    ))
+}
+
+/// `node_id|session_id|lapses_at_ms` for a route that lives `ttl` from now.
+fn route_value(route: &Route, ttl: Duration) -> String {
+    let lapses = now_ms() + ttl.as_millis() as i64;
+    format!("{}|{}|{lapses}", route.node_id, route.session_id)
+}
+
+/// Parses `node_id|session_id|lapses_at_ms`.
+fn parse_route(s: &str) -> Option<(Route, i64)> {
+    let mut it = s.rsplitn(3, '|');
+    let lapses = it.next()?.parse().ok()?;
+    let session_id = it.next()?.to_string();
+    let node_id = it.next()?.to_string();
+    Some((Route { node_id, session_id }, lapses))
+}
+
+fn live_routes(flat: Vec<String>, now: i64) -> Vec<(String, Route)> {
+    let mut out = Vec::new();
+    let mut it = flat.into_iter();
+    while let (Some(device), Some(value)) = (it.next(), it.next()) {
+        if let Some((route, lapses)) = parse_route(&value)
+            && lapses > now
+        {
+            out.push((device, route));
+        }
+    }
+    out
+}
+
+fn field(map: &std::collections::HashMap<String, Value>, name: &str) -> Result<String, StoreError> {
+    match map.get(name) {
+        Some(v) => redis::from_redis_value_ref::<String>(v).map_err(|_| bad(name)),
+        None => Err(bad(name)),
+    }
+}
+
+#[async_trait]
+impl Inbox for RedisStore {
+    async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
+        let now = now_ms();
+        let cut = now - self.opts.retention.as_millis() as i64;
+        let reply: (i64, String, Vec<String>) = self
+            .append
+            .key(self.key("seq", &msg.to))
+            .key(self.key("inbox", &msg.to))
+            .key(self.dedup_key(&msg.to, &msg.from, &msg.client_msg_id))
+            .key(self.key("route", &msg.to))
+            .arg(&msg.from)
+            .arg(&msg.to)
+            .arg(&msg.client_msg_id)
+            .arg(&msg.body)
+            .arg(&msg.msg_id)
+            .arg(msg.sent_at)
+            .arg(self.opts.dedup_ttl.as_millis() as u64)
+            .arg(now)
+            .arg(cut)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let (duplicate, stored, routes) = reply;
+        let (seq, msg_id, sent_at) = parse_stored(&stored)?;
+        let duplicate = duplicate == 1;
+        // For a duplicate: the first copy's seq, id and time (the body is the caller's; same
+        // key, same message).
+        let message =
+            StoredMessage { seq, msg_id, from: msg.from, to: msg.to, body: msg.body, sent_at };
+        Ok(Appended { message, duplicate, routes: live_routes(routes, now) })
+    }
+
+    async fn read(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let start = format!("{}-0", after + 1);
+        let reply: StreamRangeReply =
+            self.conn.clone().xrange_count(self.key("inbox", user), start, "+", limit).await?;
+        reply
+            .ids
+            .into_iter()
+            .map(|e| {
+                let seq = e.id.split('-').next().and_then(|s| s.parse().ok()).ok_or(bad("id"))?;
+                Ok(StoredMessage {
+                    seq,
+                    msg_id: field(&e.map, "msg_id")?,
+                    from: field(&e.map, "from")?,
+                    to: field(&e.map, "to")?,
+                    body: field(&e.map, "body")?,
+                    sent_at: field(&e.map, "sent_at")?.parse().map_err(|_| bad("sent_at"))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn last_seq(&self, user: &str) -> Result<u64, StoreError> {
+        let seq: Option<u64> = self.conn.clone().get(self.key("seq", user)).await?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    async fn ack(&self, user: &str, device: &str, up_to: u64) -> Result<u64, StoreError> {
+        Ok(self
+            .ack
+            .key(self.key("ack", user))
+            .key(self.key("seq", user))
+            .key(self.key("inbox", user))
+            .arg(device)
+            .arg(up_to)
+            .invoke_async(&mut self.conn.clone())
+            .await?)
+    }
+}
+
+#[async_trait]
+impl RouteStore for RedisStore {
+    async fn put(
+        &self,
+        user: &str,
+        device: &str,
+        route: &Route,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let key = self.key("route", user);
+        let value = route_value(route, ttl);
+        let () = redis::pipe()
+            .atomic()
+            .hset(&key, device, value)
+            .ignore()
+            .pexpire(&key, ttl.as_millis() as i64)
+            .ignore()
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn refresh(
+        &self,
+        user: &str,
+        device: &str,
+        route: &Route,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let owned: i64 = self
+            .route_refresh
+            .key(self.key("route", user))
+            .arg(device)
+            .arg(&route.session_id)
+            .arg(route_value(route, ttl))
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(owned == 1)
+    }
+
+    async fn remove_if(
+        &self,
+        user: &str,
+        device: &str,
+        session_id: &str,
+    ) -> Result<bool, StoreError> {
+        let removed: i64 = self
+            .route_remove
+            .key(self.key("route", user))
+            .arg(device)
+            .arg(session_id)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(removed == 1)
+    }
+
+    async fn get(&self, user: &str) -> Result<Vec<(String, Route)>, StoreError> {
+        let flat: Vec<String> = redis::cmd("HGETALL")
+            .arg(self.key("route", user))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(live_routes(flat, now_ms()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_routes_and_dedup_values() {
+        let (r, lapses) = parse_route("10.0.0.1:50051|abc|1700").unwrap();
+        assert_eq!(
+            (r.node_id.as_str(), r.session_id.as_str(), lapses),
+            ("10.0.0.1:50051", "abc", 1700)
+        );
+        assert!(parse_route("nope").is_none());
+        let flat = vec!["phone".into(), "n|s|100".into(), "tab".into(), "n|t|300".into()];
+        let live = live_routes(flat, 200);
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].0, "tab");
+        assert_eq!(parse_stored("7|id|123").unwrap(), (7, "id".into(), 123));
+        assert!(parse_stored("7|id").is_err());
+    }
+}
