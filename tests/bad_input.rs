@@ -4,7 +4,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::BufMut as _;
-use common::{SECRET, TestNode, config, next_message};
+use common::{Backend, SECRET, TestNode, config, next_message};
 use tim::auth::{Claims, TokenKind, TokenSigner};
 use tim::client::{self, ClientError, Options};
 use tim::proto::{self, ClientFrame, ServerFrame, chat_client::ChatClient, client_frame};
@@ -77,9 +77,8 @@ async fn stored(node: &TestNode, user: &str) -> u64 {
     node.connect(user, "inspector", 0).await.welcome.last_seq
 }
 
-#[tokio::test]
-async fn oversize_or_empty_fields_are_invalid_argument_and_store_nothing() {
-    let node = TestNode::start().await;
+async fn oversize_or_empty_fields_are_invalid_argument_and_store_nothing(b: &Backend) {
+    let node = TestNode::start(b).await;
     let alice = node.connect("alice", "phone", 0).await;
     let big = "x".repeat(64 * 1024 + 1);
     let cases: [(&str, &str, &str); 6] = [
@@ -106,9 +105,8 @@ async fn oversize_or_empty_fields_are_invalid_argument_and_store_nothing() {
     assert_eq!(stored(&node, "bob").await, 1);
 }
 
-#[tokio::test]
-async fn bad_tokens_are_unauthenticated() {
-    let node = TestNode::start().await;
+async fn bad_tokens_are_unauthenticated(b: &Backend) {
+    let node = TestNode::start(b).await;
     let signer = TokenSigner::new(SECRET.as_bytes().to_vec());
     let expired = signer.sign(&Claims {
         sub: "alice".into(),
@@ -143,9 +141,8 @@ async fn bad_tokens_are_unauthenticated() {
     assert_eq!(stored(&node, "bob").await, 0);
 }
 
-#[tokio::test]
-async fn hello_device_must_match_the_token() {
-    let node = TestNode::start().await;
+async fn hello_device_must_match_the_token(b: &Backend) {
+    let node = TestNode::start(b).await;
     let token = node.login("bob", "phone").await.token;
     let f = client_frame::Frame::Hello(proto::Hello {
         token,
@@ -156,9 +153,8 @@ async fn hello_device_must_match_the_token() {
     assert_eq!(raw.status().await.code(), Code::PermissionDenied);
 }
 
-#[tokio::test]
-async fn frames_out_of_order_are_failed_precondition() {
-    let node = TestNode::start().await;
+async fn frames_out_of_order_are_failed_precondition(b: &Backend) {
+    let node = TestNode::start(b).await;
     let token = node.login("alice", "phone").await.token;
 
     let mut raw = Raw::open(&node, send("c1", "bob", "before hello")).await;
@@ -176,9 +172,8 @@ async fn frames_out_of_order_are_failed_precondition() {
     assert_eq!(stored(&node, "bob").await, 0);
 }
 
-#[tokio::test]
-async fn empty_frames_and_acks_beyond_delivery_are_invalid_argument() {
-    let node = TestNode::start().await;
+async fn empty_frames_and_acks_beyond_delivery_are_invalid_argument(b: &Backend) {
+    let node = TestNode::start(b).await;
     let token = node.login("alice", "phone").await.token;
     let mut raw = Raw::open(&node, hello(&token, 0)).await;
     raw.welcome().await;
@@ -196,9 +191,8 @@ async fn empty_frames_and_acks_beyond_delivery_are_invalid_argument() {
     assert_eq!(next_message(&mut alice).await.body, "one");
 }
 
-#[tokio::test]
-async fn a_silent_stream_is_ended_by_the_hello_timeout() {
-    let node = TestNode::with(|c| c.hello_timeout = Duration::from_millis(200)).await;
+async fn a_silent_stream_is_ended_by_the_hello_timeout(b: &Backend) {
+    let node = TestNode::with(b, |c| c.hello_timeout = Duration::from_millis(200)).await;
     let ch = client::channel(&node.endpoint(), &Options::default()).await.unwrap();
     let (_tx, rx) = mpsc::channel::<ClientFrame>(1);
     let mut s = ChatClient::new(ch).session(ReceiverStream::new(rx)).await.unwrap().into_inner();
@@ -206,9 +200,8 @@ async fn a_silent_stream_is_ended_by_the_hello_timeout() {
     assert_eq!(status.code(), Code::DeadlineExceeded);
 }
 
-#[tokio::test]
-async fn a_flood_is_rate_limited_and_loses_nothing_acked() {
-    let node = TestNode::with(|c| {
+async fn a_flood_is_rate_limited_and_loses_nothing_acked(b: &Backend) {
+    let node = TestNode::with(b, |c| {
         c.send_rate = 20;
         c.send_burst = 5;
     })
@@ -237,9 +230,8 @@ async fn a_flood_is_rate_limited_and_loses_nothing_acked() {
     assert_eq!(common::take(&mut bob, acked.len()).await, acked);
 }
 
-#[tokio::test]
-async fn a_client_that_stops_reading_is_cut_off_and_its_messages_kept() {
-    let node = TestNode::with(|c| {
+async fn a_client_that_stops_reading_is_cut_off_and_its_messages_kept(b: &Backend) {
+    let node = TestNode::with(b, |c| {
         c.outbound_queue = 8;
         c.slow_client_timeout = Duration::from_millis(300);
     })
@@ -287,10 +279,9 @@ impl<D: prost::Message + Default + Send + 'static> Codec for RawCodec<D> {
     }
 }
 
-#[tokio::test]
-async fn malformed_requests_are_invalid_argument() {
+async fn malformed_requests_are_invalid_argument(b: &Backend) {
     use prost::Message as _;
-    let node = TestNode::start().await;
+    let node = TestNode::start(b).await;
     let ch = client::channel(&node.endpoint(), &Options::default()).await.unwrap();
     let token = node.login("alice", "phone").await.token;
     let garbage: [&[u8]; 2] = [
@@ -338,3 +329,15 @@ async fn invalid_configuration_is_refused_before_serving() {
     let err = tim::run(listener, c, std::future::pending()).await.unwrap_err();
     assert!(err.to_string().contains("outbound-queue"), "{err}");
 }
+
+on_every_store!(
+    oversize_or_empty_fields_are_invalid_argument_and_store_nothing,
+    bad_tokens_are_unauthenticated,
+    hello_device_must_match_the_token,
+    frames_out_of_order_are_failed_precondition,
+    empty_frames_and_acks_beyond_delivery_are_invalid_argument,
+    a_silent_stream_is_ended_by_the_hello_timeout,
+    a_flood_is_rate_limited_and_loses_nothing_acked,
+    a_client_that_stops_reading_is_cut_off_and_its_messages_kept,
+    malformed_requests_are_invalid_argument,
+);

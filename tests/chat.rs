@@ -4,12 +4,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestNode, assert_quiet, expected, next_event, next_message, take};
+use common::{Backend, TestNode, assert_quiet, expected, next_event, next_message, take};
 use tim::client::Event;
 
-#[tokio::test]
-async fn alice_and_bob_chat_both_ways() {
-    let node = TestNode::start().await;
+async fn alice_and_bob_chat_both_ways(b: &Backend) {
+    let node = TestNode::start(b).await;
     let mut alice = node.connect("alice", "phone", 0).await;
     let mut bob = node.connect("bob", "phone", 0).await;
 
@@ -29,9 +28,8 @@ async fn alice_and_bob_chat_both_ways() {
     assert_eq!((m.seq, m.from.as_str(), m.body.as_str()), (1, "bob", "hi alice"));
 }
 
-#[tokio::test]
-async fn offline_messages_wait_and_arrive_in_order() {
-    let node = TestNode::start().await;
+async fn offline_messages_wait_and_arrive_in_order(b: &Backend) {
+    let node = TestNode::start(b).await;
     let alice = node.connect("alice", "phone", 0).await;
     for i in 1..=20 {
         let ack = alice.sender().send("bob", &format!("m{i}")).await.unwrap();
@@ -46,9 +44,8 @@ async fn offline_messages_wait_and_arrive_in_order() {
     assert_quiet(&mut bob, Duration::from_millis(200)).await;
 }
 
-#[tokio::test]
-async fn replay_and_concurrent_live_sends_have_no_gap_and_no_duplicate() {
-    let node = TestNode::start().await;
+async fn replay_and_concurrent_live_sends_have_no_gap_and_no_duplicate(b: &Backend) {
+    let node = TestNode::start(b).await;
     let mut senders = Vec::new();
     for s in 0..4 {
         senders.push(node.connect(&format!("s{s}"), "d", 0).await);
@@ -87,9 +84,8 @@ async fn replay_and_concurrent_live_sends_have_no_gap_and_no_duplicate() {
     assert_quiet(&mut bob, Duration::from_millis(200)).await;
 }
 
-#[tokio::test]
-async fn ack_and_resume_deliver_exactly_the_unacked_rest() {
-    let node = TestNode::start().await;
+async fn ack_and_resume_deliver_exactly_the_unacked_rest(b: &Backend) {
+    let node = TestNode::start(b).await;
     let alice = node.connect("alice", "phone", 0).await;
     for i in 1..=10 {
         alice.sender().send("bob", &format!("m{i}")).await.unwrap();
@@ -137,9 +133,8 @@ async fn ack_and_resume_deliver_exactly_the_unacked_rest() {
     assert_quiet(&mut bob, Duration::from_millis(200)).await;
 }
 
-#[tokio::test]
-async fn retried_send_returns_the_first_ack_and_stores_once() {
-    let node = TestNode::start().await;
+async fn retried_send_returns_the_first_ack_and_stores_once(b: &Backend) {
+    let node = TestNode::start(b).await;
     let alice = node.connect("alice", "phone", 0).await;
     let first = alice.sender().send_with_id("c-1", "bob", "once").await.unwrap();
     let again = alice.sender().send_with_id("c-1", "bob", "once").await.unwrap();
@@ -158,9 +153,8 @@ async fn retried_send_returns_the_first_ack_and_stores_once() {
     assert_quiet(&mut bob, Duration::from_millis(200)).await;
 }
 
-#[tokio::test]
-async fn second_login_on_the_same_device_kicks_the_older_stream() {
-    let node = TestNode::start().await;
+async fn second_login_on_the_same_device_kicks_the_older_stream(b: &Backend) {
+    let node = TestNode::start(b).await;
     let mut old = node.connect("bob", "phone", 0).await;
     let mut new = node.connect("bob", "phone", 0).await;
     match next_event(&mut old).await {
@@ -174,9 +168,8 @@ async fn second_login_on_the_same_device_kicks_the_older_stream() {
     assert_eq!(node.presence("bob").await, ["phone"]);
 }
 
-#[tokio::test]
-async fn every_device_of_a_user_receives_everything() {
-    let node = TestNode::start().await;
+async fn every_device_of_a_user_receives_everything(b: &Backend) {
+    let node = TestNode::start(b).await;
     let mut phone = node.connect("bob", "phone", 0).await;
     let mut laptop = node.connect("bob", "laptop", 0).await;
     let mut presence = node.presence("bob").await;
@@ -195,20 +188,30 @@ async fn every_device_of_a_user_receives_everything() {
     assert_eq!(take(&mut laptop, 5).await, expected("m", 1, 5));
 }
 
-#[tokio::test]
-async fn messages_carry_the_token_identity() {
-    let node = TestNode::start().await;
+async fn messages_carry_the_token_identity(b: &Backend) {
+    let node = TestNode::start(b).await;
     let mallory = node.connect("mallory", "phone", 0).await;
     let mut bob = node.connect("bob", "phone", 0).await;
     mallory.sender().send("bob", "from whom?").await.unwrap();
     assert_eq!(next_message(&mut bob).await.from, "mallory");
 }
 
-#[tokio::test]
-async fn a_closed_stream_clears_its_route() {
-    let node = TestNode::start().await;
+async fn a_closed_stream_clears_its_route(b: &Backend) {
+    let node = TestNode::start(b).await;
     let bob = node.connect("bob", "phone", 0).await;
     assert_eq!(node.presence("bob").await, ["phone"]);
     drop(bob);
     common::eventually(|| async { node.presence("bob").await.is_empty().then_some(()) }).await;
 }
+
+on_every_store!(
+    alice_and_bob_chat_both_ways,
+    offline_messages_wait_and_arrive_in_order,
+    replay_and_concurrent_live_sends_have_no_gap_and_no_duplicate,
+    ack_and_resume_deliver_exactly_the_unacked_rest,
+    retried_send_returns_the_first_ack_and_stores_once,
+    second_login_on_the_same_device_kicks_the_older_stream,
+    every_device_of_a_user_receives_everything,
+    messages_carry_the_token_identity,
+    a_closed_stream_clears_its_route,
+);

@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::proxy::FreezableProxy;
-use common::{TestNode, WAIT, eventually, next_event, next_message};
+use common::{Backend, TestNode, WAIT, eventually, next_event, next_message};
 use tim::auth::sign_hs256_jwt;
 use tim::client::{self, Event, Options, Session};
 use tim::config::LoginKind;
@@ -17,7 +17,7 @@ fn now() -> i64 {
 
 #[tokio::test]
 async fn jwt_login_honours_signature_subject_and_expiry() {
-    let node = TestNode::with(|c| {
+    let node = TestNode::with(&Backend::Memory, |c| {
         c.login = LoginKind::Jwt;
         c.jwt_secret = Some("app-backend-secret".into());
     })
@@ -51,7 +51,7 @@ async fn jwt_login_honours_signature_subject_and_expiry() {
 
 #[tokio::test]
 async fn dev_login_rejects_bad_ids() {
-    let node = TestNode::start().await;
+    let node = TestNode::start(&Backend::Memory).await;
     let opts = Options::default();
     for (user, device) in [("", "d"), ("a b", "d"), ("alice", "x y"), ("alice", &"d".repeat(65))] {
         let err = client::login(&node.endpoint(), user, device, "", &opts).await.unwrap_err();
@@ -72,7 +72,7 @@ async fn health_is_serving_and_reflection_lists_the_services() {
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
-    let node = TestNode::start().await;
+    let node = TestNode::start(&Backend::Memory).await;
     let ch = client::channel(&node.endpoint(), &Options::default()).await.unwrap();
     let mut health = HealthClient::new(ch.clone());
     for service in ["", "im.v1.Gateway", "im.v1.Chat"] {
@@ -113,7 +113,7 @@ async fn health_is_serving_and_reflection_lists_the_services() {
 
 #[tokio::test]
 async fn keepalive_removes_a_stream_whose_network_went_silent() {
-    let node = TestNode::with(|c| {
+    let node = TestNode::with(&Backend::Memory, |c| {
         c.keepalive_interval = Duration::from_millis(200);
         c.keepalive_timeout = Duration::from_millis(300);
     })
@@ -141,7 +141,7 @@ async fn keepalive_removes_a_stream_whose_network_went_silent() {
 
 #[tokio::test]
 async fn shutdown_drains_every_stream_and_returns_within_the_grace() {
-    let node = TestNode::with(|c| c.drain_grace = Duration::from_secs(3)).await;
+    let node = TestNode::with(&Backend::Memory, |c| c.drain_grace = Duration::from_secs(3)).await;
     let mut sessions = Vec::new();
     for i in 0..5 {
         sessions.push(node.connect(&format!("u{i}"), "phone", 0).await);
@@ -162,7 +162,7 @@ async fn shutdown_drains_every_stream_and_returns_within_the_grace() {
 
 #[tokio::test]
 async fn shutdown_is_bounded_even_if_a_client_never_reads() {
-    let node = TestNode::with(|c| {
+    let node = TestNode::with(&Backend::Memory, |c| {
         c.drain_grace = Duration::from_millis(500);
         c.slow_client_timeout = Duration::from_secs(60);
         c.outbound_queue = 8;
@@ -205,7 +205,7 @@ async fn shutdown_is_bounded_even_if_a_client_never_reads() {
 async fn cli_send_and_chat() {
     use std::process::Stdio;
     use tokio::io::AsyncWriteExt;
-    let node = TestNode::start().await;
+    let node = TestNode::start(&Backend::Memory).await;
     let tim = env!("CARGO_BIN_EXE_tim");
     let out = tokio::process::Command::new(tim)
         .args(["send", "--addr", &node.endpoint(), "--user", "alice", "--to", "bob", "hello bob"])

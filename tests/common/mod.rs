@@ -13,6 +13,78 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 pub mod proxy;
+pub mod redis;
+
+/// Where a test node keeps inboxes and routes.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Memory,
+    /// A Redis server and a key prefix of this test's own, so tests sharing a server do not
+    /// see each other's users. Nodes started with the same value share their state.
+    Redis {
+        url: String,
+        prefix: String,
+        cluster: bool,
+    },
+}
+
+impl Backend {
+    /// The test binary's shared redis-server, under a fresh key prefix.
+    pub fn redis() -> Backend {
+        Backend::redis_at(redis::shared())
+    }
+
+    /// `server`, under a fresh key prefix.
+    pub fn redis_at(server: &redis::RedisServer) -> Backend {
+        Backend::Redis { url: server.url(), prefix: unique_prefix(), cluster: false }
+    }
+
+    /// The test binary's shared Redis Cluster, under a fresh key prefix.
+    pub fn redis_cluster() -> Backend {
+        let urls = redis::shared_cluster().urls();
+        Backend::Redis { url: urls, prefix: unique_prefix(), cluster: true }
+    }
+
+    fn apply(&self, c: &mut Config) {
+        if let Backend::Redis { url, prefix, cluster } = self {
+            c.redis = Some(url.clone());
+            c.redis_prefix = prefix.clone();
+            c.redis_cluster = *cluster;
+        }
+    }
+}
+
+fn unique_prefix() -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!("t{}-{n}", std::process::id())
+}
+
+/// Runs each named `async fn(&Backend)` as three tests: `memory::<name>`, `redis::<name>` and
+/// `redis_cluster::<name>`.
+#[macro_export]
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(&$crate::common::Backend::Memory).await
+            })*
+        }
+        mod redis {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(&$crate::common::Backend::redis()).await
+            })*
+        }
+        mod redis_cluster {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(&$crate::common::Backend::redis_cluster()).await
+            })*
+        }
+    };
+}
 
 /// The token secret every test node uses, so tests can mint their own tokens.
 pub const SECRET: &str = "test-token-secret-0123456789";
@@ -37,13 +109,14 @@ pub struct TestNode {
 }
 
 impl TestNode {
-    pub async fn start() -> Self {
-        Self::with(|_| {}).await
+    pub async fn start(backend: &Backend) -> Self {
+        Self::with(backend, |_| {}).await
     }
 
-    /// Starts a node with [`config`] changed by `f`.
-    pub async fn with(f: impl FnOnce(&mut Config)) -> Self {
+    /// Starts a node on `backend` with [`config`] changed by `f`.
+    pub async fn with(backend: &Backend, f: impl FnOnce(&mut Config)) -> Self {
         let mut c = config();
+        backend.apply(&mut c);
         f(&mut c);
         let listener = tokio::net::TcpListener::bind(c.addr).await.unwrap();
         let addr = listener.local_addr().unwrap();

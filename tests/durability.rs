@@ -1,0 +1,189 @@
+//! Durability with Redis: a node restart, a Redis restart under traffic, and a node that dies
+//! without cleaning up. Nothing acked may be lost, duplicated or reordered.
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use common::{Backend, SECRET, TestNode, WAIT, eventually, expected, next_message, take};
+use tim::client::{self, ClientError, Event, Options, Session};
+use tonic::Code;
+
+#[tokio::test]
+async fn messages_acks_and_cursors_survive_a_node_restart() {
+    let backend = Backend::redis();
+    let node = TestNode::start(&backend).await;
+    let alice = node.connect("alice", "phone", 0).await;
+    for i in 1..=5 {
+        alice.sender().send_with_id(&format!("c{i}"), "bob", &format!("m{i}")).await.unwrap();
+    }
+    let mut bob = node.connect("bob", "phone", 0).await;
+    assert_eq!(take(&mut bob, 5).await, expected("m", 1, 5));
+    bob.sender().ack(3).await.unwrap();
+    bob.sender().send("alice", "sync").await.unwrap();
+    drop((alice, bob));
+    node.stop().await.unwrap();
+
+    let node = TestNode::start(&backend).await;
+    // bob's app lost its state: the stored cursor says where he was.
+    let mut bob = node.connect("bob", "phone", 0).await;
+    assert_eq!((bob.welcome.resume_from, bob.welcome.last_seq), (3, 5));
+    assert_eq!(take(&mut bob, 2).await, expected("m", 4, 5));
+    // A retry of a message sent before the restart is still recognised.
+    let alice = node.connect("alice", "phone", 0).await;
+    let again = alice.sender().send_with_id("c2", "bob", "m2").await.unwrap();
+    assert_eq!((again.seq, again.duplicate), (2, true));
+    // New messages continue the sequence.
+    let ack = alice.sender().send("bob", "m6").await.unwrap();
+    assert_eq!(ack.seq, 6);
+    assert_eq!(next_message(&mut bob).await.seq, 6);
+    common::assert_quiet(&mut bob, Duration::from_millis(200)).await;
+}
+
+/// Sends `body` with `id` until it is acked; returns the ack and how many attempts failed
+/// with UNAVAILABLE. Any other failure fails the test.
+async fn send_until_acked(s: &client::Sender, id: &str, body: &str) -> (tim::proto::SendAck, u32) {
+    let mut unavailable = 0;
+    loop {
+        match s.send_with_id(id, "bob", body).await {
+            Ok(ack) => return (ack, unavailable),
+            Err(ClientError::Rejected { code: Code::Unavailable, .. }) => {
+                unavailable += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("send {id}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_under_traffic_loses_nothing_acked() {
+    let mut redis = RedisServer::start(true);
+    let backend = Backend::redis_at(&redis);
+    let node = TestNode::start(&backend).await;
+    let alice = node.connect("alice", "phone", 0).await;
+    let mut bob = node.connect("bob", "phone", 0).await;
+
+    let sender = alice.sender();
+    let traffic = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        let mut unavailable = 0;
+        for i in 1..=300u32 {
+            let (ack, failed) = send_until_acked(&sender, &format!("c{i}"), &format!("m{i}")).await;
+            unavailable += failed;
+            acked.push((ack.seq, format!("m{i}")));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        (acked, unavailable)
+    });
+    // Let traffic flow, then kill Redis without warning and bring it back.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::task::block_in_place(|| redis.kill());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::block_in_place(|| redis.restart());
+    let (acked, unavailable) =
+        tokio::time::timeout(Duration::from_secs(60), traffic).await.unwrap().unwrap();
+    assert!(unavailable > 0, "sends during the outage must fail with UNAVAILABLE");
+
+    // Every acked message was stored exactly once, in send order, seqs contiguous.
+    let want: Vec<(u64, String)> = (1..=300).map(|i| (i, format!("m{i}"))).collect();
+    assert_eq!(acked, want);
+    // bob's stream stayed up through the outage and got each exactly once, in order.
+    let mut got = Vec::new();
+    while got.len() < 300 {
+        match tokio::time::timeout(WAIT, bob.next_event()).await.expect("bob got everything") {
+            Some(Event::Message(m)) => got.push((m.seq, m.body)),
+            other => panic!("bob's stream must stay up: {other:?}"),
+        }
+    }
+    assert_eq!(got, want);
+    common::assert_quiet(&mut bob, Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_route_of_a_killed_node_blocks_no_login_and_loses_no_message() {
+    let backend = Backend::redis();
+    let Backend::Redis { url, prefix, .. } = &backend else { unreachable!() };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut doomed = std::process::Command::new(env!("CARGO_BIN_EXE_tim"))
+        .args(["serve", "--addr", &addr, "--redis", url, "--redis-prefix", prefix])
+        .args(["--token-secret", SECRET, "--route-ttl", "2s"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let opts = Options::default();
+    let login =
+        eventually(|| async { client::login(&addr, "bob", "phone", "", &opts).await.ok() }).await;
+    let bob = Session::connect(&login.endpoint, &login.token, 0, &opts).await.unwrap();
+    let tablet = client::login(&addr, "bob", "tablet", "", &opts).await.unwrap();
+    let _tablet = Session::connect(&tablet.endpoint, &tablet.token, 0, &opts).await.unwrap();
+
+    let node = TestNode::with(&backend, |c| c.route_ttl = Duration::from_secs(2)).await;
+    let mut presence = node.presence("bob").await;
+    presence.sort();
+    assert_eq!(presence, ["phone", "tablet"]);
+    // The node dies without a chance to clean up.
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    drop(bob);
+
+    // Messages sent meanwhile are stored and acked.
+    for i in 1..=3 {
+        node.send_unary("alice", &format!("c{i}"), "bob", &format!("m{i}")).await.unwrap();
+    }
+    // bob logs in again at once, on the surviving node: the stale route does not block him.
+    let mut bob = node.connect("bob", "phone", 0).await;
+    assert_eq!(take(&mut bob, 3).await, expected("m", 1, 3));
+    // The tablet's route, left by the dead node, lapses on its own.
+    eventually(|| async { (node.presence("bob").await == ["phone"]).then_some(()) }).await;
+}
+
+#[tokio::test]
+async fn the_redis_key_layout_matches_the_design() {
+    let backend = Backend::redis();
+    let Backend::Redis { url, prefix, .. } = &backend else { unreachable!() };
+    let node = TestNode::start(&backend).await;
+    let _bob = node.connect("bob", "phone", 0).await;
+    node.send_unary("alice", "c1", "bob", "hi").await.unwrap();
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys: Vec<String> =
+        ::redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut conn).await.unwrap();
+    keys.sort();
+    let want: Vec<String> = [
+        format!("{prefix}:ack:{{bob}}"),
+        format!("{prefix}:dedup:{{bob}}:5:alice:c1"),
+        format!("{prefix}:inbox:{{bob}}"),
+        format!("{prefix}:route:{{bob}}"),
+        format!("{prefix}:seq:{{bob}}"),
+    ]
+    .into();
+    // Logins of the test's helper users add nothing else.
+    assert_eq!(keys, want);
+    let entry: HashMap<String, String> = {
+        let reply: ::redis::streams::StreamRangeReply = ::redis::cmd("XRANGE")
+            .arg(format!("{prefix}:inbox:{{bob}}"))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(reply.ids[0].id, "1-0");
+        reply.ids[0]
+            .map
+            .iter()
+            .map(|(k, v)| (k.clone(), ::redis::from_redis_value_ref::<String>(v).unwrap()))
+            .collect()
+    };
+    assert_eq!(entry["from"], "alice");
+    assert_eq!(entry["body"], "hi");
+    assert_eq!(entry["client_msg_id"], "c1");
+    let ttl: i64 = ::redis::cmd("PTTL")
+        .arg(format!("{prefix}:dedup:{{bob}}:5:alice:c1"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 24 * 3600 * 1000, "dedup keys expire: {ttl}");
+}
