@@ -187,3 +187,37 @@ async fn the_redis_key_layout_matches_the_design() {
         .unwrap();
     assert!(ttl > 0 && ttl <= 24 * 3600 * 1000, "dedup keys expire: {ttl}");
 }
+
+#[tokio::test]
+async fn the_inbox_is_trimmed_below_every_cursor_and_past_retention() {
+    let backend = Backend::redis();
+    let Backend::Redis { url, prefix, .. } = &backend else { unreachable!() };
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let inbox = format!("{prefix}:inbox:{{bob}}");
+    let node = TestNode::start(&backend).await;
+    let mut phone = node.connect("bob", "phone", 0).await;
+    let mut laptop = node.connect("bob", "laptop", 0).await;
+    for i in 1..=6 {
+        node.send_unary("alice", &format!("c{i}"), "bob", &format!("m{i}")).await.unwrap();
+    }
+    take(&mut phone, 6).await;
+    take(&mut laptop, 4).await;
+    phone.sender().ack(6).await.unwrap();
+    laptop.sender().ack(4).await.unwrap();
+    phone.sender().send("alice", "sync").await.unwrap();
+    laptop.sender().send("alice", "sync").await.unwrap();
+    // Only what the slowest device has not acked stays.
+    let len: u64 = ::redis::cmd("XLEN").arg(&inbox).query_async(&mut conn).await.unwrap();
+    assert_eq!(len, 2);
+    drop((phone, laptop, node));
+
+    // With a 1 s retention, old unacked messages go at the next append.
+    let node = TestNode::with(&backend, |c| c.retention = Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    node.send_unary("alice", "c7", "bob", "m7").await.unwrap();
+    let len: u64 = ::redis::cmd("XLEN").arg(&inbox).query_async(&mut conn).await.unwrap();
+    assert_eq!(len, 1, "m5 and m6 expired; m7 stays");
+    let mut laptop = node.connect("bob", "laptop", 0).await;
+    assert_eq!(take(&mut laptop, 1).await, expected("m", 7, 7));
+}
