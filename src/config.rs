@@ -89,6 +89,30 @@ pub struct Config {
     /// A Redis command that takes longer fails (the send gets UNAVAILABLE and is retried).
     #[arg(long, env = "TIM_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub redis_timeout: Duration,
+    /// Static discovery: the other nodes of the cluster, comma-separated `host:port` or
+    /// `id=host:port` (ids default to the endpoint, as `--node-id` does).
+    #[arg(long, env = "TIM_PEERS", conflicts_with = "consul")]
+    pub peers: Option<String>,
+    /// Consul agent URL (`http://127.0.0.1:8500`): register this node there and discover the
+    /// others from it.
+    #[arg(long, env = "TIM_CONSUL")]
+    pub consul: Option<String>,
+    /// Service name nodes register under in Consul.
+    #[arg(long, env = "TIM_CONSUL_SERVICE", default_value = "tim")]
+    pub consul_service: String,
+    /// Consul ACL token.
+    #[arg(long, env = "TIM_CONSUL_TOKEN", hide_env_values = true)]
+    pub consul_token: Option<String>,
+    /// TTL of this node's Consul check; passed every third of it. A node that stops passing
+    /// leaves every other node's view within about this long.
+    #[arg(long, env = "TIM_CONSUL_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub consul_ttl: Duration,
+    /// Consul removes a node whose check stayed critical this long (Consul's minimum is 1m).
+    #[arg(long, env = "TIM_CONSUL_DEREGISTER_AFTER", default_value = "1m", value_parser = parse_duration)]
+    pub consul_deregister_after: Duration,
+    /// How Login picks the node that holds a user's stream.
+    #[arg(long, env = "TIM_LB", value_enum, default_value = "round-robin")]
+    pub lb: crate::lb::StrategyKind,
     /// Messages older than this are dropped from inboxes even if unacked.
     #[arg(long, env = "TIM_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub retention: Duration,
@@ -156,6 +180,18 @@ impl Config {
         }
         if self.redis.as_deref().is_some_and(|r| r.trim().is_empty()) {
             return fail("--redis is empty");
+        }
+        if self.peers.is_some() && self.consul.is_some() {
+            return fail("use either --peers or --consul, not both");
+        }
+        if let Some(peers) = &self.peers {
+            crate::discovery::StaticDiscovery::parse_peers(peers).map_err(ConfigError)?;
+        }
+        if self.consul.as_deref().is_some_and(|c| !c.starts_with("http://")) {
+            return fail("--consul must be an http:// URL of the local agent");
+        }
+        if self.consul_ttl < Duration::from_secs(1) {
+            return fail("--consul-ttl must be at least 1s");
         }
         if self.redis_timeout.is_zero() {
             return fail("--redis-timeout must be positive");

@@ -1,14 +1,21 @@
 //! What one running node shares between its gRPC services and stream sessions, and the Send flow
 //! that both the chat stream and the unary Gateway.Send use.
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::auth::{LoginMode, TokenSigner, unix_ms};
 use crate::config::Config;
+use crate::discovery::{Membership, NodeInfo};
 use crate::error::Error;
 use crate::ids;
-use crate::lb::Balancer;
-use crate::store::{Appended, Inbox, NewMessage, RouteStore};
+use crate::server::peers::Peers;
+use crate::store::{Appended, Inbox, NewMessage, Route, RouteStore};
 use crate::stream::Registry;
+
+/// The login-time node picker: the strategy's tower service behind a buffer and a timeout.
+pub type NodeSelector = tower::timeout::Timeout<
+    tower::buffer::Buffer<String, std::future::Ready<Result<NodeInfo, crate::lb::LbError>>>,
+>;
 
 /// Shared state of a node; one per process, behind an `Arc`.
 pub struct Node {
@@ -22,8 +29,12 @@ pub struct Node {
     pub inbox: Arc<dyn Inbox>,
     pub routes: Arc<dyn RouteStore>,
     pub registry: Registry,
+    /// The live nodes, from discovery.
+    pub membership: Arc<Membership>,
     /// Picks the node that holds a user's stream at Login.
-    pub balancer: Balancer,
+    pub selector: NodeSelector,
+    /// Relay clients for the other nodes.
+    pub peers: Peers,
 }
 
 /// A message as a caller submitted it.
@@ -63,9 +74,34 @@ impl Node {
             .await?;
         // Also for a duplicate: the first attempt may have been stored but never pushed (its
         // caller gave up between the two). Sessions drop seqs they already sent; one that misses
-        // this (full queue, race) reads it from the inbox instead.
-        self.registry.deliver(&appended.message.to, std::slice::from_ref(&appended.message));
+        // this (full queue, race, lost relay) reads it from the inbox instead.
+        let message = &appended.message;
+        self.registry.deliver(&message.to, std::slice::from_ref(message));
+        for node_id in self.remote_nodes(&appended.routes) {
+            let (peers, msg) = (self.peers.clone(), message.clone());
+            tokio::spawn(async move {
+                if let Err(e) = peers.deliver(&node_id, &msg.to, std::slice::from_ref(&msg)).await {
+                    tracing::debug!(peer = %node_id, error = %e, "relay failed; the inbox has it");
+                }
+            });
+        }
         Ok(appended)
+    }
+
+    /// The live nodes other than this one that hold one of `routes`. Routes of nodes that left
+    /// discovery count as gone.
+    pub fn remote_nodes(&self, routes: &[(String, Route)]) -> BTreeSet<String> {
+        routes
+            .iter()
+            .map(|(_, r)| &r.node_id)
+            .filter(|id| **id != self.id && self.membership.contains(id))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether a route still points at a live node.
+    pub fn route_is_live(&self, route: &Route) -> bool {
+        route.node_id == self.id || self.membership.contains(&route.node_id)
     }
 }
 

@@ -107,10 +107,12 @@ async fn a_stale_route_of_a_killed_node_blocks_no_login_and_loses_no_message() {
     let Backend::Redis { url, prefix, .. } = &backend else { unreachable!() };
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
-    let mut doomed = std::process::Command::new(env!("CARGO_BIN_EXE_tim"))
+    let mut doomed = tokio::process::Command::new(env!("CARGO_BIN_EXE_tim"))
         .args(["serve", "--addr", &addr, "--redis", url, "--redis-prefix", prefix])
         .args(["--token-secret", SECRET, "--route-ttl", "2s"])
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let opts = Options::default();
@@ -120,13 +122,17 @@ async fn a_stale_route_of_a_killed_node_blocks_no_login_and_loses_no_message() {
     let tablet = client::login(&addr, "bob", "tablet", "", &opts).await.unwrap();
     let _tablet = Session::connect(&tablet.endpoint, &tablet.token, 0, &opts).await.unwrap();
 
-    let node = TestNode::with(&backend, |c| c.route_ttl = Duration::from_secs(2)).await;
+    // The survivor knows the doomed node as a static peer, so its routes count until they lapse.
+    let node = TestNode::with(&backend, |c| {
+        c.route_ttl = Duration::from_secs(2);
+        c.peers = Some(addr.clone());
+    })
+    .await;
     let mut presence = node.presence("bob").await;
     presence.sort();
     assert_eq!(presence, ["phone", "tablet"]);
     // The node dies without a chance to clean up.
-    doomed.kill().unwrap();
-    doomed.wait().unwrap();
+    doomed.kill().await.unwrap();
     drop(bob);
 
     // Messages sent meanwhile are stored and acked.
@@ -134,7 +140,7 @@ async fn a_stale_route_of_a_killed_node_blocks_no_login_and_loses_no_message() {
         node.send_unary("alice", &format!("c{i}"), "bob", &format!("m{i}")).await.unwrap();
     }
     // bob logs in again at once, on the surviving node: the stale route does not block him.
-    let mut bob = node.connect("bob", "phone", 0).await;
+    let mut bob = node.connect_here("bob", "phone", 0).await;
     assert_eq!(take(&mut bob, 3).await, expected("m", 1, 3));
     // The tablet's route, left by the dead node, lapses on its own.
     eventually(|| async { (node.presence("bob").await == ["phone"]).then_some(()) }).await;

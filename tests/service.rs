@@ -245,7 +245,9 @@ async fn the_binary_drains_and_exits_cleanly_on_sigterm() {
     let addr = format!("127.0.0.1:{port}");
     let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_tim"))
         .args(["serve", "--addr", &addr, "--drain-grace", "2s"])
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let opts = Options::default();

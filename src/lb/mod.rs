@@ -1,91 +1,129 @@
-//! Node selection at login: a [`Strategy`] picks one of the discovered nodes for a user, and the
-//! [`Balancer`] keeps the node set current from discovery [`Update`]s.
-use std::sync::RwLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+//! Node selection at login. A [`Strategy`] picks one of the live nodes for a user; the
+//! [`Selector`] is a tower `Service<user id>` over the discovered node set that applies it. It
+//! stays not-ready while no node is known, so callers stack it with `tower` layers: a `Buffer`
+//! to share it between requests and a timeout so that an empty cluster is an error, not a hang.
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use crate::discovery::{NodeInfo, Update};
+use futures_util::StreamExt as _;
+use tokio_stream::wrappers::WatchStream;
+
+use crate::discovery::NodeInfo;
+
+mod strategies;
+
+pub use strategies::{ConsistentHash, LeastLoaded, Random, RoundRobin};
 
 /// Chooses a node for a user among the live ones.
-pub trait Strategy: Send + Sync + 'static {
-    /// Index into `nodes` (non-empty) of the node for `user`.
-    fn pick(&self, user: &str, nodes: &[NodeInfo]) -> usize;
+pub trait Strategy: Send + 'static {
+    /// The node set changed (sorted by id, with fresh loads).
+    fn update(&mut self, _nodes: &[NodeInfo]) {}
+
+    /// Index into `nodes` (non-empty, sorted by id) of the node for `user`.
+    fn pick(&mut self, user: &str, nodes: &[NodeInfo]) -> usize;
 }
 
-/// Each login goes to the next node in turn: an atomic counter modulo the node count.
-#[derive(Debug, Default)]
-pub struct RoundRobin {
-    next: AtomicUsize,
+/// `--lb`: which strategy Login uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StrategyKind {
+    RoundRobin,
+    Random,
+    ConsistentHash,
+    LeastLoaded,
 }
 
-impl Strategy for RoundRobin {
-    fn pick(&self, _user: &str, nodes: &[NodeInfo]) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed) % nodes.len()
+impl StrategyKind {
+    pub fn build(self) -> Box<dyn Strategy> {
+        match self {
+            StrategyKind::RoundRobin => Box::new(RoundRobin::default()),
+            StrategyKind::Random => Box::new(Random),
+            StrategyKind::ConsistentHash => Box::new(ConsistentHash::default()),
+            StrategyKind::LeastLoaded => Box::new(LeastLoaded::default()),
+        }
     }
 }
 
-/// The live node set and the strategy applied to it.
-pub struct Balancer {
-    nodes: RwLock<Vec<NodeInfo>>,
+/// Why no node could be picked.
+#[derive(Debug, thiserror::Error)]
+pub enum LbError {
+    #[error("node discovery has stopped")]
+    DiscoveryClosed,
+}
+
+/// A tower service: user id in, the node that should hold the user's stream out.
+pub struct Selector {
+    changes: WatchStream<Arc<Vec<NodeInfo>>>,
+    nodes: Arc<Vec<NodeInfo>>,
     strategy: Box<dyn Strategy>,
 }
 
-impl Balancer {
-    pub fn new(strategy: Box<dyn Strategy>) -> Self {
-        Self { nodes: RwLock::new(Vec::new()), strategy }
+impl Selector {
+    /// Applies `strategy` over the node sets from `nodes` (a membership watch).
+    pub fn new(
+        nodes: tokio::sync::watch::Receiver<Arc<Vec<NodeInfo>>>,
+        strategy: Box<dyn Strategy>,
+    ) -> Self {
+        Self { changes: WatchStream::new(nodes), nodes: Arc::new(Vec::new()), strategy }
     }
+}
 
-    /// Applies one discovery update. Nodes are kept sorted by id so that every node of a
-    /// cluster sees the same order.
-    pub fn apply(&self, update: Update) {
-        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
-        match update {
-            Update::Reset(all) => *nodes = all,
-            Update::Add(added) => {
-                for n in added {
-                    nodes.retain(|m| m.id != n.id);
-                    nodes.push(n);
+impl tower::Service<String> for Selector {
+    type Response = NodeInfo;
+    type Error = LbError;
+    type Future = std::future::Ready<Result<NodeInfo, LbError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LbError>> {
+        loop {
+            match self.changes.poll_next_unpin(cx) {
+                Poll::Ready(Some(nodes)) => {
+                    self.strategy.update(&nodes);
+                    self.nodes = nodes;
                 }
+                Poll::Ready(None) => return Poll::Ready(Err(LbError::DiscoveryClosed)),
+                // Waker registered: a change wakes us.
+                Poll::Pending if self.nodes.is_empty() => return Poll::Pending,
+                Poll::Pending => return Poll::Ready(Ok(())),
             }
-            Update::Remove(ids) => nodes.retain(|m| !ids.contains(&m.id)),
         }
-        nodes.sort_by(|a, b| a.id.cmp(&b.id));
-        nodes.dedup_by(|a, b| a.id == b.id);
     }
 
-    /// The node for `user`, or None while no node is known.
-    pub fn pick(&self, user: &str) -> Option<NodeInfo> {
-        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
-        if nodes.is_empty() {
-            return None;
-        }
-        let i = self.strategy.pick(user, &nodes);
-        nodes.get(i).cloned()
-    }
-
-    /// The current node set.
-    pub fn nodes(&self) -> Vec<NodeInfo> {
-        self.nodes.read().unwrap_or_else(|e| e.into_inner()).clone()
+    fn call(&mut self, user: String) -> Self::Future {
+        let i = self.strategy.pick(&user, &self.nodes);
+        std::future::ready(Ok(self.nodes[i].clone()))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use tower::{Service, ServiceExt};
+
     use super::*;
 
     fn node(id: &str) -> NodeInfo {
-        NodeInfo { id: id.into(), endpoint: format!("{id}:1") }
+        NodeInfo { id: id.into(), endpoint: format!("{id}:1"), load: 0 }
     }
 
-    #[test]
-    fn round_robin_rotates_over_updates() {
-        let b = Balancer::new(Box::new(RoundRobin::default()));
-        assert!(b.pick("u").is_none());
-        b.apply(Update::Reset(vec![node("b"), node("a")]));
-        b.apply(Update::Add(vec![node("c")]));
-        let picks: Vec<_> = (0..6).map(|_| b.pick("u").unwrap().id).collect();
-        assert_eq!(picks, ["a", "b", "c", "a", "b", "c"]);
-        b.apply(Update::Remove(vec!["b".into()]));
-        assert_eq!(b.nodes().len(), 2);
-        assert!((0..4).all(|_| b.pick("u").unwrap().id != "b"));
+    #[tokio::test]
+    async fn waits_for_nodes_and_follows_changes() {
+        let (tx, rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
+        let mut svc = Selector::new(rx, StrategyKind::RoundRobin.build());
+        // No node yet: not ready.
+        let pending = tokio::time::timeout(Duration::from_millis(50), svc.ready()).await;
+        assert!(pending.is_err());
+        tx.send_replace(Arc::new(vec![node("a"), node("b")]));
+        let picks: Vec<String> = {
+            let mut v = Vec::new();
+            for _ in 0..4 {
+                v.push(svc.ready().await.unwrap().call("u".into()).await.unwrap().id);
+            }
+            v
+        };
+        assert_eq!(picks, ["a", "b", "a", "b"]);
+        tx.send_replace(Arc::new(vec![node("b")]));
+        for _ in 0..3 {
+            assert_eq!(svc.ready().await.unwrap().call("u".into()).await.unwrap().id, "b");
+        }
     }
 }

@@ -2,6 +2,7 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
+use tower::ServiceExt as _;
 
 use crate::auth::TokenKind;
 use crate::ids;
@@ -31,11 +32,9 @@ impl Gateway for GatewayService {
         let user = self.node.login.authenticate(&req.user_id, &req.jwt)?;
         let device = if req.device.is_empty() { DEFAULT_DEVICE.to_string() } else { req.device };
         ids::device(&device)?;
-        let target = self
-            .node
-            .balancer
-            .pick(&user)
-            .ok_or_else(|| Status::unavailable("no node is available to hold the stream"))?;
+        let target = self.node.selector.clone().oneshot(user.clone()).await.map_err(|e| {
+            Status::unavailable(format!("no node is available to hold the stream: {e}"))
+        })?;
         let (token, expires_at) =
             self.node.signer.issue(TokenKind::Session, &user, &device, self.node.config.token_ttl);
         tracing::debug!(%user, %device, node = %target.id, "login");
@@ -74,6 +73,7 @@ impl Gateway for GatewayService {
         let routes = self.node.routes.get(&user).await.map_err(crate::Error::from)?;
         let mut devices: Vec<_> = routes
             .into_iter()
+            .filter(|(_, r)| self.node.route_is_live(r))
             .map(|(device, r)| proto::DeviceRoute { device, node_id: r.node_id })
             .collect();
         devices.sort_by(|a, b| a.device.cmp(&b.device));

@@ -4,16 +4,16 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
+use tower::ServiceBuilder;
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::discovery::{Discovery, NodeInfo, StaticDiscovery};
-use crate::lb::{Balancer, RoundRobin};
+use crate::discovery::Membership;
+use crate::lb::Selector;
 use crate::node::Node;
 use crate::proto::{
     FILE_DESCRIPTOR_SET, chat_server::ChatServer, gateway_server::GatewayServer,
@@ -21,15 +21,21 @@ use crate::proto::{
 };
 use crate::store::{Inbox, MemoryStore, RedisStore, RouteStore};
 use crate::stream::Registry;
+use peers::Peers;
+
+mod cluster;
 
 pub mod chat;
 pub mod gateway;
+pub mod peers;
 pub mod relay;
 
 /// Frames up to this size reach validation, so an oversize body is refused with a clear
 /// INVALID_ARGUMENT naming the limit; only larger frames are cut off by the transport
 /// (OUT_OF_RANGE). Same as tonic's default.
 const MAX_FRAME: usize = 4 * 1024 * 1024;
+/// How long Login waits for discovery to know a node before answering UNAVAILABLE.
+const PICK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Live messages queued per session before it falls back to reading its inbox.
 const FEED_CAPACITY: usize = 1024;
 
@@ -42,6 +48,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("discovery: {0}")]
+    Discovery(String),
     #[error("cannot open the store: {0}")]
     Store(String),
     #[error("reflection: {0}")]
@@ -80,33 +88,31 @@ pub async fn run(
     let endpoint = config.advertise.clone().unwrap_or_else(|| local.to_string());
     let id = config.node_id.clone().unwrap_or_else(|| endpoint.clone());
     let (inbox, routes) = open_store(&config).await?;
+    let (discovery, registration) = cluster::discovery(&config, &id, &endpoint)?;
+    let membership = Membership::spawn(discovery.updates());
+    let selector = ServiceBuilder::new()
+        .timeout(PICK_TIMEOUT)
+        .buffer(1024)
+        .service(Selector::new(membership.subscribe(), config.lb.build()));
+    let signer = config.signer();
+    let peers = Peers::new(&id, signer.clone());
     let node = Arc::new(Node {
         id: id.clone(),
         endpoint: endpoint.clone(),
-        signer: config.signer(),
+        signer,
         login: config.login_mode(),
         inbox,
         routes,
         registry: Registry::new(FEED_CAPACITY),
-        balancer: Balancer::new(Box::new(RoundRobin::default())),
+        membership,
+        selector,
+        peers,
         config,
     });
     if node.config.token_secret.is_none() {
         warn!("no --token-secret: tokens are signed with a random key and die with this process");
     }
-
-    let discovery = StaticDiscovery::new(vec![NodeInfo { id: id.clone(), endpoint }]);
-    let mut updates = discovery.updates();
-    let balancer_node = node.clone();
-    let discovery_task = tokio::spawn(async move {
-        while let Some(update) = updates.next().await {
-            balancer_node.balancer.apply(update);
-        }
-    });
-    // The static set is known at once; make sure Login can use it before serving.
-    while node.balancer.nodes().is_empty() {
-        tokio::task::yield_now().await;
-    }
+    let mut background = vec![cluster::keep_peers(&node)];
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<GatewayServer<gateway::GatewayService>>().await;
@@ -145,12 +151,13 @@ pub async fn run(
         });
     tokio::pin!(server);
     info!(node = %node.id, addr = %local, "serving");
+    if let Some(registration) = &registration {
+        background.push(cluster::keep_registered(&node, registration.clone()));
+    }
+    let _abort_on_return = AbortOnDrop(background);
 
     tokio::select! {
-        result = &mut server => {
-            discovery_task.abort();
-            return result.map_err(Into::into);
-        }
+        result = &mut server => return result.map_err(Into::into),
         () = shutdown => {}
     }
 
@@ -158,10 +165,13 @@ pub async fn run(
     health.set_service_status("", ServingStatus::NotServing).await;
     health.set_not_serving::<GatewayServer<gateway::GatewayService>>().await;
     health.set_not_serving::<ChatServer<chat::ChatService>>().await;
+    if let Some(registration) = &registration {
+        cluster::deregister(registration).await;
+    }
     node.registry.drain_all(|| rand::random_range(0..1000));
     let _ = stop_tx.send(());
     let grace = node.config.drain_grace;
-    let result = match tokio::time::timeout(grace, &mut server).await {
+    match tokio::time::timeout(grace, &mut server).await {
         Ok(result) => result.map_err(Into::into),
         Err(_) => {
             warn!(?grace, sessions = node.registry.len(), "drain grace expired; ending the rest");
@@ -172,7 +182,16 @@ pub async fn run(
                 Err(_) => Ok(()),
             }
         }
-    };
-    discovery_task.abort();
-    result
+    }
+}
+
+/// Aborts the node's background tasks when `run` returns, however it returns.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }

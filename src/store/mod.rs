@@ -98,14 +98,14 @@ pub trait Inbox: Send + Sync + 'static {
 pub trait RouteStore: Send + Sync + 'static {
     /// Records that `device` of `user` is connected through `route` (replacing any older one)
     /// for `ttl`; a live session refreshes it well before then, so routes of a node that died
-    /// without cleaning up lapse on their own.
+    /// without cleaning up lapse on their own. Returns the route it replaced, if unexpired.
     async fn put(
         &self,
         user: &str,
         device: &str,
         route: &Route,
         ttl: std::time::Duration,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Option<Route>, StoreError>;
 
     /// Extends `route` for another `ttl` if `device` is still its session's (or has no route any
     /// more). Returns false, changing nothing, when another session owns the device.

@@ -150,7 +150,21 @@ impl Session {
     async fn start(&mut self, out: &mut Outbound, resume_after: u64) -> Result<(), End> {
         let node = self.node.clone();
         let ttl = node.config.route_ttl;
-        node.routes.put(&self.user, &self.device, &self.route(), ttl).await?;
+        let previous = node.routes.put(&self.user, &self.device, &self.route(), ttl).await?;
+        // This device's older session on another node: end it there (a local one was kicked
+        // when this session registered).
+        if let Some(old) = previous
+            && old.node_id != node.id
+            && node.membership.contains(&old.node_id)
+        {
+            let (peers, user, device) =
+                (node.peers.clone(), self.user.clone(), self.device.clone());
+            tokio::spawn(async move {
+                if let Err(e) = peers.kick(&old.node_id, &user, &device, &old.session_id).await {
+                    warn!(%user, %device, peer = %old.node_id, error = %e, "could not kick the older session");
+                }
+            });
+        }
         // A newer local session of this device may have registered and written its route
         // before ours landed: give the device back to it.
         if let Some(current) = node.registry.current(&self.user, &self.device)
@@ -216,6 +230,7 @@ impl Session {
                         let reason = "signed in again on the same device".to_string();
                         return self.stop(Some(Stop::Kicked(reason)), out).await;
                     }
+                    self.catch_up(out).await?;
                 }
                 () = std::future::ready(()), if self.more => self.fill(out).await?,
             }
@@ -243,6 +258,15 @@ impl Session {
                 warn!(user = %self.user, error = %e, "route refresh failed");
                 true
             }
+        }
+    }
+
+    /// Anti-entropy: a push that never arrived (a relay lost with its node) is noticed here at
+    /// the latest, without waiting for the next message.
+    async fn catch_up(&mut self, out: &mut Outbound) -> Result<(), End> {
+        match self.node.inbox.last_seq(&self.user).await {
+            Ok(last) if last >= self.next && !self.more => self.fill(out).await,
+            _ => Ok(()),
         }
     }
 

@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+pub mod consul;
 pub mod proxy;
 pub mod redis;
 
@@ -153,6 +154,14 @@ impl TestNode {
     pub async fn connect(&self, user: &str, device: &str, resume_after: u64) -> Session {
         let login = self.login(user, device).await;
         Session::connect(&login.endpoint, &login.token, resume_after, &Options::default())
+            .await
+            .unwrap()
+    }
+
+    /// Logs in here and opens the session on this node, whatever node Login picked.
+    pub async fn connect_here(&self, user: &str, device: &str, resume_after: u64) -> Session {
+        let login = self.login(user, device).await;
+        Session::connect(&self.endpoint(), &login.token, resume_after, &Options::default())
             .await
             .unwrap()
     }

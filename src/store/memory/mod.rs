@@ -227,10 +227,11 @@ impl RouteStore for MemoryStore {
         device: &str,
         route: &Route,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let lapses = Instant::now() + ttl;
-        self.with_user(user, |u| u.routes.insert(device.to_string(), (route.clone(), lapses)));
-        Ok(())
+    ) -> Result<Option<Route>, StoreError> {
+        let now = Instant::now();
+        let old = self
+            .with_user(user, |u| u.routes.insert(device.to_string(), (route.clone(), now + ttl)));
+        Ok(old.filter(|(_, lapses)| *lapses > now).map(|(r, _)| r))
     }
 
     async fn refresh(

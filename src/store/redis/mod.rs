@@ -216,18 +216,20 @@ impl RouteStore for RedisStore {
         device: &str,
         route: &Route,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<Route>, StoreError> {
         let key = self.key("route", user);
         let value = route_value(route, ttl);
-        let () = redis::pipe()
+        let (old,): (Option<String>,) = redis::pipe()
             .atomic()
+            .hget(&key, device)
             .hset(&key, device, value)
             .ignore()
             .pexpire(&key, ttl.as_millis() as i64)
             .ignore()
             .query_async(&mut self.conn.clone())
             .await?;
-        Ok(())
+        let now = now_ms();
+        Ok(old.and_then(|v| parse_route(&v)).filter(|(_, lapses)| *lapses > now).map(|(r, _)| r))
     }
 
     async fn refresh(

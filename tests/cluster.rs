@@ -1,0 +1,314 @@
+//! Several nodes as one service: Consul registration and discovery (against the API double, and
+//! a real agent when CONSUL_HTTP_ADDR is set), login placement by strategy, cross-node delivery
+//! and takeover, and nodes leaving.
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::consul::ConsulDouble;
+use common::{Backend, SECRET, TestNode, WAIT, eventually, next_event, next_message};
+use futures_util::StreamExt as _;
+use tim::client::{self, Event, Options};
+use tim::discovery::consul::ConsulClient;
+use tim::discovery::{ConsulDiscovery, ConsulRegistration, Discovery, Update};
+use tim::lb::StrategyKind;
+
+const TTL: Duration = Duration::from_secs(1);
+
+/// Starts `n` nodes registered in `consul`, sharing `backend`, and waits until each sees all.
+async fn cluster(
+    n: usize,
+    consul: &ConsulDouble,
+    backend: &Backend,
+    lb: StrategyKind,
+) -> Vec<TestNode> {
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        nodes.push(
+            TestNode::with(backend, |c| {
+                c.consul = Some(consul.url());
+                c.consul_ttl = TTL;
+                c.lb = lb;
+            })
+            .await,
+        );
+    }
+    for node in &nodes {
+        let want = nodes.len();
+        eventually(|| async {
+            (endpoints_seen_by(node, 4 * want).await.len() == want).then_some(())
+        })
+        .await;
+    }
+    nodes
+}
+
+/// The endpoints Login hands out from `node` over `logins` logins of distinct users.
+async fn endpoints_seen_by(node: &TestNode, logins: usize) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for i in 0..logins {
+        let l =
+            client::login(&node.endpoint(), &format!("probe-{i}"), "d", "", &Options::default())
+                .await;
+        match l {
+            Ok(l) => *seen.entry(l.endpoint).or_default() += 1,
+            Err(e) => eprintln!("login failed: {e}"),
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_different_nodes_chat_both_ways() {
+    let consul = ConsulDouble::start().await;
+    let backend = Backend::redis();
+    let nodes = cluster(3, &consul, &backend, StrategyKind::RoundRobin).await;
+    let mut alice = nodes[0].connect_here("alice", "phone", 0).await;
+    let mut bob = nodes[1].connect_here("bob", "phone", 0).await;
+    let mut bob_tablet = nodes[2].connect_here("bob", "tablet", 0).await;
+    for i in 1..=5 {
+        alice.sender().send("bob", &format!("a{i}")).await.unwrap();
+        bob.sender().send("alice", &format!("b{i}")).await.unwrap();
+    }
+    for i in 1..=5 {
+        assert_eq!(next_message(&mut bob).await.body, format!("a{i}"));
+        assert_eq!(next_message(&mut bob_tablet).await.body, format!("a{i}"));
+        assert_eq!(next_message(&mut alice).await.body, format!("b{i}"));
+    }
+    // A sender on a node that holds none of the recipient's streams: relayed, not polled.
+    let started = Instant::now();
+    nodes[2].send_unary("carol", "c1", "alice", "from afar").await.unwrap();
+    assert_eq!(next_message(&mut alice).await.body, "from afar");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "pushed by relay, not by the periodic catch-up"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_places_users_as_the_strategy_says() {
+    let consul = ConsulDouble::start().await;
+    let backend = Backend::redis();
+    let nodes = cluster(3, &consul, &backend, StrategyKind::RoundRobin).await;
+    let seen = endpoints_seen_by(&nodes[0], 30).await;
+    assert_eq!(seen.len(), 3);
+    assert!(seen.values().all(|n| *n == 10), "round-robin rotates exactly: {seen:?}");
+    drop(nodes);
+
+    let consul = ConsulDouble::start().await;
+    let nodes = cluster(3, &consul, &backend, StrategyKind::ConsistentHash).await;
+    // Every gateway sends a user to the same node, every time.
+    for i in 0..20 {
+        let user = format!("user-{i}");
+        let mut targets = Vec::new();
+        for node in &nodes {
+            targets.push(node.login(&user, "d").await.endpoint);
+        }
+        assert!(targets.windows(2).all(|w| w[0] == w[1]), "{user}: {targets:?}");
+    }
+    let spread = endpoints_seen_by(&nodes[1], 300).await;
+    assert_eq!(spread.len(), 3, "{spread:?}");
+    assert!(spread.values().all(|n| *n > 50), "consistent hashing spreads users: {spread:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_loaded_sends_logins_to_the_emptier_node() {
+    let consul = ConsulDouble::start().await;
+    let backend = Backend::redis();
+    let nodes = cluster(2, &consul, &backend, StrategyKind::LeastLoaded).await;
+    let mut held = Vec::new();
+    for i in 0..8 {
+        held.push(nodes[0].connect_here(&format!("busy-{i}"), "d", 0).await);
+    }
+    // The load reaches Consul's Meta with the next check pass, and the other nodes with the watch.
+    let busy = nodes[0].endpoint();
+    eventually(|| async {
+        let meta = consul.meta(&busy)?;
+        (meta["connections"] == "8").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = endpoints_seen_by(&nodes[1], 6).await;
+    assert_eq!(seen.get(&nodes[1].endpoint()), Some(&6), "all to the empty node: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_leaves_every_view_within_the_ttl() {
+    let consul = ConsulDouble::start().await;
+    let backend = Backend::redis();
+    let Backend::Redis { url, prefix, .. } = &backend else { unreachable!() };
+    let nodes = cluster(2, &consul, &backend, StrategyKind::RoundRobin).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let doomed_addr = format!("127.0.0.1:{port}");
+    let mut doomed = tokio::process::Command::new(env!("CARGO_BIN_EXE_tim"))
+        .args(["serve", "--addr", &doomed_addr, "--redis", url, "--redis-prefix", prefix])
+        .args(["--token-secret", SECRET, "--consul", &consul.url(), "--consul-ttl", "1s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    for node in &nodes {
+        eventually(|| async {
+            endpoints_seen_by(node, 12).await.contains_key(&doomed_addr).then_some(())
+        })
+        .await;
+    }
+    // bob is on the doomed node; alice elsewhere.
+    let login = client::login(&doomed_addr, "bob", "phone", "", &Options::default()).await.unwrap();
+    let bob =
+        client::Session::connect(&doomed_addr, &login.token, 0, &Options::default()).await.unwrap();
+    doomed.kill().await.unwrap();
+    let killed = Instant::now();
+    drop(bob);
+    for node in &nodes {
+        eventually(|| async { (!consul.passing().contains(&doomed_addr)).then_some(()) }).await;
+        eventually(|| async {
+            (!endpoints_seen_by(node, 12).await.contains_key(&doomed_addr)).then_some(())
+        })
+        .await;
+    }
+    let gone_after = killed.elapsed();
+    assert!(gone_after < TTL + Duration::from_millis(1500), "left the views after {gone_after:?}");
+    // From now on Login never hands it out, and its routes count as gone.
+    for node in &nodes {
+        let seen = endpoints_seen_by(node, 30).await;
+        assert!(!seen.contains_key(&doomed_addr), "{seen:?}");
+        assert!(node.presence("bob").await.is_empty());
+    }
+    // Messages to bob wait for him on a live node.
+    nodes[0].send_unary("alice", "k1", "bob", "still here").await.unwrap();
+    let mut bob = nodes[1].connect_here("bob", "phone", 0).await;
+    assert_eq!(next_message(&mut bob).await.body, "still here");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_session_on_another_node_kicks_the_older_one() {
+    let consul = ConsulDouble::start().await;
+    let backend = Backend::redis();
+    let nodes = cluster(2, &consul, &backend, StrategyKind::RoundRobin).await;
+    let mut old = nodes[0].connect_here("bob", "phone", 0).await;
+    let mut new = nodes[1].connect_here("bob", "phone", 0).await;
+    match next_event(&mut old).await {
+        Event::Kicked(_) => {}
+        other => panic!("expected Kicked, got {other:?}"),
+    }
+    nodes[0].send_unary("alice", "k1", "bob", "to the new one").await.unwrap();
+    assert_eq!(next_message(&mut new).await.body, "to the new one");
+    assert_eq!(nodes[0].presence("bob").await, ["phone"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_deregisters_and_consul_outages_keep_the_last_view() {
+    let consul = ConsulDouble::start().await;
+    let backend = Backend::redis();
+    let mut nodes = cluster(3, &consul, &backend, StrategyKind::RoundRobin).await;
+    let leaving = nodes.pop().unwrap();
+    let leaving_id = leaving.endpoint();
+    leaving.stop().await.unwrap();
+    // Deregistered at once, not after the TTL.
+    assert!(!consul.passing().contains(&leaving_id));
+    eventually(|| async { (endpoints_seen_by(&nodes[0], 8).await.len() == 2).then_some(()) }).await;
+
+    // Consul goes down: logins keep working on the last known set.
+    consul.set_down(true);
+    tokio::time::sleep(TTL * 2).await;
+    let seen = endpoints_seen_by(&nodes[0], 10).await;
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // It comes back: registrations are renewed and the view stays whole.
+    consul.set_down(false);
+    eventually(|| async { (consul.passing().len() == 2).then_some(()) }).await;
+    let seen = endpoints_seen_by(&nodes[1], 10).await;
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}
+
+#[tokio::test]
+async fn registration_and_watch_follow_the_consul_api() {
+    let consul = ConsulDouble::start().await;
+    watch_lifecycle(&consul.url(), "tim-api-test").await;
+}
+
+/// Against a real agent: runs only when CONSUL_HTTP_ADDR is set (e.g. `127.0.0.1:8500`).
+#[tokio::test]
+async fn registration_and_watch_against_a_real_consul_agent() {
+    let Ok(addr) = std::env::var("CONSUL_HTTP_ADDR") else {
+        eprintln!("CONSUL_HTTP_ADDR is not set: skipping the real-agent test");
+        return;
+    };
+    let url = if addr.contains("://") { addr } else { format!("http://{addr}") };
+    watch_lifecycle(&url, &format!("tim-test-{}", std::process::id())).await;
+}
+
+/// Registers a fake node, sees it appear in the watch, lets its check lapse... no: deregisters
+/// it and sees it disappear.
+async fn watch_lifecycle(url: &str, service: &str) {
+    let client = ConsulClient::new(url, std::env::var("CONSUL_HTTP_TOKEN").ok()).unwrap();
+    let discovery = ConsulDiscovery::new(client.clone(), service).with_wait(Duration::from_secs(2));
+    let mut updates = discovery.updates();
+    let reg = ConsulRegistration::new(
+        client,
+        service,
+        &format!("{service}-node-1"),
+        "127.0.0.1:50999",
+        Duration::from_secs(10),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let heartbeat = tokio::spawn(reg.clone().run(|| 3));
+    let seen = loop {
+        match tokio::time::timeout(WAIT, updates.next()).await.unwrap().unwrap() {
+            Update::Reset(nodes) if !nodes.is_empty() => break nodes,
+            _ => continue,
+        }
+    };
+    assert_eq!(seen[0].id, format!("{service}-node-1"));
+    assert_eq!(seen[0].endpoint, "127.0.0.1:50999");
+    assert_eq!(seen[0].load, 3);
+    heartbeat.abort();
+    reg.deregister().await.unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, updates.next()).await.unwrap().unwrap() {
+            Update::Reset(nodes) if nodes.is_empty() => break,
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_check_that_is_not_passed_turns_critical_and_leaves_the_watch() {
+    let consul = ConsulDouble::start().await;
+    let client = ConsulClient::new(&consul.url(), None).unwrap();
+    let discovery = ConsulDiscovery::new(client.clone(), "tim").with_wait(Duration::from_secs(2));
+    let mut updates = discovery.updates();
+    let reg = ConsulRegistration::new(
+        client,
+        "tim",
+        "n1",
+        "127.0.0.1:1000",
+        TTL,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let heartbeat = tokio::spawn(reg.clone().run(|| 0));
+    loop {
+        if let Update::Reset(nodes) =
+            tokio::time::timeout(WAIT, updates.next()).await.unwrap().unwrap()
+            && nodes.len() == 1
+        {
+            break;
+        }
+    }
+    // The node hangs: no more passes.
+    heartbeat.abort();
+    let hung = Instant::now();
+    loop {
+        if let Update::Reset(nodes) =
+            tokio::time::timeout(WAIT, updates.next()).await.unwrap().unwrap()
+            && nodes.is_empty()
+        {
+            break;
+        }
+    }
+    assert!(hung.elapsed() < TTL + Duration::from_millis(800), "{:?}", hung.elapsed());
+}
