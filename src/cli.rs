@@ -4,7 +4,8 @@ use std::error::Error;
 use clap::Args;
 use tokio::io::AsyncBufReadExt as _;
 
-use tim::client::{self, Event, Options};
+use tim::client::resilient::{Client, ClientEvent, Config, Handle};
+use tim::client::{self, Options};
 use tim::proto::{self, gateway_client::GatewayClient};
 
 type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
@@ -91,16 +92,12 @@ pub async fn send(args: SendArgs) -> Result<()> {
 }
 
 pub async fn chat(args: ChatArgs) -> Result<()> {
-    let opts = Options::default();
     let l = &args.login;
-    let login = client::login(&l.addr, &l.user, &l.device, &l.jwt, &opts).await?;
-    let mut session =
-        client::Session::connect(&login.endpoint, &login.token, args.resume_after, &opts).await?;
-    eprintln!(
-        "connected as {}/{} to {}; type `<to>: <text>`",
-        login.user_id, login.device, login.node_id
-    );
-    let sender = session.sender();
+    let mut config = Config::new(vec![l.addr.clone()], &l.user, &l.device);
+    config.jwt = l.jwt.clone();
+    config.resume_after = args.resume_after;
+    let mut client = Client::start(config);
+    let handle = client.handle();
     // Sends run one at a time, in the order typed; stdin EOF ends the loop after the last ack.
     let (lines_tx, mut lines_rx) = tokio::sync::mpsc::channel::<String>(64);
     tokio::spawn(async move {
@@ -114,26 +111,29 @@ pub async fn chat(args: ChatArgs) -> Result<()> {
     loop {
         tokio::select! {
             line = lines_rx.recv() => match line {
-                Some(line) => send_line(&sender, &line).await,
-                None => return Ok(()),
+                Some(line) => send_line(&handle, &line).await,
+                None => {
+                    handle.flush().await;
+                    return Ok(());
+                }
             },
-            event = session.next_event() => match event {
-                Some(Event::Message(m)) => {
+            event = client.next_event() => match event {
+                Some(ClientEvent::Message(m)) => {
                     println!("{}: {}", m.from, m.body);
-                    sender.ack(m.seq).await?;
+                    handle.ack(m.seq).await?;
                 }
-                Some(Event::Kicked(reason)) => return Err(format!("kicked: {reason}").into()),
-                Some(Event::Drain(_)) => return Err("the node is shutting down".into()),
-                Some(Event::Closed(Some(status))) => {
-                    return Err(format!("stream closed: {}", status.message()).into());
+                Some(ClientEvent::Connected { node_id, .. }) => {
+                    eprintln!("connected as {}/{} to {node_id}; type `<to>: <text>`", l.user, l.device);
                 }
-                Some(Event::Closed(None)) | None => return Err("stream closed".into()),
+                Some(ClientEvent::Disconnected { reason }) => eprintln!("disconnected ({reason}); reconnecting"),
+                Some(ClientEvent::Kicked(reason)) => return Err(format!("kicked: {reason}").into()),
+                None => return Err("client stopped".into()),
             },
         }
     }
 }
 
-async fn send_line(sender: &client::Sender, line: &str) {
+async fn send_line(sender: &Handle, line: &str) {
     let line = line.trim();
     if line.is_empty() {
         return;

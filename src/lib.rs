@@ -16,11 +16,14 @@
 //! - [`store`]: the Inbox and RouteStore traits and their backends.
 //! - [`discovery`]: node-set updates (`Add`, `Remove`, `Reset`) from a backend.
 //! - [`lb`]: strategies that pick a node for a user at login.
-//! - [`client`]: the client library used by the CLI, benchmarks and tests.
+//! - [`client`]: the client library used by the CLI, benchmarks and tests; `client::resilient`
+//!   reconnects and resumes by itself.
+//! - [`chaos`]: fault injection (`tim chaos`) and the lost/duplicated/reordered checker.
 //! - [`codec`]: the protobuf codec (undecodable input is INVALID_ARGUMENT).
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod chaos;
 pub mod client;
 pub mod codec;
 pub mod config;

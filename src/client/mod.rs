@@ -15,6 +15,8 @@
 //! }
 //! # Ok(()) }
 //! ```
+pub mod resilient;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -209,6 +211,18 @@ impl Sender {
         to: &str,
         body: &str,
     ) -> Result<proto::SendAck, ClientError> {
+        self.submit(client_msg_id, to, body).await?.await
+    }
+
+    /// Queues a send frame and returns at once with the future of its ack, so that several
+    /// sends can be in flight; the server stores them in the order they were submitted.
+    pub async fn submit(
+        &self,
+        client_msg_id: &str,
+        to: &str,
+        body: &str,
+    ) -> Result<impl Future<Output = Result<proto::SendAck, ClientError>> + use<>, ClientError>
+    {
         let rx = self.pending.register(client_msg_id)?;
         let frame = client_frame::Frame::Send(proto::SendMessage {
             client_msg_id: client_msg_id.to_string(),
@@ -219,12 +233,19 @@ impl Sender {
             self.pending.forget(client_msg_id);
             return Err(ClientError::Closed);
         }
-        rx.await.unwrap_or(Err(ClientError::Closed))
+        Ok(async move { rx.await.unwrap_or(Err(ClientError::Closed)) })
     }
 
     /// Tells the server everything up to `up_to` is processed.
     pub async fn ack(&self, up_to: u64) -> Result<(), ClientError> {
         self.frame(client_frame::Frame::Ack(proto::Ack { up_to })).await
+    }
+
+    /// Resolves once every queued frame was taken by the transport.
+    pub async fn flushed(&self) {
+        while self.frames.capacity() < self.frames.max_capacity() && !self.frames.is_closed() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     /// Sends a raw frame.

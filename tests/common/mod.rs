@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 pub mod consul;
+pub mod process;
 pub mod proxy;
 pub mod redis;
 

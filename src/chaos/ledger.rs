@@ -1,0 +1,171 @@
+//! The checker behind `tim chaos` and the fault tests: it records what was sent, what was acked
+//! (with the recipient's seq) and what each device received, and says whether anything acked
+//! was lost, shown twice or shown out of order.
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+/// What happened to the messages of a run.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    sent: u64,
+    /// recipient → seq → body, for every acked message.
+    acked: HashMap<String, BTreeMap<u64, String>>,
+    /// (recipient, device) → seqs in the order the application saw them.
+    received: HashMap<(String, String), Vec<(u64, String)>>,
+    max_reconnect_ms: u64,
+}
+
+/// The verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Report {
+    pub sent: u64,
+    pub acked: u64,
+    pub delivered: u64,
+    /// Acked messages some device of their recipient never received.
+    pub lost: u64,
+    /// Deliveries of a seq a device had already received.
+    pub duplicated: u64,
+    /// Deliveries with a seq not above the device's previous one.
+    pub out_of_order: u64,
+    pub max_reconnect_ms: u64,
+}
+
+impl Report {
+    /// True when nothing acked was lost, duplicated or reordered.
+    pub fn clean(&self) -> bool {
+        self.lost == 0 && self.duplicated == 0 && self.out_of_order == 0
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "chaos: sent={} acked={} delivered={} lost={} duplicated={} out_of_order={} max_reconnect_ms={}",
+            self.sent,
+            self.acked,
+            self.delivered,
+            self.lost,
+            self.duplicated,
+            self.out_of_order,
+            self.max_reconnect_ms
+        )
+    }
+}
+
+impl Ledger {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A send was attempted (counted once per message, not per retry).
+    pub fn sent(&self) {
+        self.lock().sent += 1;
+    }
+
+    /// The server acked `body` to `to` as `seq`.
+    pub fn acked(&self, to: &str, seq: u64, body: &str) {
+        self.lock().acked.entry(to.to_string()).or_default().insert(seq, body.to_string());
+    }
+
+    /// `device` of `user` showed message `seq`.
+    pub fn received(&self, user: &str, device: &str, seq: u64, body: &str) {
+        let mut inner = self.lock();
+        inner
+            .received
+            .entry((user.to_string(), device.to_string()))
+            .or_default()
+            .push((seq, body.to_string()));
+    }
+
+    /// A client was without a stream for `ms`.
+    pub fn reconnected(&self, ms: u64) {
+        let mut inner = self.lock();
+        inner.max_reconnect_ms = inner.max_reconnect_ms.max(ms);
+    }
+
+    /// Acked messages not yet received by every listed device of their recipient.
+    pub fn outstanding(&self, devices: &[(String, String)]) -> u64 {
+        self.report_for(devices).lost
+    }
+
+    /// Checks every acked message against every listed (user, device).
+    pub fn report_for(&self, devices: &[(String, String)]) -> Report {
+        let inner = self.lock();
+        let mut r = Report {
+            sent: inner.sent,
+            acked: inner.acked.values().map(|m| m.len() as u64).sum(),
+            max_reconnect_ms: inner.max_reconnect_ms,
+            ..Report::default()
+        };
+        for (user, device) in devices {
+            let got = inner.received.get(&(user.clone(), device.clone()));
+            let got: &[(u64, String)] = got.map_or(&[], |v| v.as_slice());
+            r.delivered += got.len() as u64;
+            let mut seen = HashMap::new();
+            let mut last = 0;
+            for (seq, body) in got {
+                if seen.insert(*seq, body).is_some() {
+                    r.duplicated += 1;
+                } else if *seq <= last {
+                    r.out_of_order += 1;
+                }
+                last = last.max(*seq);
+            }
+            for (seq, body) in inner.acked.get(user).into_iter().flatten() {
+                match seen.get(seq) {
+                    Some(b) if *b == body => {}
+                    // Missing, or another message under this seq: either way this one is lost.
+                    _ => r.lost += 1,
+                }
+            }
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn devices() -> Vec<(String, String)> {
+        vec![("bob".into(), "phone".into())]
+    }
+
+    #[test]
+    fn counts_loss_duplicates_and_disorder() {
+        let l = Ledger::default();
+        for (seq, body) in [(1, "a"), (2, "b"), (3, "c")] {
+            l.sent();
+            l.acked("bob", seq, body);
+        }
+        l.received("bob", "phone", 1, "a");
+        l.received("bob", "phone", 3, "c");
+        assert_eq!(l.report_for(&devices()).lost, 1);
+        l.received("bob", "phone", 2, "b");
+        let r = l.report_for(&devices());
+        assert_eq!((r.lost, r.out_of_order, r.duplicated), (0, 1, 0));
+        l.received("bob", "phone", 3, "c");
+        assert_eq!(l.report_for(&devices()).duplicated, 1);
+        assert!(!l.report_for(&devices()).clean());
+    }
+
+    #[test]
+    fn a_clean_run_is_clean() {
+        let l = Ledger::default();
+        l.sent();
+        l.acked("bob", 1, "x");
+        l.received("bob", "phone", 1, "x");
+        let r = l.report_for(&devices());
+        assert!(r.clean());
+        assert_eq!(
+            r.to_string(),
+            "chaos: sent=1 acked=1 delivered=1 lost=0 duplicated=0 out_of_order=0 max_reconnect_ms=0"
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! Fault injection and the delivery checker: `tim chaos` runs nodes and Redis as child
+//! processes, drives users through the resilient client while killing and restarting them, and
+//! checks with the [`Ledger`] that every acked message reached its recipient exactly once and in
+//! order.
+mod ledger;
+
+pub use ledger::{Ledger, Report};

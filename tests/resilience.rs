@@ -1,0 +1,265 @@
+//! The resilient client under faults: a killed node, a rolling restart under traffic, a drain,
+//! and a network cut. Every acked message must arrive exactly once, in order.
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::process::{NodeProcess, free_port};
+use common::proxy::FreezableProxy;
+use common::{Backend, TestNode, WAIT, eventually};
+use tim::chaos::Ledger;
+use tim::client::Options;
+use tim::client::resilient::{Client, ClientEvent, Config, Handle};
+
+fn config(gateways: &[String], user: &str) -> Config {
+    let mut c = Config::new(gateways.to_vec(), user, "phone");
+    c.backoff_min = Duration::from_millis(100);
+    c.backoff_max = Duration::from_millis(500);
+    c
+}
+
+/// Starts `n` node processes that know each other as static peers.
+async fn nodes(n: usize, backend: &Backend) -> Vec<NodeProcess> {
+    let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let mut nodes = Vec::new();
+    for addr in &addrs {
+        let peers: Vec<&str> = addrs.iter().filter(|a| *a != addr).map(String::as_str).collect();
+        let extra =
+            vec!["--peers".to_string(), peers.join(","), "--drain-grace".into(), "2s".into()];
+        nodes.push(NodeProcess::start(addr, backend, &extra).await);
+    }
+    nodes
+}
+
+/// Runs a client: records what it receives in `ledger` and acks it; notes reconnect times.
+fn drive(
+    mut client: Client,
+    user: String,
+    ledger: Arc<Ledger>,
+) -> (Handle, tokio::task::JoinHandle<()>) {
+    let handle = client.handle();
+    let acker = client.handle();
+    let task = tokio::spawn(async move {
+        let mut down_since: Option<Instant> = None;
+        while let Some(event) = client.next_event().await {
+            match event {
+                ClientEvent::Message(m) => {
+                    ledger.received(&user, "phone", m.seq, &m.body);
+                    let _ = acker.ack(m.seq).await;
+                }
+                ClientEvent::Disconnected { .. } => {
+                    down_since.get_or_insert_with(Instant::now);
+                }
+                ClientEvent::Connected { .. } => {
+                    if let Some(t) = down_since.take() {
+                        ledger.reconnected(t.elapsed().as_millis() as u64);
+                    }
+                }
+                ClientEvent::Kicked(r) => panic!("{user} kicked: {r}"),
+            }
+        }
+    });
+    (handle, task)
+}
+
+/// Waits until every acked message reached every listed device, then returns the report.
+async fn settle(ledger: &Ledger, users: &[String]) -> tim::chaos::Report {
+    let devices: Vec<(String, String)> =
+        users.iter().map(|u| (u.clone(), "phone".to_string())).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ledger.outstanding(&devices) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ledger.report_for(&devices)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_node_is_killed_reconnects_elsewhere_and_gets_everything_in_order() {
+    let backend = Backend::redis();
+    let mut nodes = nodes(2, &backend).await;
+    let gateways: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let ledger = Arc::new(Ledger::default());
+    let mut client = Client::start(config(&gateways, "bob"));
+    let on = match tokio::time::timeout(WAIT, client.next_event()).await.unwrap().unwrap() {
+        ClientEvent::Connected { endpoint, .. } => endpoint,
+        other => panic!("{other:?}"),
+    };
+    let (_bob, task) = drive(client, "bob".into(), ledger.clone());
+    let doomed = nodes.iter().position(|n| n.addr == on).unwrap();
+    let survivor = gateways[1 - doomed].clone();
+    let alice = Client::start(config(&[survivor.clone()], "alice"));
+    let (alice, _alice_task) = drive(alice, "alice".into(), ledger.clone());
+    for i in 1..=10 {
+        let body = format!("before-{i}");
+        ledger.sent();
+        let ack = alice.send("bob", &body).await.unwrap();
+        ledger.acked("bob", ack.seq, &body);
+    }
+    nodes[doomed].kill().await;
+    for i in 1..=10 {
+        let body = format!("after-{i}");
+        ledger.sent();
+        let ack = alice.send("bob", &body).await.unwrap();
+        ledger.acked("bob", ack.seq, &body);
+    }
+    let report = settle(&ledger, &["bob".to_string()]).await;
+    assert!(report.clean(), "{report}");
+    assert_eq!(report.acked, 20);
+    assert!(report.max_reconnect_ms > 0, "bob did reconnect: {report}");
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_traffic_loses_nothing() {
+    let backend = Backend::redis();
+    let mut nodes = nodes(3, &backend).await;
+    let gateways: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let ledger = Arc::new(Ledger::default());
+    let users: Vec<String> = (0..6).map(|i| format!("u{i}")).collect();
+    let mut handles = Vec::new();
+    for u in &users {
+        let (h, _) = drive(Client::start(config(&gateways, u)), u.clone(), ledger.clone());
+        handles.push(h);
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for (i, h) in handles.iter().enumerate() {
+        let (h, ledger, users, stop) = (h.clone(), ledger.clone(), users.clone(), stop.clone());
+        senders.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let to = &users[(i + n) % users.len()];
+                let body = format!("{}-{n}", users[i]);
+                ledger.sent();
+                let ack = h.send(to, &body).await.unwrap();
+                ledger.acked(to, ack.seq, &body);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for node in &mut nodes {
+        node.terminate().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        node.restart().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in senders {
+        tokio::time::timeout(Duration::from_secs(30), s).await.unwrap().unwrap();
+    }
+    let report = settle(&ledger, &users).await;
+    assert!(report.clean(), "{report}");
+    assert!(report.acked > 50, "traffic flowed: {report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_hands_its_clients_to_the_others_at_once() {
+    let backend = Backend::redis();
+    let (pa, pb) = (free_port(), free_port());
+    let (a_addr, b_addr) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"));
+    let a = TestNode::with(&backend, |c| {
+        c.addr = a_addr.parse().unwrap();
+        c.peers = Some(b_addr.clone());
+    })
+    .await;
+    let b = TestNode::with(&backend, |c| {
+        c.addr = b_addr.parse().unwrap();
+        c.peers = Some(a_addr.clone());
+    })
+    .await;
+    let ledger = Arc::new(Ledger::default());
+    // bob on a (the gateway list starts there and a's round-robin may pick either: retry).
+    let gateways = [a_addr.clone(), b_addr.clone()];
+    let mut client = Client::start(config(&gateways, "bob"));
+    loop {
+        match tokio::time::timeout(WAIT, client.next_event()).await.unwrap().unwrap() {
+            ClientEvent::Connected { endpoint, .. } if endpoint == a_addr => break,
+            ClientEvent::Connected { .. } => {
+                drop(client);
+                client = Client::start(config(&gateways, "bob"));
+            }
+            _ => {}
+        }
+    }
+    let (_bob, _task) = drive(client, "bob".into(), ledger.clone());
+    let alice = Client::start(config(&[b_addr.clone()], "alice"));
+    let (alice, _t) = drive(alice, "alice".into(), ledger.clone());
+    for i in 1..=5 {
+        let ack = alice.send("bob", &format!("m{i}")).await.unwrap();
+        ledger.sent();
+        ledger.acked("bob", ack.seq, &format!("m{i}"));
+    }
+    a.stop().await.unwrap();
+    for i in 6..=10 {
+        let ack = alice.send("bob", &format!("m{i}")).await.unwrap();
+        ledger.sent();
+        ledger.acked("bob", ack.seq, &format!("m{i}"));
+    }
+    let report = settle(&ledger, &["bob".to_string()]).await;
+    assert!(report.clean(), "{report}");
+    // Drain says "reconnect within a second": no backoff, no timeout.
+    assert!(report.max_reconnect_ms < 2500, "{report}");
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_cut_is_detected_by_keepalive_and_recovered_from() {
+    let backend = Backend::redis();
+    let (pa, pb) = (free_port(), free_port());
+    let (a_addr, b_addr) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"));
+    let proxy = FreezableProxy::start(a_addr.parse().unwrap()).await;
+    let via_proxy = proxy.addr.to_string();
+    // Clients reach a only through the proxy: it is a's advertised endpoint.
+    let _a = TestNode::with(&backend, |c| {
+        c.addr = a_addr.parse().unwrap();
+        c.advertise = Some(via_proxy.clone());
+        c.node_id = Some("a".into());
+        c.peers = Some(format!("b={b_addr}"));
+        c.keepalive_interval = Duration::from_millis(300);
+        c.keepalive_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let b = TestNode::with(&backend, |c| {
+        c.addr = b_addr.parse().unwrap();
+        c.node_id = Some("b".into());
+        c.peers = Some(format!("a={via_proxy}"));
+    })
+    .await;
+    let ledger = Arc::new(Ledger::default());
+    let mut cfg = config(&[b_addr.clone()], "bob");
+    cfg.options = Options {
+        keepalive_interval: Duration::from_millis(300),
+        keepalive_timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_millis(500),
+        ..Options::default()
+    };
+    // Get bob onto a (through the proxy).
+    let mut client = Client::start(cfg.clone());
+    loop {
+        match tokio::time::timeout(WAIT, client.next_event()).await.unwrap().unwrap() {
+            ClientEvent::Connected { endpoint, .. } if endpoint == via_proxy => break,
+            ClientEvent::Connected { .. } => {
+                drop(client);
+                client = Client::start(cfg.clone());
+            }
+            _ => {}
+        }
+    }
+    let (_bob, _task) = drive(client, "bob".into(), ledger.clone());
+    proxy.freeze();
+    let cut = Instant::now();
+    // Meanwhile alice writes to bob through b.
+    for i in 1..=5 {
+        let ack = b.send_unary("alice", &format!("c{i}"), "bob", &format!("m{i}")).await.unwrap();
+        ledger.sent();
+        ledger.acked("bob", ack.seq, &format!("m{i}"));
+    }
+    let report = settle(&ledger, &["bob".to_string()]).await;
+    assert!(report.clean(), "{report}");
+    assert!(cut.elapsed() < Duration::from_secs(15), "recovered after {:?}", cut.elapsed());
+    // a noticed too: bob's stale session there is gone, only the one on b remains.
+    eventually(|| async { (b.presence("bob").await == ["phone"]).then_some(()) }).await;
+}
