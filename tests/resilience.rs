@@ -88,7 +88,7 @@ async fn a_client_whose_node_is_killed_reconnects_elsewhere_and_gets_everything_
     let (_bob, task) = drive(client, "bob".into(), ledger.clone());
     let doomed = nodes.iter().position(|n| n.addr == on).unwrap();
     let survivor = gateways[1 - doomed].clone();
-    let alice = Client::start(config(&[survivor.clone()], "alice"));
+    let alice = Client::start(config(std::slice::from_ref(&survivor), "alice"));
     let (alice, _alice_task) = drive(alice, "alice".into(), ledger.clone());
     for i in 1..=10 {
         let body = format!("before-{i}");
@@ -185,7 +185,7 @@ async fn a_drained_node_hands_its_clients_to_the_others_at_once() {
         }
     }
     let (_bob, _task) = drive(client, "bob".into(), ledger.clone());
-    let alice = Client::start(config(&[b_addr.clone()], "alice"));
+    let alice = Client::start(config(std::slice::from_ref(&b_addr), "alice"));
     let (alice, _t) = drive(alice, "alice".into(), ledger.clone());
     for i in 1..=5 {
         let ack = alice.send("bob", &format!("m{i}")).await.unwrap();
@@ -229,7 +229,7 @@ async fn a_network_cut_is_detected_by_keepalive_and_recovered_from() {
     })
     .await;
     let ledger = Arc::new(Ledger::default());
-    let mut cfg = config(&[b_addr.clone()], "bob");
+    let mut cfg = config(std::slice::from_ref(&b_addr), "bob");
     cfg.options = Options {
         keepalive_interval: Duration::from_millis(300),
         keepalive_timeout: Duration::from_millis(500),
