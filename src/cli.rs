@@ -147,3 +147,13 @@ async fn send_line(sender: &Handle, line: &str) {
         Err(e) => eprintln!("not sent: {e}"),
     }
 }
+
+pub async fn chaos(opts: tim::chaos::ChaosOptions) -> Result<()> {
+    let report = tim::chaos::run(&opts).await?;
+    println!("{report}");
+    if report.clean() {
+        Ok(())
+    } else {
+        Err("acked messages were lost, duplicated or reordered".into())
+    }
+}

@@ -187,6 +187,9 @@ impl Config {
         if let Some(peers) = &self.peers {
             crate::discovery::StaticDiscovery::parse_peers(peers).map_err(ConfigError)?;
         }
+        if self.consul.is_some() && self.advertise.is_none() && self.addr.ip().is_unspecified() {
+            return fail("with --consul and an unspecified --addr, give --advertise host:port");
+        }
         if self.consul.as_deref().is_some_and(|c| !c.starts_with("http://")) {
             return fail("--consul must be an http:// URL of the local agent");
         }

@@ -51,7 +51,7 @@ impl Error {
     pub fn public_message(&self) -> String {
         match self {
             Error::Store(StoreError::Unavailable(_)) => {
-                "message store unavailable; nothing was stored, retry with the same client_msg_id"
+                "message store unavailable; not acknowledged: retry with the same client_msg_id"
                     .to_string()
             }
             Error::Store(StoreError::Internal(_)) => "internal error".to_string(),

@@ -24,6 +24,8 @@ enum Command {
     Send(cli::SendArgs),
     /// Interactive chat: prints `<from>: <body>`, sends lines typed as `<to>: <text>`.
     Chat(cli::ChatArgs),
+    /// Start nodes and Redis, drive users while killing and restarting them, check delivery.
+    Chaos(tim::chaos::ChaosOptions),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
             Command::Serve(config) => cli::serve(*config).await,
             Command::Send(args) => cli::send(args).await,
             Command::Chat(args) => cli::chat(args).await,
+            Command::Chaos(opts) => cli::chaos(opts).await,
         }
     });
     // `tim chat` may leave a blocking stdin read behind: do not wait for it.

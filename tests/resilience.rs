@@ -263,3 +263,33 @@ async fn a_network_cut_is_detected_by_keepalive_and_recovered_from() {
     // a noticed too: bob's stale session there is gone, only the one on b remains.
     eventually(|| async { (b.presence("bob").await == ["phone"]).then_some(()) }).await;
 }
+
+#[tokio::test]
+async fn tim_chaos_reports_a_clean_run_in_its_last_line() {
+    // Makes sure redis-server is there as the chaos command needs it.
+    let _ = common::redis::shared();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tim"))
+        .args(["chaos", "--nodes", "3", "--users", "6", "--seconds", "8", "--fault-every", "2"])
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default().to_string();
+    assert!(out.status.success(), "{last}\n{}", String::from_utf8_lossy(&out.stderr));
+    let fields: std::collections::HashMap<&str, u64> = last
+        .strip_prefix("chaos: ")
+        .expect("last line starts with `chaos: `")
+        .split(' ')
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k, v.parse().unwrap())
+        })
+        .collect();
+    assert!(fields["acked"] > 0 && fields["delivered"] >= fields["acked"], "{last}");
+    for k in ["lost", "duplicated", "out_of_order"] {
+        assert_eq!(fields[k], 0, "{last}");
+    }
+    assert!(fields.contains_key("max_reconnect_ms") && fields.contains_key("sent"), "{last}");
+}

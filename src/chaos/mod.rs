@@ -3,5 +3,7 @@
 //! checks with the [`Ledger`] that every acked message reached its recipient exactly once and in
 //! order.
 mod ledger;
+mod run;
 
 pub use ledger::{Ledger, Report};
+pub use run::{ChaosError, ChaosOptions, run};

@@ -65,12 +65,16 @@ impl Strategy for ConsistentHash {
 #[derive(Debug, Default)]
 pub struct LeastLoaded {
     sent_since_report: HashMap<String, u64>,
+    reported: HashMap<String, u64>,
 }
 
 impl Strategy for LeastLoaded {
-    fn update(&mut self, _nodes: &[NodeInfo]) {
-        // Fresh loads arrived; they include what we sent.
-        self.sent_since_report.clear();
+    fn update(&mut self, nodes: &[NodeInfo]) {
+        // A node whose reported load changed has counted what we sent it; the others have not.
+        let reported = nodes.iter().map(|n| (n.id.clone(), n.load)).collect::<HashMap<_, _>>();
+        self.sent_since_report
+            .retain(|id, _| reported.get(id).is_some_and(|l| self.reported.get(id) == Some(l)));
+        self.reported = reported;
     }
 
     fn pick(&mut self, _user: &str, nodes: &[NodeInfo]) -> usize {

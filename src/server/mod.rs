@@ -112,7 +112,7 @@ pub async fn run(
     if node.config.token_secret.is_none() {
         warn!("no --token-secret: tokens are signed with a random key and die with this process");
     }
-    let mut background = vec![cluster::keep_peers(&node)];
+    let background = vec![cluster::keep_peers(&node)];
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<GatewayServer<gateway::GatewayService>>().await;
@@ -151,13 +151,16 @@ pub async fn run(
         });
     tokio::pin!(server);
     info!(node = %node.id, addr = %local, "serving");
-    if let Some(registration) = &registration {
-        background.push(cluster::keep_registered(&node, registration.clone()));
-    }
+    let heartbeat = registration.as_ref().map(|r| cluster::keep_registered(&node, r.clone()));
     let _abort_on_return = AbortOnDrop(background);
 
     tokio::select! {
-        result = &mut server => return result.map_err(Into::into),
+        result = &mut server => {
+            if let Some(heartbeat) = &heartbeat {
+                heartbeat.abort();
+            }
+            return result.map_err(Into::into);
+        }
         () = shutdown => {}
     }
 
@@ -165,7 +168,10 @@ pub async fn run(
     health.set_service_status("", ServingStatus::NotServing).await;
     health.set_not_serving::<GatewayServer<gateway::GatewayService>>().await;
     health.set_not_serving::<ChatServer<chat::ChatService>>().await;
-    if let Some(registration) = &registration {
+    if let (Some(registration), Some(heartbeat)) = (&registration, heartbeat) {
+        // Stop passing and re-registering first, or the heartbeat would bring the node back.
+        heartbeat.abort();
+        let _ = heartbeat.await;
         cluster::deregister(registration).await;
     }
     node.registry.drain_all(|| rand::random_range(0..1000));

@@ -39,9 +39,27 @@ pub struct RedisStore {
 
 impl From<RedisError> for StoreError {
     fn from(e: RedisError) -> Self {
-        // Connection loss, timeouts, LOADING after a restart, cluster failover: all mean
-        // "not stored, try again".
-        StoreError::Unavailable(e.to_string())
+        use redis::{ErrorKind, ServerErrorKind as S};
+        // Connection loss, timeouts, LOADING after a restart, cluster failover: try again.
+        // Anything else (a script error, WRONGTYPE) will not heal by retrying.
+        let transient = e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_cluster_error()
+            || matches!(
+                e.kind(),
+                ErrorKind::Io
+                    | ErrorKind::ClusterConnectionNotFound
+                    | ErrorKind::Server(
+                        S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::ReadOnly
+                    )
+            );
+        if transient {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Internal(e.to_string())
+        }
     }
 }
 
@@ -219,12 +237,23 @@ impl RouteStore for RedisStore {
     ) -> Result<Option<Route>, StoreError> {
         let key = self.key("route", user);
         let value = route_value(route, ttl);
+        let ms = ttl.as_millis() as u64;
+        // NX then GT: the hash lives as long as its longest-lived route, whatever other nodes'
+        // --route-ttl.
         let (old,): (Option<String>,) = redis::pipe()
             .atomic()
             .hget(&key, device)
             .hset(&key, device, value)
             .ignore()
-            .pexpire(&key, ttl.as_millis() as i64)
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ms)
+            .arg("NX")
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ms)
+            .arg("GT")
             .ignore()
             .query_async(&mut self.conn.clone())
             .await?;

@@ -8,5 +8,7 @@ if route and string.match(route, '|([^|]*)|%d+$') ~= ARGV[2] then
   return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
+-- The hash lives as long as its longest-lived route.
+redis.call('PEXPIRE', KEYS[1], ARGV[4], 'NX')
+redis.call('PEXPIRE', KEYS[1], ARGV[4], 'GT')
 return 1
