@@ -37,7 +37,8 @@ async fn cluster(
     for node in &nodes {
         let want = nodes.len();
         eventually(|| async {
-            (endpoints_seen_by(node, 4 * want).await.len() == want).then_some(())
+            // Enough distinct users that even consistent hashing reaches every node.
+            (endpoints_seen_by(node, 30 * want).await.len() == want).then_some(())
         })
         .await;
     }
@@ -47,12 +48,16 @@ async fn cluster(
 /// The endpoints Login hands out from `node` over `logins` logins of distinct users.
 async fn endpoints_seen_by(node: &TestNode, logins: usize) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
+    let Ok(ch) = client::channel(&node.endpoint(), &Options::default()).await else { return seen };
+    let mut gw = tim::proto::gateway_client::GatewayClient::new(ch);
     for i in 0..logins {
-        let l =
-            client::login(&node.endpoint(), &format!("probe-{i}"), "d", "", &Options::default())
-                .await;
-        match l {
-            Ok(l) => *seen.entry(l.endpoint).or_default() += 1,
+        let req = tim::proto::LoginRequest {
+            user_id: format!("probe-{i}"),
+            device: "d".into(),
+            jwt: String::new(),
+        };
+        match gw.login(req).await {
+            Ok(l) => *seen.entry(l.into_inner().endpoint).or_default() += 1,
             Err(e) => eprintln!("login failed: {e}"),
         }
     }

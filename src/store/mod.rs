@@ -56,6 +56,18 @@ pub struct StoredMessage {
 pub struct Route {
     pub node_id: String,
     pub session_id: String,
+    /// When the session's Hello arrived (Unix ms): of two sessions of one device, the later
+    /// Hello owns the route, whichever route write lands last.
+    pub started_at: i64,
+}
+
+/// The result of [`RouteStore::put`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutRoute {
+    /// The route is ours; it replaced this one (unexpired), if any.
+    Took(Option<Route>),
+    /// A session of the device that started later owns the route: nothing was written.
+    Superseded(Route),
 }
 
 /// The result of [`Inbox::append`].
@@ -96,16 +108,17 @@ pub trait Inbox: Send + Sync + 'static {
 /// Which node holds each device stream of a user.
 #[async_trait]
 pub trait RouteStore: Send + Sync + 'static {
-    /// Records that `device` of `user` is connected through `route` (replacing any older one)
-    /// for `ttl`; a live session refreshes it well before then, so routes of a node that died
-    /// without cleaning up lapse on their own. Returns the route it replaced, if unexpired.
+    /// Records that `device` of `user` is connected through `route` for `ttl`, unless an
+    /// unexpired route of a session that started later holds the device. A live session
+    /// refreshes its route well before `ttl`, so routes of a node that died without cleaning up
+    /// lapse on their own.
     async fn put(
         &self,
         user: &str,
         device: &str,
         route: &Route,
         ttl: std::time::Duration,
-    ) -> Result<Option<Route>, StoreError>;
+    ) -> Result<PutRoute, StoreError>;
 
     /// Extends `route` for another `ttl` if `device` is still its session's (or has no route any
     /// more). Returns false, changing nothing, when another session owns the device.

@@ -19,7 +19,7 @@ use crate::error::Error;
 use crate::ids;
 use crate::node::{Node, Outgoing, new_id};
 use crate::proto::{self, ClientFrame, client_frame, server_frame::Frame};
-use crate::store::{Route, StoreError, StoredMessage};
+use crate::store::{PutRoute, Route, StoreError, StoredMessage};
 
 /// How many messages one inbox read returns.
 const PAGE: usize = 256;
@@ -40,12 +40,14 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
     };
     let (user, device) = (claims.sub, claims.dev);
     let session_id = new_id();
+    let started_at = crate::auth::unix_ms(std::time::SystemTime::now());
     let feed = node.registry.register(&user, &device, &session_id);
     let mut s = Session {
         node: node.clone(),
         user: user.clone(),
         device: device.clone(),
         session_id: session_id.clone(),
+        started_at,
         next: 1,
         acked: 0,
         more: false,
@@ -54,8 +56,8 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
     };
     let body = async {
         // A session told to stop before it started (drain) skips straight to saying so.
-        if feed.stop.borrow().is_none() {
-            s.start(&mut out, resume_after).await?;
+        if feed.stop.borrow().is_none() && !s.start(&mut out, resume_after).await? {
+            return Ok(());
         }
         s.serve(&mut inbound, &mut out, feed).await
     };
@@ -130,6 +132,8 @@ struct Session {
     user: String,
     device: String,
     session_id: String,
+    /// When Hello arrived (Unix ms): orders this session against others of the device.
+    started_at: i64,
     /// The next seq this device must receive.
     next: u64,
     /// This device's ack cursor as last stored.
@@ -143,14 +147,26 @@ struct Session {
 
 impl Session {
     fn route(&self) -> Route {
-        Route { node_id: self.node.id.clone(), session_id: self.session_id.clone() }
+        Route {
+            node_id: self.node.id.clone(),
+            session_id: self.session_id.clone(),
+            started_at: self.started_at,
+        }
     }
 
     /// Writes the route, registers the device's cursor, sends Welcome and starts the replay.
-    async fn start(&mut self, out: &mut Outbound, resume_after: u64) -> Result<(), End> {
+    /// Returns false (after sending Kicked) when a later session of the device holds it.
+    async fn start(&mut self, out: &mut Outbound, resume_after: u64) -> Result<bool, End> {
         let node = self.node.clone();
         let ttl = node.config.route_ttl;
-        let previous = node.routes.put(&self.user, &self.device, &self.route(), ttl).await?;
+        let previous = match node.routes.put(&self.user, &self.device, &self.route(), ttl).await? {
+            PutRoute::Took(previous) => previous,
+            PutRoute::Superseded(_) => {
+                let reason = "signed in again on the same device".to_string();
+                self.stop(Some(Stop::Kicked(reason)), out).await?;
+                return Ok(false);
+            }
+        };
         // This device's older session on another node: end it there (a local one was kicked
         // when this session registered).
         if let Some(old) = previous
@@ -164,14 +180,6 @@ impl Session {
                     warn!(%user, %device, peer = %old.node_id, error = %e, "could not kick the older session");
                 }
             });
-        }
-        // A newer local session of this device may have registered and written its route
-        // before ours landed: give the device back to it.
-        if let Some(current) = node.registry.current(&self.user, &self.device)
-            && current != self.session_id
-        {
-            let theirs = Route { node_id: node.id.clone(), session_id: current };
-            node.routes.put(&self.user, &self.device, &theirs, ttl).await?;
         }
         let last_seq = node.inbox.last_seq(&self.user).await?;
         // A resume point past the end of the inbox comes from another inbox (one that was
@@ -194,7 +202,8 @@ impl Session {
             resume_from: cursor,
         }))
         .await?;
-        self.fill(out).await
+        self.fill(out).await?;
+        Ok(true)
     }
 
     async fn serve(

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 
 use super::{
-    Appended, Inbox, NewMessage, Route, RouteStore, StoreError, StoreOptions, StoredMessage,
+    Appended, Inbox, NewMessage, PutRoute, Route, RouteStore, StoreError, StoreOptions,
+    StoredMessage,
 };
 use crate::auth::unix_ms;
 
@@ -227,11 +228,18 @@ impl RouteStore for MemoryStore {
         device: &str,
         route: &Route,
         ttl: Duration,
-    ) -> Result<Option<Route>, StoreError> {
+    ) -> Result<PutRoute, StoreError> {
         let now = Instant::now();
-        let old = self
-            .with_user(user, |u| u.routes.insert(device.to_string(), (route.clone(), now + ttl)));
-        Ok(old.filter(|(_, lapses)| *lapses > now).map(|(r, _)| r))
+        Ok(self.with_user(user, |u| {
+            let current = u.routes.get(device).filter(|(_, lapses)| *lapses > now);
+            if let Some((r, _)) = current
+                && r.started_at > route.started_at
+            {
+                return PutRoute::Superseded(r.clone());
+            }
+            let old = u.routes.insert(device.to_string(), (route.clone(), now + ttl));
+            PutRoute::Took(old.filter(|(_, lapses)| *lapses > now).map(|(r, _)| r))
+        }))
     }
 
     async fn refresh(

@@ -18,7 +18,8 @@ use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, RedisError, Script, Value};
 
 use super::{
-    Appended, Inbox, NewMessage, Route, RouteStore, StoreError, StoreOptions, StoredMessage,
+    Appended, Inbox, NewMessage, PutRoute, Route, RouteStore, StoreError, StoreOptions,
+    StoredMessage,
 };
 use crate::auth::unix_ms;
 
@@ -33,6 +34,7 @@ pub struct RedisStore {
     opts: StoreOptions,
     append: Script,
     ack: Script,
+    route_put: Script,
     route_remove: Script,
     route_refresh: Script,
 }
@@ -80,6 +82,7 @@ impl RedisStore {
             opts,
             append: Script::new(include_str!("append.lua")),
             ack: Script::new(include_str!("ack.lua")),
+            route_put: Script::new(include_str!("route_put.lua")),
             route_remove: Script::new(include_str!("route_remove.lua")),
             route_refresh: Script::new(include_str!("route_refresh.lua")),
         })
@@ -115,19 +118,20 @@ fn parse_stored(s: &str) -> Result<(u64, String, i64), StoreError> {
     ))
 }
 
-/// `node_id|session_id|lapses_at_ms` for a route that lives `ttl` from now.
+/// `node_id|session_id|started_at_ms|lapses_at_ms` for a route that lives `ttl` from now.
 fn route_value(route: &Route, ttl: Duration) -> String {
     let lapses = now_ms() + ttl.as_millis() as i64;
-    format!("{}|{}|{lapses}", route.node_id, route.session_id)
+    format!("{}|{}|{}|{lapses}", route.node_id, route.session_id, route.started_at)
 }
 
-/// Parses `node_id|session_id|lapses_at_ms`.
+/// Parses `node_id|session_id|started_at_ms|lapses_at_ms`.
 fn parse_route(s: &str) -> Option<(Route, i64)> {
-    let mut it = s.rsplitn(3, '|');
+    let mut it = s.rsplitn(4, '|');
     let lapses = it.next()?.parse().ok()?;
+    let started_at = it.next()?.parse().ok()?;
     let session_id = it.next()?.to_string();
     let node_id = it.next()?.to_string();
-    Some((Route { node_id, session_id }, lapses))
+    Some((Route { node_id, session_id, started_at }, lapses))
 }
 
 fn live_routes(flat: Vec<String>, now: i64) -> Vec<(String, Route)> {
@@ -234,31 +238,24 @@ impl RouteStore for RedisStore {
         device: &str,
         route: &Route,
         ttl: Duration,
-    ) -> Result<Option<Route>, StoreError> {
-        let key = self.key("route", user);
-        let value = route_value(route, ttl);
-        let ms = ttl.as_millis() as u64;
-        // NX then GT: the hash lives as long as its longest-lived route, whatever other nodes'
-        // --route-ttl.
-        let (old,): (Option<String>,) = redis::pipe()
-            .atomic()
-            .hget(&key, device)
-            .hset(&key, device, value)
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(ms)
-            .arg("NX")
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(ms)
-            .arg("GT")
-            .ignore()
-            .query_async(&mut self.conn.clone())
-            .await?;
+    ) -> Result<PutRoute, StoreError> {
         let now = now_ms();
-        Ok(old.and_then(|v| parse_route(&v)).filter(|(_, lapses)| *lapses > now).map(|(r, _)| r))
+        let (took, value): (i64, Option<String>) = self
+            .route_put
+            .key(self.key("route", user))
+            .arg(device)
+            .arg(route_value(route, ttl))
+            .arg(route.started_at)
+            .arg(ttl.as_millis() as u64)
+            .arg(now)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let other = value.and_then(|v| parse_route(&v));
+        if took == 1 {
+            Ok(PutRoute::Took(other.filter(|(_, lapses)| *lapses > now).map(|(r, _)| r)))
+        } else {
+            other.map(|(r, _)| PutRoute::Superseded(r)).ok_or_else(|| bad("route"))
+        }
     }
 
     async fn refresh(
@@ -317,7 +314,7 @@ mod tests {
             ("10.0.0.1:50051", "abc", 1700)
         );
         assert!(parse_route("nope").is_none());
-        let flat = vec!["phone".into(), "n|s|100".into(), "tab".into(), "n|t|300".into()];
+        let flat = vec!["phone".into(), "n|s|1|100".into(), "tab".into(), "n|t|1|300".into()];
         let live = live_routes(flat, 200);
         assert_eq!(live.len(), 1);
         assert_eq!(live[0].0, "tab");

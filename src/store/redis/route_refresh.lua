@@ -4,7 +4,7 @@
 -- ARGV: 1 device, 2 session_id, 3 new value, 4 ttl (ms)
 -- Returns 1 if the route is this session's, 0 if another session owns the device.
 local route = redis.call('HGET', KEYS[1], ARGV[1])
-if route and string.match(route, '|([^|]*)|%d+$') ~= ARGV[2] then
+if route and string.match(route, '|([^|]*)|%d+|%d+$') ~= ARGV[2] then
   return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
