@@ -1,6 +1,7 @@
 //! The four node-selection strategies.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use super::Strategy;
 use crate::discovery::NodeInfo;
@@ -60,11 +61,16 @@ impl Strategy for ConsistentHash {
     }
 }
 
+/// How long logins sent to a node count on top of its reported load when no new report comes
+/// (logins that never connected would otherwise count for ever): about one report period.
+const SENT_WINDOW: Duration = Duration::from_secs(5);
+
 /// Power of two choices on connection counts: of two random nodes, the one with fewer streams
-/// (as last reported, plus the logins this node sent it since).
+/// (as last reported, plus the logins this node sent it since, for a while).
 #[derive(Debug, Default)]
 pub struct LeastLoaded {
-    sent_since_report: HashMap<String, u64>,
+    /// node id → (logins sent since its last report, when the first of them was sent).
+    sent_since_report: HashMap<String, (u64, Instant)>,
     reported: HashMap<String, u64>,
 }
 
@@ -78,9 +84,11 @@ impl Strategy for LeastLoaded {
     }
 
     fn pick(&mut self, _user: &str, nodes: &[NodeInfo]) -> usize {
+        let now = Instant::now();
+        self.sent_since_report.retain(|_, (_, since)| now.duration_since(*since) < SENT_WINDOW);
         let load = |i: usize| {
             let n = &nodes[i];
-            n.load + self.sent_since_report.get(&n.id).copied().unwrap_or(0)
+            n.load + self.sent_since_report.get(&n.id).map_or(0, |(sent, _)| *sent)
         };
         let chosen = if nodes.len() == 1 {
             0
@@ -89,7 +97,7 @@ impl Strategy for LeastLoaded {
             let b = (a + rand::random_range(1..nodes.len())) % nodes.len();
             if load(b) < load(a) { b } else { a }
         };
-        *self.sent_since_report.entry(nodes[chosen].id.clone()).or_default() += 1;
+        self.sent_since_report.entry(nodes[chosen].id.clone()).or_insert((0, now)).0 += 1;
         chosen
     }
 }
