@@ -204,7 +204,7 @@ async fn shutdown_is_bounded_even_if_a_client_never_reads() {
 #[tokio::test]
 async fn cli_send_and_chat() {
     use std::process::Stdio;
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let node = TestNode::start(&Backend::Memory).await;
     let tim = env!("CARGO_BIN_EXE_tim");
     let out = tokio::process::Command::new(tim)
@@ -222,14 +222,20 @@ async fn cli_send_and_chat() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // The waiting message is printed first...
+    let mut stdout = tokio::io::BufReader::new(chat.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(WAIT, stdout.next_line()).await.unwrap().unwrap();
+    assert_eq!(first.as_deref(), Some("alice: hello bob"));
+    // ...a typed line is sent...
     let mut alice = node.connect("alice", "phone", 0).await;
     let mut stdin = chat.stdin.take().unwrap();
     stdin.write_all(b"alice: hi alice\n").await.unwrap();
     assert_eq!(next_message(&mut alice).await.body, "hi alice");
+    // ...and closing stdin ends it.
     drop(stdin);
     let out = tokio::time::timeout(WAIT, chat.wait_with_output()).await.unwrap().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "alice: hello bob\n");
+    assert_eq!(tokio::time::timeout(WAIT, stdout.next_line()).await.unwrap().unwrap(), None);
     // chat acked what it printed.
     let mut bob = node.connect("bob", "cli", 0).await;
     assert_eq!(bob.welcome.resume_from, 1);

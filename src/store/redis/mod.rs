@@ -308,11 +308,14 @@ mod tests {
 
     #[test]
     fn parses_routes_and_dedup_values() {
-        let (r, lapses) = parse_route("10.0.0.1:50051|abc|1700").unwrap();
+        let (r, lapses) = parse_route("10.0.0.1:50051|abc|1600|1700").unwrap();
         assert_eq!(
-            (r.node_id.as_str(), r.session_id.as_str(), lapses),
-            ("10.0.0.1:50051", "abc", 1700)
+            (r.node_id.as_str(), r.session_id.as_str(), r.started_at, lapses),
+            ("10.0.0.1:50051", "abc", 1600, 1700)
         );
+        // Node ids may hold '|' or ':'; the fixed fields are taken from the right.
+        let (r, _) = parse_route("a|b:1|s|1|2").unwrap();
+        assert_eq!((r.node_id.as_str(), r.session_id.as_str()), ("a|b:1", "s"));
         assert!(parse_route("nope").is_none());
         let flat = vec!["phone".into(), "n|s|1|100".into(), "tab".into(), "n|t|1|300".into()];
         let live = live_routes(flat, 200);
