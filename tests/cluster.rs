@@ -226,21 +226,7 @@ async fn a_stopped_node_deregisters_and_consul_outages_keep_the_last_view() {
     eventually(|| async { consul.passing().contains(&leaving_id).then_some(()) }).await;
     // A client that does not read keeps the drain busy for its whole grace, longer than a
     // heartbeat period: the heartbeat must not register the node again meanwhile.
-    let token = leaving.login("slow", "d").await.token;
-    let ch = client::channel(&leaving.endpoint(), &Options::default()).await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let hello = tim::proto::Hello { token, device: String::new(), resume_after: 0 };
-    tx.send(tim::proto::ClientFrame { frame: Some(tim::proto::client_frame::Frame::Hello(hello)) })
-        .await
-        .unwrap();
-    let _held = tim::proto::chat_client::ChatClient::new(ch)
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap();
-    let body = "z".repeat(60 * 1024);
-    for i in 0..100 {
-        leaving.send_unary("x", &format!("c{i}"), "slow", &body).await.unwrap();
-    }
+    let _held = leaving.stuffed_session("slow").await;
     let stopping = tokio::spawn(leaving.stop());
     // Deregistered at once, not after the TTL, and it stays away while it drains.
     eventually(|| async { (!consul.passing().contains(&leaving_id)).then_some(()) }).await;

@@ -34,33 +34,12 @@ async fn nodes(n: usize, backend: &Backend) -> Vec<NodeProcess> {
 
 /// Runs a client: records what it receives in `ledger` and acks it; notes reconnect times.
 fn drive(
-    mut client: Client,
+    client: Client,
     user: String,
     ledger: Arc<Ledger>,
 ) -> (Handle, tokio::task::JoinHandle<()>) {
     let handle = client.handle();
-    let acker = client.handle();
-    let task = tokio::spawn(async move {
-        let mut down_since: Option<Instant> = None;
-        while let Some(event) = client.next_event().await {
-            match event {
-                ClientEvent::Message(m) => {
-                    ledger.received(&user, "phone", m.seq, &m.body);
-                    let _ = acker.ack(m.seq).await;
-                }
-                ClientEvent::Disconnected { .. } => {
-                    down_since.get_or_insert_with(Instant::now);
-                }
-                ClientEvent::Connected { .. } => {
-                    if let Some(t) = down_since.take() {
-                        ledger.reconnected(t.elapsed().as_millis() as u64);
-                    }
-                }
-                ClientEvent::Kicked(r) => panic!("{user} kicked: {r}"),
-            }
-        }
-    });
-    (handle, task)
+    (handle, tokio::spawn(tim::chaos::record(client, user, ledger)))
 }
 
 /// Waits until every acked message reached every listed device, then returns the report.

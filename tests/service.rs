@@ -169,21 +169,7 @@ async fn shutdown_is_bounded_even_if_a_client_never_reads() {
     })
     .await;
     // bob's stream is full and he is not reading: Drain cannot even be queued for him.
-    let token = node.login("bob", "phone").await.token;
-    let ch = client::channel(&node.endpoint(), &Options::default()).await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let hello = tim::proto::Hello { token, device: String::new(), resume_after: 0 };
-    tx.send(tim::proto::ClientFrame { frame: Some(tim::proto::client_frame::Frame::Hello(hello)) })
-        .await
-        .unwrap();
-    let _held = tim::proto::chat_client::ChatClient::new(ch)
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap();
-    let body = "z".repeat(60 * 1024);
-    for i in 0..100 {
-        node.send_unary("alice", &format!("c{i}"), "bob", &body).await.unwrap();
-    }
+    let _held = node.stuffed_session("bob").await;
     // A stream that has not said Hello yet is ended at the drain as well.
     let (_tx2, rx2) = tokio::sync::mpsc::channel::<tim::proto::ClientFrame>(1);
     let ch = client::channel(&node.endpoint(), &Options::default()).await.unwrap();

@@ -6,4 +6,4 @@ mod ledger;
 mod run;
 
 pub use ledger::{Ledger, Report};
-pub use run::{ChaosError, ChaosOptions, run};
+pub use run::{ChaosError, ChaosOptions, record, run};

@@ -202,7 +202,7 @@ async fn scenario(opts: &ChaosOptions, dir: &std::path::Path) -> Result<Report, 
         config.options.keepalive_timeout = Duration::from_secs(3);
         let client = Client::start(config);
         handles.push(client.handle());
-        readers.push(tokio::spawn(read(client, user.clone(), ledger.clone())));
+        readers.push(tokio::spawn(record(client, user.clone(), ledger.clone())));
     }
     let stop = Arc::new(AtomicBool::new(false));
     let period = Duration::from_secs_f64(1.0 / f64::from(opts.rate.max(1)));
@@ -285,7 +285,9 @@ async fn send_loop(
     }
 }
 
-async fn read(mut client: Client, user: String, ledger: Arc<Ledger>) {
+/// Takes `client`'s events until it is kicked or stopped: records and acks each message for
+/// `user`'s device "phone", and how long each reconnect took.
+pub async fn record(mut client: Client, user: String, ledger: Arc<Ledger>) {
     let acker = client.handle();
     let mut down_since: Option<Instant> = None;
     while let Some(event) = client.next_event().await {

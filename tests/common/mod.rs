@@ -167,6 +167,33 @@ impl TestNode {
             .unwrap()
     }
 
+    /// Opens `user`'s session and fills it with ~6 MiB it never reads: more than HTTP/2 flow
+    /// control and a small outbound queue (8) can hold, so the node cannot even queue a Drain.
+    /// Returns what keeps the stream open.
+    pub async fn stuffed_session(
+        &self,
+        user: &str,
+    ) -> (
+        tokio::sync::mpsc::Sender<proto::ClientFrame>,
+        tonic::Response<tonic::Streaming<proto::ServerFrame>>,
+    ) {
+        let token = self.login(user, "d").await.token;
+        let ch = client::channel(&self.endpoint(), &Options::default()).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let hello = proto::Hello { token, device: String::new(), resume_after: 0 };
+        let frame = proto::ClientFrame { frame: Some(proto::client_frame::Frame::Hello(hello)) };
+        tx.send(frame).await.unwrap();
+        let held = proto::chat_client::ChatClient::new(ch)
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap();
+        let body = "z".repeat(60 * 1024);
+        for i in 0..100 {
+            self.send_unary("stuffer", &format!("c{i}"), user, &body).await.unwrap();
+        }
+        (tx, held)
+    }
+
     pub async fn gateway(&self) -> GatewayClient<Channel> {
         GatewayClient::new(client::channel(&self.endpoint(), &Options::default()).await.unwrap())
     }
