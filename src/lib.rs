@@ -17,10 +17,12 @@
 //! - [`discovery`]: node-set updates (`Add`, `Remove`, `Reset`) from a backend.
 //! - [`lb`]: strategies that pick a node for a user at login.
 //! - [`client`]: the client library used by the CLI, benchmarks and tests.
+//! - [`bench`]: the load generator behind `tim bench`, with its baselines.
 //! - [`codec`]: the protobuf codec (undecodable input is INVALID_ARGUMENT).
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod bench;
 pub mod client;
 pub mod codec;
 pub mod config;

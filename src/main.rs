@@ -24,6 +24,12 @@ enum Command {
     Send(cli::SendArgs),
     /// Interactive chat: prints `<from>: <body>`, sends lines typed as `<to>: <text>`.
     Chat(cli::ChatArgs),
+    /// Load generator: start node(s), measure throughput, latency, CPU and RSS against
+    /// baselines; the last line sums it up.
+    Bench(Box<tim::bench::BenchArgs>),
+    /// The bare relay `tim bench` measures as its transport baseline (started by it).
+    #[command(hide = true)]
+    BenchRelay(cli::BenchRelayArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +53,8 @@ fn main() -> ExitCode {
             Command::Serve(config) => cli::serve(*config).await,
             Command::Send(args) => cli::send(args).await,
             Command::Chat(args) => cli::chat(args).await,
+            Command::Bench(args) => cli::bench(*args).await,
+            Command::BenchRelay(args) => cli::bench_relay(args).await,
         }
     });
     // `tim chat` may leave a blocking stdin read behind: do not wait for it.
