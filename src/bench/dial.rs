@@ -21,11 +21,14 @@ pub enum Dial {
 }
 
 impl Dial {
+    /// Opens `user`'s session; only the stream's connection takes a source address from
+    /// `sources` (the login's is short-lived: the OS picks, so its TIME_WAIT port can be reused).
     pub async fn open(&self, user: &str, sources: &Sources) -> Result<Session, ClientError> {
         let opts = sources.options();
         match self {
             Dial::Node { gateway, pin } => {
-                let login = client::login(gateway, user, "bench", "", &opts).await?;
+                let login_opts = client::Options { local_address: None, ..opts.clone() };
+                let login = client::login(gateway, user, "bench", "", &login_opts).await?;
                 let endpoint = if *pin { gateway } else { &login.endpoint };
                 Session::connect(endpoint, &login.token, 0, &opts).await
             }

@@ -15,7 +15,7 @@ use super::pairs::{describe_load, nodes, shape, watched};
 use super::stats::{Errors, Latencies};
 use super::target::NodeSpec;
 use super::{BenchArgs, BenchError, Summary, ratio, run_tag, store};
-use crate::client::Event;
+use crate::client::{ClientError, Event};
 
 pub async fn run(args: &BenchArgs) -> Result<Summary, BenchError> {
     let tag = run_tag();
@@ -51,6 +51,10 @@ pub async fn run(args: &BenchArgs) -> Result<Summary, BenchError> {
                     pacer.wait().await;
                     match sender.send(&to, &body(&clock, size)).await {
                         Ok(ack) => last = ack.seq,
+                        Err(ClientError::Closed) => {
+                            errors.closed += 1;
+                            break;
+                        }
                         Err(_) => errors.send += 1,
                     }
                 }

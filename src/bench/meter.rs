@@ -43,6 +43,17 @@ pub fn rss_kib(pid: Option<u32>) -> Option<(u64, u64)> {
     Some((get("VmRSS:")?, get("VmHWM:")?))
 }
 
+/// Busy and total CPU time of the whole machine so far, in ticks, from `/proc/stat`.
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = cpu.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).unwrap_or(&0);
+    Some((total - idle, total))
+}
+
 /// Redis's own CPU seconds (user + sys) from `INFO cpu`.
 async fn redis_cpu(conn: &mut redis::aio::MultiplexedConnection) -> Option<f64> {
     let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await.ok()?;
@@ -56,7 +67,14 @@ async fn redis_cpu(conn: &mut redis::aio::MultiplexedConnection) -> Option<f64> 
 pub struct Meter {
     procs: Vec<Watched>,
     redis: Option<redis::aio::MultiplexedConnection>,
-    start: Option<(Instant, Vec<Option<f64>>, Option<f64>)>,
+    start: Option<Start>,
+}
+
+struct Start {
+    at: Instant,
+    procs: Vec<Option<f64>>,
+    redis: Option<f64>,
+    machine: Option<(u64, u64)>,
 }
 
 /// One process over a window: label, CPU % of one core, (RSS, peak RSS) in KiB at its end.
@@ -67,6 +85,8 @@ pub type ProcUsage = (String, Option<f64>, Option<(u64, u64)>);
 pub struct Usage {
     pub procs: Vec<ProcUsage>,
     pub redis_cpu: Option<f64>,
+    /// The whole machine's busy share of all its cores, in %.
+    pub machine_busy: Option<f64>,
 }
 
 impl Meter {
@@ -89,24 +109,31 @@ impl Meter {
             Some(c) => redis_cpu(c).await,
             None => None,
         };
-        self.start = Some((Instant::now(), cpu, redis));
+        self.start =
+            Some(Start { at: Instant::now(), procs: cpu, redis, machine: machine_ticks() });
     }
 
     pub async fn stop(&mut self) -> Usage {
-        let Some((at, cpu0, redis0)) = self.start.take() else { return Usage::default() };
-        let secs = at.elapsed().as_secs_f64().max(1e-3);
+        let Some(start) = self.start.take() else { return Usage::default() };
+        let secs = start.at.elapsed().as_secs_f64().max(1e-3);
         let pct = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / secs * 100.0);
         let procs = self
             .procs
             .iter()
-            .zip(cpu0)
+            .zip(start.procs)
             .map(|(p, c0)| (p.label.clone(), pct(c0, cpu_seconds(p.pid)), rss_kib(p.pid)))
             .collect();
         let redis1 = match self.redis.as_mut() {
             Some(c) => redis_cpu(c).await,
             None => None,
         };
-        Usage { procs, redis_cpu: pct(redis0, redis1) }
+        let machine_busy = match (start.machine, machine_ticks()) {
+            (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
+                Some((b1 - b0) as f64 / (t1 - t0) as f64 * 100.0)
+            }
+            _ => None,
+        };
+        Usage { procs, redis_cpu: pct(start.redis, redis1), machine_busy }
     }
 }
 
@@ -124,6 +151,10 @@ impl Usage {
             write!(s, " redis {c:.0}%,").unwrap_or(());
         }
         s.pop();
+        if let Some(b) = self.machine_busy {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            write!(s, " (machine {b:.0}% busy of {cores} cores)").unwrap_or(());
+        }
         s.push_str("; rss:");
         for (label, _, rss) in &self.procs {
             if let Some((now, peak)) = rss {

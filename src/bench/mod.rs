@@ -114,8 +114,10 @@ pub struct BenchArgs {
     /// idle: how many streams to open (default: 2 × pairs).
     #[arg(long)]
     pub streams: Option<usize>,
-    /// Loopback source addresses to spread connections over (127.0.0.2, .3, ...), past one
-    /// address's ephemeral ports. Used only when the target is on 127.0.0.0/8.
+    /// idle: loopback source addresses to spread the streams' connections over (127.0.0.2,
+    /// .3, ...), past one address's ephemeral ports; used when the target is on 127.0.0.0/8.
+    /// Other scenarios let the OS pick: a socket bound before connect takes its port at bind
+    /// time, where ports held in TIME_WAIT cannot be reused, which chokes a connect storm.
     #[arg(long, default_value_t = 8)]
     pub sources: u8,
     /// Receivers ack the highest seq they hold once their queue is empty and at least this long
@@ -193,11 +195,11 @@ impl BenchArgs {
         Duration::from_secs_f64(self.warmup)
     }
 
-    /// Client options, each connection bound to the next loopback source address when the
-    /// targets are on loopback.
+    /// Client options: for idle, each stream's connection bound to the next loopback source
+    /// address when the targets are on loopback.
     fn sources(&self, targets: &[String]) -> Sources {
         let loopback = targets.iter().all(|t| host_ip(t).is_some_and(|ip| ip.is_loopback()));
-        let addrs = if loopback && self.sources > 0 {
+        let addrs = if self.scenario == Scenario::Idle && loopback && self.sources > 0 {
             (0..self.sources).map(|i| IpAddr::from([127, 0, 0, 2 + i.min(250)])).collect()
         } else {
             Vec::new()
@@ -243,6 +245,9 @@ fn run_tag() -> String {
 /// Runs the scenario, printing what it measures as it goes; returns the last line's figures.
 pub async fn run(args: BenchArgs) -> Result<Summary, BenchError> {
     args.check()?;
+    if let Some(url) = &args.redis {
+        store::ping(url).await.map_err(|e| setup(format!("cannot reach Redis at {url}: {e}")))?;
+    }
     match args.scenario {
         Scenario::SameNode | Scenario::CrossNode => pairs::run(&args).await,
         Scenario::OfflineDrain => drain::run(&args).await,

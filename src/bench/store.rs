@@ -129,6 +129,13 @@ pub async fn read_baseline(
     Ok((total, start.elapsed().as_secs_f64(), lat))
 }
 
+/// Checks that Redis answers at `url`.
+pub async fn ping(url: &str) -> Result<(), BenchError> {
+    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+    Ok(())
+}
+
 /// Deletes every key under `prefix:` (the run's own prefix, so nothing else is touched).
 pub async fn cleanup(url: &str, prefix: &str) -> Result<u64, BenchError> {
     let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
