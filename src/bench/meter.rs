@@ -153,7 +153,11 @@ impl Usage {
         s.pop();
         if let Some(b) = self.machine_busy {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            write!(s, " (machine {b:.0}% busy of {cores} cores)").unwrap_or(());
+            let ours: f64 =
+                self.procs.iter().filter_map(|p| p.1).sum::<f64>() + self.redis_cpu.unwrap_or(0.0);
+            let other = (b * cores as f64 - ours).max(0.0);
+            write!(s, " (machine {b:.0}% busy of {cores} cores; {other:.0}% of a core elsewhere)")
+                .unwrap_or(());
         }
         s.push_str("; rss:");
         for (label, _, rss) in &self.procs {
