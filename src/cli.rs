@@ -46,6 +46,29 @@ pub struct ChatArgs {
     pub resume_after: u64,
 }
 
+#[derive(Debug, Args)]
+pub struct BenchRelayArgs {
+    /// Address to listen on.
+    #[arg(long)]
+    pub addr: std::net::SocketAddr,
+}
+
+/// Runs the benchmark; its summary is the last line printed.
+pub async fn bench(args: tim::bench::BenchArgs) -> Result<()> {
+    let summary = tim::bench::run(args).await?;
+    println!("{summary}");
+    Ok(())
+}
+
+/// Runs the bench's bare relay until SIGINT or SIGTERM.
+pub async fn bench_relay(args: BenchRelayArgs) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
+    tim::bench::relay::serve(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
 /// Binds the listener, then runs the node until SIGINT or SIGTERM.
 pub async fn serve(config: tim::Config) -> Result<()> {
     config.validate()?;

@@ -26,6 +26,12 @@ enum Command {
     Chat(cli::ChatArgs),
     /// Start nodes and Redis, drive users while killing and restarting them, check delivery.
     Chaos(tim::chaos::ChaosOptions),
+    /// Load generator: start node(s), measure throughput, latency, CPU and RSS against
+    /// baselines; the last line sums it up.
+    Bench(Box<tim::bench::BenchArgs>),
+    /// The bare relay `tim bench` measures as its transport baseline (started by it).
+    #[command(hide = true)]
+    BenchRelay(cli::BenchRelayArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +56,8 @@ fn main() -> ExitCode {
             Command::Send(args) => cli::send(args).await,
             Command::Chat(args) => cli::chat(args).await,
             Command::Chaos(opts) => cli::chaos(opts).await,
+            Command::Bench(args) => cli::bench(*args).await,
+            Command::BenchRelay(args) => cli::bench_relay(args).await,
         }
     });
     // `tim chat` may leave a blocking stdin read behind: do not wait for it.

@@ -41,6 +41,9 @@ pub struct Options {
     pub connect_timeout: Duration,
     /// Server events buffered before the reader stops reading (back-pressure to the server).
     pub event_buffer: usize,
+    /// Source address to bind outgoing connections to (None: the OS picks). Load generators use
+    /// several loopback addresses to get past one address's ephemeral ports.
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 impl Default for Options {
@@ -50,6 +53,7 @@ impl Default for Options {
             keepalive_timeout: Duration::from_secs(20),
             connect_timeout: Duration::from_secs(5),
             event_buffer: 1024,
+            local_address: None,
         }
     }
 }
@@ -90,6 +94,7 @@ pub async fn channel(addr: &str, opts: &Options) -> Result<Channel, ClientError>
         .http2_keep_alive_interval(opts.keepalive_interval)
         .keep_alive_timeout(opts.keepalive_timeout)
         .keep_alive_while_idle(true)
+        .local_address(opts.local_address)
         .connect()
         .await?)
 }

@@ -1,0 +1,86 @@
+//! `tim bench` through the binary, briefly: the last line's format, messages delivered, no
+//! errors, and the run's Redis keys gone afterwards. Behaviour, not speed.
+mod common;
+
+use std::process::Command;
+
+/// The figures of `bench: scenario=S msgs_per_s=N p50_ms=N p99_ms=N errors=N`.
+#[derive(Debug)]
+struct Last {
+    scenario: String,
+    msgs_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+/// Parses the last line strictly: these five fields, in this order, and nothing else.
+fn parse_last(line: &str) -> Last {
+    let rest = line.strip_prefix("bench: ").unwrap_or_else(|| panic!("last line: {line:?}"));
+    let fields: Vec<(&str, &str)> =
+        rest.split(' ').map(|f| f.split_once('=').expect("key=value")).collect();
+    let keys: Vec<&str> = fields.iter().map(|(k, _)| *k).collect();
+    assert_eq!(keys, ["scenario", "msgs_per_s", "p50_ms", "p99_ms", "errors"], "{line}");
+    let num = |i: usize| -> f64 {
+        let v = fields[i].1;
+        assert!(v.chars().all(|c| c.is_ascii_digit() || c == '.'), "{line}");
+        v.parse().unwrap()
+    };
+    Last {
+        scenario: fields[0].1.to_string(),
+        msgs_per_s: num(1),
+        p50_ms: num(2),
+        p99_ms: num(3),
+        errors: fields[4].1.parse().expect("errors is an integer"),
+    }
+}
+
+/// Runs `tim bench <args>`, expects success, returns stdout and its parsed last line.
+fn bench(args: &[&str]) -> (String, Last) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tim"))
+        .arg("bench")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run tim bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tim bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    let last = stdout.lines().last().expect("some output").to_string();
+    (stdout.clone(), parse_last(&last))
+}
+
+#[test]
+fn same_node_delivers_everything_and_reports_baselines() {
+    let (out, last) = bench(&["--seconds", "1", "--warmup", "0.3", "--pairs", "2"]);
+    assert_eq!(last.scenario, "same-node");
+    assert!(last.msgs_per_s > 0.0, "{out}");
+    assert!(last.p50_ms > 0.0 && last.p50_ms <= last.p99_ms, "{out}");
+    assert_eq!(last.errors, 0, "{out}");
+    assert!(out.contains("tim/bare-relay throughput"), "{out}");
+}
+
+#[test]
+fn in_process_offline_drain_reads_the_whole_backlog() {
+    let args = ["--scenario", "offline-drain", "--seconds", "1", "--pairs", "2", "--backlog"];
+    let (out, last) = bench(&[&args[..], &["50", "--in-process"]].concat());
+    assert_eq!(last.scenario, "offline-drain");
+    assert!(out.contains("tim drain:") && out.contains("(100 of 100 in"), "{out}");
+    assert!(last.msgs_per_s > 0.0, "{out}");
+    assert_eq!(last.errors, 0, "{out}");
+}
+
+#[test]
+fn with_redis_compares_with_the_store_script_and_cleans_up() {
+    let server = common::redis::RedisServer::start(false);
+    let url = server.url();
+    let (out, last) =
+        bench(&["--seconds", "1", "--warmup", "0.3", "--pairs", "2", "--redis", &url]);
+    assert_eq!(last.errors, 0, "{out}");
+    assert!(last.msgs_per_s > 0.0, "{out}");
+    assert!(out.contains("tim/store-script throughput"), "{out}");
+    // Every key the run wrote (node and store baseline) was under its own prefix, now deleted.
+    let keys = Command::new("redis-cli").args(["-p", &server.port.to_string(), "DBSIZE"]).output();
+    let keys = String::from_utf8_lossy(&keys.expect("redis-cli").stdout).trim().to_string();
+    assert_eq!(keys, "0", "{out}");
+}
