@@ -179,8 +179,9 @@ async fn a_drained_node_hands_its_clients_to_the_others_at_once() {
     }
     let report = settle(&ledger, &["bob".to_string()]).await;
     assert!(report.clean(), "{report}");
-    // Drain says "reconnect within a second": no backoff, no timeout.
-    assert!(report.max_reconnect_ms < 2500, "{report}");
+    // Drain says "reconnect within a second": no keepalive timeout, no long backoff (a login
+    // placed on the draining node costs one short backoff on a busy machine).
+    assert!(report.max_reconnect_ms < 5000, "{report}");
     drop(b);
 }
 
@@ -239,8 +240,9 @@ async fn a_network_cut_is_detected_by_keepalive_and_recovered_from() {
     let report = settle(&ledger, &["bob".to_string()]).await;
     assert!(report.clean(), "{report}");
     assert!(cut.elapsed() < Duration::from_secs(15), "recovered after {:?}", cut.elapsed());
-    // a noticed too: bob's stale session there is gone, only the one on b remains.
-    eventually(|| async { (b.presence("bob").await == ["phone"]).then_some(()) }).await;
+    // bob's device now lives on b.
+    let on_b = vec![("phone".to_string(), "b".to_string())];
+    eventually(|| async { (b.presence_nodes("bob").await == on_b).then_some(()) }).await;
 }
 
 #[tokio::test]
@@ -271,4 +273,31 @@ async fn tim_chaos_reports_a_clean_run_in_its_last_line() {
         assert_eq!(fields[k], 0, "{last}");
     }
     assert!(fields.contains_key("max_reconnect_ms") && fields.contains_key("sent"), "{last}");
+}
+
+#[tokio::test]
+async fn an_app_that_sends_while_handling_each_message_does_not_stall() {
+    let node = TestNode::start(&Backend::Memory).await;
+    for i in 1..=40 {
+        node.send_unary("alice", &format!("c{i}"), "bob", &format!("m{i}")).await.unwrap();
+    }
+    // A small event buffer that the backlog overflows many times over.
+    let mut cfg = config(&[node.endpoint()], "bob");
+    cfg.options.event_buffer = 4;
+    let mut bob = Client::start(cfg);
+    let handle = bob.handle();
+    let mut replied = 0;
+    while replied < 40 {
+        match tokio::time::timeout(WAIT, bob.next_event()).await.expect("no stall").unwrap() {
+            ClientEvent::Message(m) => {
+                // An echo bot: answers before it takes the next event.
+                let text = format!("re: {}", m.body);
+                let reply = tokio::time::timeout(WAIT, handle.send("alice", &text));
+                reply.await.expect("the send resolves while events wait").unwrap();
+                handle.ack(m.seq).await.unwrap();
+                replied += 1;
+            }
+            _ => continue,
+        }
+    }
 }

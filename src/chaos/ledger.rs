@@ -15,6 +15,8 @@ struct Inner {
     sent: u64,
     /// recipient → seq → body, for every acked message.
     acked: HashMap<String, BTreeMap<u64, String>>,
+    /// Acks that named a seq already acked for another body: one of the two is lost.
+    conflicting_acks: u64,
     /// (recipient, device) → seqs in the order the application saw them.
     received: HashMap<(String, String), Vec<(u64, String)>>,
     max_reconnect_ms: u64,
@@ -26,9 +28,10 @@ pub struct Report {
     pub sent: u64,
     pub acked: u64,
     pub delivered: u64,
-    /// Acked messages some device of their recipient never received.
+    /// Acked messages some device of their recipient never received (or that shared a seq with
+    /// another acked message).
     pub lost: u64,
-    /// Deliveries of a seq a device had already received.
+    /// Deliveries of a seq, or of a message body, that a device had already received.
     pub duplicated: u64,
     /// Deliveries with a seq not above the device's previous one.
     pub out_of_order: u64,
@@ -36,9 +39,9 @@ pub struct Report {
 }
 
 impl Report {
-    /// True when nothing acked was lost, duplicated or reordered.
+    /// True when every send was acked and nothing acked was lost, duplicated or reordered.
     pub fn clean(&self) -> bool {
-        self.lost == 0 && self.duplicated == 0 && self.out_of_order == 0
+        self.sent == self.acked && self.lost == 0 && self.duplicated == 0 && self.out_of_order == 0
     }
 }
 
@@ -70,7 +73,11 @@ impl Ledger {
 
     /// The server acked `body` to `to` as `seq`.
     pub fn acked(&self, to: &str, seq: u64, body: &str) {
-        self.lock().acked.entry(to.to_string()).or_default().insert(seq, body.to_string());
+        let mut inner = self.lock();
+        let previous = inner.acked.entry(to.to_string()).or_default().insert(seq, body.to_string());
+        if previous.is_some_and(|p| p != body) {
+            inner.conflicting_acks += 1;
+        }
     }
 
     /// `device` of `user` showed message `seq`.
@@ -99,7 +106,9 @@ impl Ledger {
         let inner = self.lock();
         let mut r = Report {
             sent: inner.sent,
-            acked: inner.acked.values().map(|m| m.len() as u64).sum(),
+            acked: inner.acked.values().map(|m| m.len() as u64).sum::<u64>()
+                + inner.conflicting_acks,
+            lost: inner.conflicting_acks,
             max_reconnect_ms: inner.max_reconnect_ms,
             ..Report::default()
         };
@@ -108,9 +117,12 @@ impl Ledger {
             let got: &[(u64, String)] = got.map_or(&[], |v| v.as_slice());
             r.delivered += got.len() as u64;
             let mut seen = HashMap::new();
+            let mut bodies = std::collections::HashSet::new();
             let mut last = 0;
             for (seq, body) in got {
-                if seen.insert(*seq, body).is_some() {
+                // Bodies are unique per message: the same body twice is one message stored or
+                // shown twice, even under two seqs.
+                if seen.insert(*seq, body).is_some() || !bodies.insert(body) {
                     r.duplicated += 1;
                 } else if *seq <= last {
                     r.out_of_order += 1;
@@ -153,6 +165,31 @@ mod tests {
         l.received("bob", "phone", 3, "c");
         assert_eq!(l.report_for(&devices()).duplicated, 1);
         assert!(!l.report_for(&devices()).clean());
+    }
+
+    #[test]
+    fn a_message_stored_twice_under_two_seqs_is_a_duplicate() {
+        let l = Ledger::default();
+        l.sent();
+        l.acked("bob", 1, "a");
+        l.received("bob", "phone", 1, "a");
+        l.received("bob", "phone", 2, "a");
+        assert_eq!(l.report_for(&devices()).duplicated, 1);
+    }
+
+    #[test]
+    fn two_acks_for_one_seq_and_unacked_sends_are_not_clean() {
+        let l = Ledger::default();
+        l.sent();
+        l.sent();
+        l.acked("bob", 1, "a");
+        l.acked("bob", 1, "b");
+        l.received("bob", "phone", 1, "b");
+        let r = l.report_for(&devices());
+        assert_eq!((r.acked, r.lost), (2, 1));
+        let l = Ledger::default();
+        l.sent();
+        assert!(!l.report_for(&devices()).clean(), "a send never acked");
     }
 
     #[test]

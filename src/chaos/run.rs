@@ -120,11 +120,23 @@ pub async fn run(opts: &ChaosOptions) -> Result<Report, ChaosError> {
     if opts.nodes < 2 || opts.users < 2 {
         return Err(setup("chaos needs at least 2 nodes and 2 users"));
     }
-    let dir = std::env::temp_dir().join(format!("tim-chaos-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(setup)?;
-    let result = scenario(opts, &dir).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    let dir = TempDir(std::env::temp_dir().join(format!("tim-chaos-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).map_err(setup)?;
+    // Interrupted (Ctrl-C), the scenario is dropped: its children die with it (kill_on_drop)
+    // and the directory with `dir`.
+    tokio::select! {
+        result = scenario(opts, &dir.0) => result,
+        _ = tokio::signal::ctrl_c() => Err(setup("interrupted")),
+    }
+}
+
+/// Removes the run's directory (Redis' AOF) however the run ends.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 async fn scenario(opts: &ChaosOptions, dir: &std::path::Path) -> Result<Report, ChaosError> {
@@ -243,8 +255,14 @@ async fn scenario(opts: &ChaosOptions, dir: &std::path::Path) -> Result<Report, 
     tokio::time::sleep(end.saturating_duration_since(Instant::now())).await;
     stop.store(true, Ordering::Relaxed);
     info!("traffic stopped; waiting for every acked message to arrive");
+    // One deadline for all: a sender still waiting then gives up (its send counts as unacked).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     for s in senders {
-        let _ = tokio::time::timeout(Duration::from_secs(60), s).await;
+        let abort = s.abort_handle();
+        if tokio::time::timeout_at(deadline, s).await.is_err() {
+            info!("a sender is still waiting for an ack; giving up on it");
+            abort.abort();
+        }
     }
     let devices: Vec<(String, String)> =
         users.iter().map(|u| (u.clone(), "phone".into())).collect();

@@ -160,6 +160,8 @@ struct Supervisor {
     /// Unacked sends in submission order (key: order number), with their client_msg_id.
     pending: BTreeMap<u64, (String, Outgoing)>,
     next_order: u64,
+    /// Messages received but not yet taken by the application (its buffer was full), in order.
+    overflow: std::collections::VecDeque<proto::Message>,
     backoff: Duration,
     gateway: usize,
 }
@@ -179,6 +181,7 @@ impl Supervisor {
             retry,
             pending: BTreeMap::new(),
             next_order: 0,
+            overflow: std::collections::VecDeque::new(),
             backoff,
             gateway: 0,
         }
@@ -249,6 +252,9 @@ impl Supervisor {
     /// Logs in through the next gateway and opens a session resuming after the last ack.
     async fn connect(&mut self) -> Result<Session, ClientError> {
         let gateways = &self.config.gateways;
+        if gateways.is_empty() {
+            return Err(ClientError::Protocol("no gateway to log in through".into()));
+        }
         let gateway = gateways[self.gateway % gateways.len()].clone();
         self.gateway += 1;
         let c = &self.config;
@@ -276,13 +282,21 @@ impl Supervisor {
         for (id, out) in self.pending.values() {
             match sender.submit(id, &out.to, &out.body).await {
                 Ok(ack) => acks.push(tag(id.clone(), ack)),
-                Err(e) => return Ended::Reconnect(Duration::ZERO, e.to_string()),
+                Err(e) => return Ended::Reconnect(self.next_backoff(), e.to_string()),
             }
         }
-        if self.acked > session.welcome.resume_from {
-            let _ = sender.ack(self.acked).await;
-        }
+        // Acks go out only up to what this stream has delivered (the server refuses more).
+        let mut stream_max = session.welcome.resume_from;
+        let mut ack_sent = session.welcome.resume_from;
         loop {
+            let target = self.acked.min(stream_max);
+            if target > ack_sent {
+                ack_sent = target;
+                let _ = sender.ack(target).await;
+            }
+            // Messages the application has no room for wait in `overflow`: the stream is read on,
+            // so that SendAcks behind them (and commands) keep flowing for a slow application.
+            let events = self.events.clone();
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
                     None => return Ended::Stop,
@@ -291,16 +305,10 @@ impl Supervisor {
                         let (id, out) = self.pending.values().next_back().expect("just queued");
                         match sender.submit(id, &out.to, &out.body).await {
                             Ok(ack) => acks.push(tag(id.clone(), ack)),
-                            Err(e) => return Ended::Reconnect(Duration::ZERO, e.to_string()),
+                            Err(e) => return Ended::Reconnect(self.next_backoff(), e.to_string()),
                         }
                     }
-                    Some(Cmd::Ack(seq)) => {
-                        let seq = seq.min(self.delivered);
-                        if seq > self.acked {
-                            self.acked = seq;
-                            let _ = sender.ack(seq).await;
-                        }
-                    }
+                    Some(Cmd::Ack(seq)) => self.acked = self.acked.max(seq.min(self.delivered)),
                     Some(Cmd::Flush(done)) => {
                         sender.flushed().await;
                         let _ = done.send(());
@@ -311,19 +319,25 @@ impl Supervisor {
                                 Ok(ack) => acks.push(tag(id.clone(), ack)),
                                 // Already re-sent by a reconnect meanwhile.
                                 Err(ClientError::Protocol(_)) => {}
-                                Err(e) => return Ended::Reconnect(Duration::ZERO, e.to_string()),
+                                Err(e) => return Ended::Reconnect(self.next_backoff(), e.to_string()),
                             }
                         }
                     }
                 },
                 Some((id, result)) = acks.next() => self.on_ack(id, result),
+                permit = events.reserve(), if !self.overflow.is_empty() => match permit {
+                    Ok(permit) => {
+                        let m = self.overflow.pop_front().expect("not empty");
+                        permit.send(ClientEvent::Message(m));
+                    }
+                    Err(_) => return Ended::Stop,
+                },
                 event = session.next_event() => match event {
                     Some(Event::Message(m)) => {
+                        stream_max = stream_max.max(m.seq);
                         if m.seq > self.delivered {
                             self.delivered = m.seq;
-                            if self.events.send(ClientEvent::Message(m)).await.is_err() {
-                                return Ended::Stop;
-                            }
+                            self.forward(m);
                         }
                     }
                     Some(Event::Kicked(reason)) => {
@@ -340,6 +354,19 @@ impl Supervisor {
                     None => return Ended::Reconnect(self.next_backoff(), "stream closed".into()),
                 },
             }
+        }
+    }
+
+    /// Hands a message to the application, or queues it behind the ones waiting for room.
+    fn forward(&mut self, m: proto::Message) {
+        if !self.overflow.is_empty() {
+            self.overflow.push_back(m);
+            return;
+        }
+        if let Err(mpsc::error::TrySendError::Full(ClientEvent::Message(m))) =
+            self.events.try_send(ClientEvent::Message(m))
+        {
+            self.overflow.push_back(m);
         }
     }
 
