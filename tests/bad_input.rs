@@ -208,22 +208,39 @@ async fn a_flood_is_rate_limited_and_loses_nothing_acked(b: &Backend) {
     .await;
     let alice = node.connect("alice", "phone", 0).await;
     let mut acked = Vec::new();
-    let mut limited = 0;
+    let mut refused = Vec::new();
     for i in 0..40 {
-        match alice.sender().send("bob", &format!("m{i}")).await {
+        let id = format!("c{i}");
+        match alice.sender().send_with_id(&id, "bob", &format!("m{i}")).await {
             Ok(ack) => acked.push((ack.seq, format!("m{i}"))),
             Err(ClientError::Rejected { code: Code::ResourceExhausted, reason }) => {
-                assert!(reason.contains("rate limit"), "{reason}");
-                limited += 1;
+                // The first over the limit says why; later ones wait behind it.
+                let why = if refused.is_empty() { "rate limit" } else { "send it again first" };
+                assert!(reason.contains(why), "{reason}");
+                refused.push(i);
             }
             Err(e) => panic!("unexpected {e}"),
         }
     }
-    assert!(limited > 0, "a flood of 40 sends must hit a 5-message burst");
-    // The allowance refills: a retry later succeeds.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let ack = alice.sender().send("bob", "later").await.unwrap();
-    acked.push((ack.seq, "later".into()));
+    assert!(!refused.is_empty(), "a flood of 40 sends must hit a 5-message burst");
+    // The allowance refills: retried in order, the refused ones are stored after the others.
+    for i in refused {
+        loop {
+            let id = format!("c{i}");
+            match alice.sender().send_with_id(&id, "bob", &format!("m{i}")).await {
+                Ok(ack) => {
+                    acked.push((ack.seq, format!("m{i}")));
+                    break;
+                }
+                Err(ClientError::Rejected { code: Code::ResourceExhausted, .. }) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+    }
+    let sent: Vec<String> = acked.iter().map(|(_, b)| b.clone()).collect();
+    assert_eq!(sent, (0..40).map(|i| format!("m{i}")).collect::<Vec<_>>(), "the sender's order");
     // bob has exactly the acked messages, in order.
     let mut bob = node.connect("bob", "phone", 0).await;
     assert_eq!(bob.welcome.last_seq, acked.len() as u64);
@@ -252,6 +269,37 @@ async fn a_client_that_stops_reading_is_cut_off_and_its_messages_kept(b: &Backen
     let mut bob = node.connect("bob", "phone", 0).await;
     let got = common::take(&mut bob, 100).await;
     assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), (1..=100).collect::<Vec<_>>());
+}
+
+async fn after_a_retryable_refusal_later_sends_wait_so_order_is_kept(b: &Backend) {
+    let node = TestNode::with(b, |c| {
+        c.send_rate = 2;
+        c.send_burst = 1;
+    })
+    .await;
+    let token = node.login("alice", "phone").await.token;
+    let mut raw = Raw::open(&node, hello(&token, 0)).await;
+    raw.welcome().await;
+    let reply = async |raw: &mut Raw, id: &str| -> (String, i32) {
+        raw.send(send(id, "bob", id)).await;
+        match raw.frame().await.unwrap().and_then(|f| f.frame) {
+            Some(proto::server_frame::Frame::SendAck(a)) => (a.client_msg_id, 0),
+            Some(proto::server_frame::Frame::SendError(e)) => (e.client_msg_id, e.code),
+            other => panic!("{other:?}"),
+        }
+    };
+    let exhausted = Code::ResourceExhausted as i32;
+    assert_eq!(reply(&mut raw, "A").await, ("A".into(), 0));
+    assert_eq!(reply(&mut raw, "B").await, ("B".into(), exhausted), "over the burst");
+    // The allowance is back, but B has not been stored: C must wait for it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(reply(&mut raw, "C").await, ("C".into(), exhausted), "held behind B");
+    assert_eq!(reply(&mut raw, "B").await, ("B".into(), 0));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(reply(&mut raw, "C").await, ("C".into(), 0));
+    let mut bob = node.connect("bob", "phone", 0).await;
+    let got: Vec<String> = common::take(&mut bob, 3).await.into_iter().map(|(_, b)| b).collect();
+    assert_eq!(got, ["A", "B", "C"]);
 }
 
 /// Sends already-encoded bytes as the request message.
@@ -331,6 +379,7 @@ async fn invalid_configuration_is_refused_before_serving() {
 }
 
 on_every_store!(
+    after_a_retryable_refusal_later_sends_wait_so_order_is_kept,
     oversize_or_empty_fields_are_invalid_argument_and_store_nothing,
     bad_tokens_are_unauthenticated,
     hello_device_must_match_the_token,

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tonic::{Status, Streaming};
+use tonic::{Code, Status, Streaming};
 use tracing::{debug, warn};
 
 use super::outbound::{Gone, Outbound};
@@ -51,6 +51,7 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
         next: 1,
         acked: 0,
         more: false,
+        held: None,
         retry_at: None,
         bucket: TokenBucket::new(node.config.send_rate, node.config.send_burst),
     };
@@ -140,6 +141,8 @@ struct Session {
     acked: u64,
     /// The last inbox read was a full page: read on.
     more: bool,
+    /// The first message that failed with a retryable error, which later ones wait for.
+    held: Option<(String, Code)>,
     /// When a failed inbox read is to be retried.
     retry_at: Option<tokio::time::Instant>,
     bucket: TokenBucket,
@@ -334,6 +337,19 @@ impl Session {
 
     async fn send(&mut self, m: proto::SendMessage) -> Frame {
         let client_msg_id = m.client_msg_id.clone();
+        // After a retryable failure, later messages wait for the failed one, so that a
+        // pipelining sender's messages keep their order in the recipient's inbox.
+        if let Some((first, code)) = &self.held
+            && *first != client_msg_id
+        {
+            return Frame::SendError(proto::SendError {
+                client_msg_id,
+                code: *code as i32,
+                reason: format!(
+                    "message {first:?} was not stored; send it again first (messages keep their order)"
+                ),
+            });
+        }
         let result = if self.bucket.take() {
             let msg = Outgoing { client_msg_id: m.client_msg_id, to: m.to, body: m.body };
             self.node.send(&self.user, msg).await
@@ -344,14 +360,22 @@ impl Session {
             )))
         };
         match result {
-            Ok(a) => Frame::SendAck(proto::SendAck {
-                client_msg_id,
-                msg_id: a.message.msg_id,
-                seq: a.message.seq,
-                duplicate: a.duplicate,
-            }),
+            Ok(a) => {
+                self.held = None;
+                Frame::SendAck(proto::SendAck {
+                    client_msg_id,
+                    msg_id: a.message.msg_id,
+                    seq: a.message.seq,
+                    duplicate: a.duplicate,
+                })
+            }
             Err(e) => {
                 let status = Status::from(e);
+                if matches!(status.code(), Code::Unavailable | Code::ResourceExhausted)
+                    && self.held.is_none()
+                {
+                    self.held = Some((client_msg_id.clone(), status.code()));
+                }
                 Frame::SendError(proto::SendError {
                     client_msg_id,
                     code: status.code() as i32,
