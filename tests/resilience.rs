@@ -110,7 +110,7 @@ async fn a_rolling_restart_under_traffic_loses_nothing() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 n += 1;
                 let to = &users[(i + n) % users.len()];
-                let body = format!("{}-{n}", users[i]);
+                let body = format!("{}#{n}", users[i]);
                 ledger.sent();
                 let ack = h.send(to, &body).await.unwrap();
                 ledger.acked(to, ack.seq, &body);

@@ -33,7 +33,8 @@ pub struct Report {
     pub lost: u64,
     /// Deliveries of a seq, or of a message body, that a device had already received.
     pub duplicated: u64,
-    /// Deliveries with a seq not above the device's previous one.
+    /// Deliveries with a seq not above the device's previous one, or (for bodies of the form
+    /// `<sender>#<n>`) a message shown before an earlier one of the same sender.
     pub out_of_order: u64,
     pub max_reconnect_ms: u64,
 }
@@ -119,6 +120,7 @@ impl Ledger {
             let mut seen = HashMap::new();
             let mut bodies = std::collections::HashSet::new();
             let mut last = 0;
+            let mut last_of_sender: HashMap<&str, u64> = HashMap::new();
             for (seq, body) in got {
                 // Bodies are unique per message: the same body twice is one message stored or
                 // shown twice, even under two seqs.
@@ -126,6 +128,13 @@ impl Ledger {
                     r.duplicated += 1;
                 } else if *seq <= last {
                     r.out_of_order += 1;
+                } else if let Some((sender, n)) = body.rsplit_once('#')
+                    && let Ok(n) = n.parse::<u64>()
+                {
+                    let previous = last_of_sender.insert(sender, n);
+                    if previous.is_some_and(|p| p >= n) {
+                        r.out_of_order += 1;
+                    }
                 }
                 last = last.max(*seq);
             }
@@ -165,6 +174,17 @@ mod tests {
         l.received("bob", "phone", 3, "c");
         assert_eq!(l.report_for(&devices()).duplicated, 1);
         assert!(!l.report_for(&devices()).clean());
+    }
+
+    #[test]
+    fn a_sender_reordered_in_the_inbox_is_out_of_order() {
+        let l = Ledger::default();
+        for (seq, body) in [(1, "alice#2"), (2, "carol#1"), (3, "alice#1")] {
+            l.sent();
+            l.acked("bob", seq, body);
+            l.received("bob", "phone", seq, body);
+        }
+        assert_eq!(l.report_for(&devices()).out_of_order, 1);
     }
 
     #[test]
