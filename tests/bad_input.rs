@@ -16,8 +16,8 @@ use tonic::{Code, Status, Streaming};
 fn hello(token: &str, resume_after: u64) -> client_frame::Frame {
     client_frame::Frame::Hello(proto::Hello {
         token: token.into(),
-        device: String::new(),
         resume_after,
+        ..Default::default()
     })
 }
 
@@ -147,7 +147,7 @@ async fn hello_device_must_match_the_token(b: &Backend) {
     let f = client_frame::Frame::Hello(proto::Hello {
         token,
         device: "laptop".into(),
-        resume_after: 0,
+        ..Default::default()
     });
     let mut raw = Raw::open(&node, f).await;
     assert_eq!(raw.status().await.code(), Code::PermissionDenied);

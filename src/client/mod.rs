@@ -281,10 +281,27 @@ impl Session {
         resume_after: u64,
         opts: &Options,
     ) -> Result<Session, ClientError> {
+        Self::resume(endpoint, token, resume_after, "", opts).await
+    }
+
+    /// Like [`Session::connect`], naming the inbox epoch (from an earlier Welcome) that
+    /// `resume_after` refers to, so that a lost and restarted inbox is not skipped into.
+    pub async fn resume(
+        endpoint: &str,
+        token: &str,
+        resume_after: u64,
+        inbox_epoch: &str,
+        opts: &Options,
+    ) -> Result<Session, ClientError> {
         let mut chat =
             ChatClient::new(channel(endpoint, opts).await?).max_decoding_message_size(usize::MAX);
         let (frames, rx) = mpsc::channel(256);
-        let hello = proto::Hello { token: token.to_string(), device: String::new(), resume_after };
+        let hello = proto::Hello {
+            token: token.to_string(),
+            device: String::new(),
+            resume_after,
+            inbox_epoch: inbox_epoch.to_string(),
+        };
         let hello = ClientFrame { frame: Some(client_frame::Frame::Hello(hello)) };
         frames.send(hello).await.map_err(|_| ClientError::Closed)?;
         let mut inbound = chat.session(ReceiverStream::new(rx)).await?.into_inner();

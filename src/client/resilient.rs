@@ -157,6 +157,8 @@ struct Supervisor {
     delivered: u64,
     /// Highest seq the application acked.
     acked: u64,
+    /// The inbox epoch `delivered` and `acked` refer to (empty before the first Welcome).
+    epoch: String,
     /// Unacked sends in submission order (key: order number), with their client_msg_id.
     pending: BTreeMap<u64, (String, Outgoing)>,
     next_order: u64,
@@ -176,6 +178,7 @@ impl Supervisor {
         Supervisor {
             delivered: config.resume_after,
             acked: config.resume_after,
+            epoch: String::new(),
             config,
             events,
             retry,
@@ -260,13 +263,17 @@ impl Supervisor {
         let c = &self.config;
         let login = login(&gateway, &c.user, &c.device, &c.jwt, &c.options).await?;
         let session =
-            Session::connect(&login.endpoint, &login.token, self.acked, &c.options).await?;
+            Session::resume(&login.endpoint, &login.token, self.acked, &self.epoch, &c.options)
+                .await?;
         let w = &session.welcome;
-        if w.last_seq < self.delivered {
-            // The inbox we knew is gone (an in-memory store restarted): start over with it.
+        let new_epoch = !self.epoch.is_empty() && w.inbox_epoch != self.epoch;
+        if new_epoch || w.last_seq < self.delivered {
+            // The inbox we knew is gone (an in-memory store restarted, Redis lost its data): its
+            // seqs started again, so ours mean nothing there. Start over with it.
             self.delivered = w.resume_from;
             self.acked = w.resume_from;
         }
+        self.epoch = w.inbox_epoch.clone();
         self.backoff = self.config.backoff_min;
         let _ = self
             .events

@@ -96,6 +96,10 @@ pub trait Inbox: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError>;
 
+    /// The id of this incarnation of `user`'s inbox, created on first use. A lost inbox (a
+    /// restarted memory store, a Redis that lost its data) comes back with another one.
+    async fn epoch(&self, user: &str) -> Result<String, StoreError>;
+
     /// The highest seq ever assigned in `user`'s inbox (0 if none).
     async fn last_seq(&self, user: &str) -> Result<u64, StoreError>;
 

@@ -28,7 +28,7 @@ const RETRY: Duration = Duration::from_secs(1);
 
 /// Runs a session to its end. Spawned per stream by the Chat service.
 pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: Outbound) {
-    let (claims, resume_after) = tokio::select! {
+    let (claims, resume) = tokio::select! {
         hello = hello(&node, &mut inbound) => match hello {
             Ok(h) => h,
             Err(Some(status)) => return out.finish(status).await,
@@ -57,7 +57,7 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
     };
     let body = async {
         // A session told to stop before it started (drain) skips straight to saying so.
-        if feed.stop.borrow().is_none() && !s.start(&mut out, resume_after).await? {
+        if feed.stop.borrow().is_none() && !s.start(&mut out, resume).await? {
             return Ok(());
         }
         s.serve(&mut inbound, &mut out, feed).await
@@ -81,11 +81,18 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
     debug!(%user, %device, %session_id, "session ended");
 }
 
+/// Where the client says it is (from Hello).
+struct Resume {
+    after: u64,
+    /// The inbox epoch `after` refers to; empty if the client has none.
+    epoch: String,
+}
+
 /// Waits for Hello and verifies it. `Err(None)`: the client left without one.
 async fn hello(
     node: &Node,
     inbound: &mut Streaming<ClientFrame>,
-) -> Result<(Claims, u64), Option<Status>> {
+) -> Result<(Claims, Resume), Option<Status>> {
     let first = tokio::time::timeout(node.config.hello_timeout, inbound.message()).await;
     let frame = match first {
         Err(_) => return Err(Some(Status::deadline_exceeded("no Hello within the hello timeout"))),
@@ -103,7 +110,7 @@ async fn hello(
         )));
     }
     ids::device(&claims.dev).map_err(|e| Some(e.into()))?;
-    Ok((claims, h.resume_after))
+    Ok((claims, Resume { after: h.resume_after, epoch: h.inbox_epoch }))
 }
 
 /// Why the serve loop stopped.
@@ -159,7 +166,7 @@ impl Session {
 
     /// Writes the route, registers the device's cursor, sends Welcome and starts the replay.
     /// Returns false (after sending Kicked) when a later session of the device holds it.
-    async fn start(&mut self, out: &mut Outbound, resume_after: u64) -> Result<bool, End> {
+    async fn start(&mut self, out: &mut Outbound, resume: Resume) -> Result<bool, End> {
         let node = self.node.clone();
         let ttl = node.config.route_ttl;
         let previous = match node.routes.put(&self.user, &self.device, &self.route(), ttl).await? {
@@ -184,14 +191,17 @@ impl Session {
                 }
             });
         }
+        let epoch = node.inbox.epoch(&self.user).await?;
         let last_seq = node.inbox.last_seq(&self.user).await?;
-        // A resume point past the end of the inbox comes from another inbox (one that was
-        // lost): using it would skip messages, so the stored cursor decides alone.
-        let resume_after = if resume_after > last_seq {
-            warn!(user = %self.user, resume_after, last_seq, "resume point beyond the inbox; ignored");
+        // A resume point from another incarnation of the inbox (one that was lost), or past its
+        // end, would skip messages: then the stored cursor decides alone.
+        let other_epoch = !resume.epoch.is_empty() && resume.epoch != epoch;
+        let resume_after = if other_epoch || resume.after > last_seq {
+            let after = resume.after;
+            warn!(user = %self.user, after, last_seq, other_epoch, "resume point from another inbox; ignored");
             0
         } else {
-            resume_after
+            resume.after
         };
         let cursor = node.inbox.ack(&self.user, &self.device, resume_after).await?;
         self.acked = cursor;
@@ -203,6 +213,7 @@ impl Session {
             device: self.device.clone(),
             last_seq,
             resume_from: cursor,
+            inbox_epoch: epoch,
         }))
         .await?;
         self.fill(out).await?;

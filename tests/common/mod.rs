@@ -180,7 +180,7 @@ impl TestNode {
         let token = self.login(user, "d").await.token;
         let ch = client::channel(&self.endpoint(), &Options::default()).await.unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let hello = proto::Hello { token, device: String::new(), resume_after: 0 };
+        let hello = proto::Hello { token, ..Default::default() };
         let frame = proto::ClientFrame { frame: Some(proto::client_frame::Frame::Hello(hello)) };
         tx.send(frame).await.unwrap();
         let held = proto::chat_client::ChatClient::new(ch)

@@ -28,6 +28,8 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct UserState {
+    /// Empty until first asked for.
+    epoch: String,
     last_seq: u64,
     /// Stored messages in seq order (a suffix of 1..=last_seq once trimmed).
     messages: VecDeque<StoredMessage>,
@@ -201,6 +203,15 @@ impl Inbox for MemoryStore {
             };
             let skip = (after + 1).saturating_sub(first) as usize;
             u.messages.iter().skip(skip).take(limit).cloned().collect()
+        }))
+    }
+
+    async fn epoch(&self, user: &str) -> Result<String, StoreError> {
+        Ok(self.with_user(user, |u| {
+            if u.epoch.is_empty() {
+                u.epoch = crate::node::new_id();
+            }
+            u.epoch.clone()
         }))
     }
 

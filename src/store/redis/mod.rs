@@ -2,6 +2,7 @@
 //!
 //! Keys of one user all carry the hash tag `{uid}`, so they share a cluster slot and one script
 //! can touch them atomically (`<p>` is `--redis-prefix`, default `im`):
+//! - `<p>:epoch:{uid}`: id of this incarnation of the inbox (a lost inbox gets a new one)
 //! - `<p>:seq:{uid}`: INCR counter, the inbox's last seq
 //! - `<p>:inbox:{uid}`: stream, entry id `<seq>-0`, fields from, to, client_msg_id, body,
 //!   msg_id, sent_at
@@ -210,6 +211,19 @@ impl Inbox for RedisStore {
                 })
             })
             .collect()
+    }
+
+    async fn epoch(&self, user: &str) -> Result<String, StoreError> {
+        let mine = crate::node::new_id();
+        // SET NX GET: the existing epoch, or nil when ours was just set.
+        let existing: Option<String> = redis::cmd("SET")
+            .arg(self.key("epoch", user))
+            .arg(&mine)
+            .arg("NX")
+            .arg("GET")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(existing.unwrap_or(mine))
     }
 
     async fn last_seq(&self, user: &str) -> Result<u64, StoreError> {
