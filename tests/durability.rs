@@ -161,6 +161,7 @@ async fn the_redis_key_layout_matches_the_design() {
     let want: Vec<String> = [
         format!("{prefix}:ack:{{bob}}"),
         format!("{prefix}:dedup:{{bob}}:5:alice:c1"),
+        format!("{prefix}:epoch:{{bob}}"),
         format!("{prefix}:inbox:{{bob}}"),
         format!("{prefix}:route:{{bob}}"),
         format!("{prefix}:seq:{{bob}}"),
