@@ -36,6 +36,33 @@ pub struct Clock {
     pub window_end: Instant,
 }
 
+/// Waits out the warm-up, meters the window, then tells the workers to stop.
+pub async fn measure_window(clock: &Clock, meter: &mut Meter, stop: &watch::Sender<bool>) -> Usage {
+    tokio::time::sleep_until(clock.window_start).await;
+    meter.start().await;
+    tokio::time::sleep_until(clock.window_end).await;
+    let usage = meter.stop().await;
+    let _ = stop.send(true);
+    usage
+}
+
+/// Sums what workers counted (done, latencies, errors) into the run's outcome.
+pub async fn collect(
+    tasks: Vec<tokio::task::JoinHandle<(u64, Latencies, Errors)>>,
+    window: Duration,
+    usage: Usage,
+) -> Outcome {
+    let mut out = Outcome { window, usage, ..Outcome::default() };
+    for t in tasks {
+        if let Ok((done, lat, errors)) = t.await {
+            out.delivered += done;
+            out.latency.merge(lat);
+            out.errors.add(&errors);
+        }
+    }
+    out
+}
+
 impl Clock {
     pub fn new(shape: &Shape) -> Clock {
         let origin = Instant::now();
@@ -143,11 +170,7 @@ pub async fn run(
         senders.push(tokio::spawn(send_loop(s, to, shape, clock, n, stop.clone())));
         receivers.push(tokio::spawn(receive_loop(r, clock, shape.ack_interval, target)));
     }
-    tokio::time::sleep_until(clock.window_start).await;
-    meter.start().await;
-    tokio::time::sleep_until(clock.window_end).await;
-    let usage = meter.stop().await;
-    let _ = stop_tx.send(true);
+    let usage = measure_window(&clock, meter, &stop_tx).await;
 
     let mut out = Outcome { window: shape.window, usage, ..Outcome::default() };
     for (task, target) in senders.into_iter().zip(&targets) {

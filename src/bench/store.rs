@@ -7,7 +7,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::BenchError;
-use super::load::{Clock, Outcome, Pacer, Shape, body};
+use super::load::{Clock, Outcome, Pacer, Shape, body, collect, measure_window};
 use super::meter::Meter;
 use super::stats::{Errors, Latencies};
 use crate::store::{Inbox as _, NewMessage, RedisStore, Route, RouteStore as _, StoreOptions};
@@ -76,20 +76,8 @@ pub async fn append_baseline(
             })
         })
         .collect();
-    tokio::time::sleep_until(clock.window_start).await;
-    meter.start().await;
-    tokio::time::sleep_until(clock.window_end).await;
-    let usage = meter.stop().await;
-    let _ = stop_tx.send(true);
-    let mut out = Outcome { window: shape.window, usage, ..Outcome::default() };
-    for t in tasks {
-        if let Ok((done, lat, errors)) = t.await {
-            out.delivered += done;
-            out.latency.merge(lat);
-            out.errors.add(&errors);
-        }
-    }
-    Ok(out)
+    let usage = measure_window(&clock, meter, &stop_tx).await;
+    Ok(collect(tasks, shape.window, usage).await)
 }
 
 /// Reads each user's inbox after seq 0 to its end in pages of 256 (as a session's replay does),

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::dial::Dial;
-use super::load::{Clock, Outcome, Pacer};
+use super::load::{Clock, Outcome, Pacer, collect, measure_window};
 use super::meter::Meter;
 use super::pairs::{describe_load, nodes, relay_watched, report, shape, watched};
 use super::stats::{Errors, Latencies};
@@ -103,18 +103,6 @@ async fn storm(
             })
         })
         .collect();
-    tokio::time::sleep_until(clock.window_start).await;
-    meter.start().await;
-    tokio::time::sleep_until(clock.window_end).await;
-    let usage = meter.stop().await;
-    let _ = stop_tx.send(true);
-    let mut out = Outcome { window: shape.window, usage, ..Outcome::default() };
-    for t in tasks {
-        if let Ok((done, lat, errors)) = t.await {
-            out.delivered += done;
-            out.latency.merge(lat);
-            out.errors.add(&errors);
-        }
-    }
-    out
+    let usage = measure_window(&clock, meter, &stop_tx).await;
+    collect(tasks, shape.window, usage).await
 }
