@@ -271,3 +271,48 @@ async fn the_later_hello_owns_the_route_whatever_the_write_order() {
         assert!(store.get("bob").await.unwrap().is_empty());
     }
 }
+
+/// A burst of acks costs a store call or two, not one each, and the last one is stored soon
+/// even while the stream stays open and quiet.
+#[tokio::test]
+async fn a_burst_of_acks_is_stored_as_one_cursor_move() {
+    let server = common::redis::RedisServer::start(false);
+    let backend = Backend::redis_at(&server);
+    let node = TestNode::start(&backend).await;
+    for i in 1..=50 {
+        node.send_unary("alice", &format!("c{i}"), "bob", &format!("m{i}")).await.unwrap();
+    }
+    let mut bob = node.connect("bob", "phone", 0).await;
+    take(&mut bob, 50).await;
+    let client = ::redis::Client::open(server.url().as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let scripts = async |conn: &mut ::redis::aio::MultiplexedConnection| -> u64 {
+        let info: String =
+            ::redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
+        info.lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let before = scripts(&mut conn).await;
+    for seq in 1..=50 {
+        bob.sender().ack(seq).await.unwrap();
+    }
+    let Backend::Redis { prefix, .. } = &backend else { unreachable!() };
+    let cursor = async |conn: &mut ::redis::aio::MultiplexedConnection| -> Option<u64> {
+        ::redis::cmd("HGET")
+            .arg(format!("{prefix}:ack:{{bob}}"))
+            .arg("phone")
+            .query_async(conn)
+            .await
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while cursor(&mut conn).await != Some(50) {
+        assert!(std::time::Instant::now() < deadline, "the last ack was never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let calls = scripts(&mut conn).await - before;
+    assert!(calls <= 5, "50 acks took {calls} script calls");
+    drop(bob);
+}

@@ -23,6 +23,8 @@ use crate::store::{PutRoute, Route, StoreError, StoredMessage};
 
 /// How many messages one inbox read returns.
 const PAGE: usize = 256;
+/// Acks that follow a stored one within this are merged into one store call.
+const ACK_DELAY: Duration = Duration::from_millis(50);
 /// How soon a failed inbox read is retried.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -52,6 +54,8 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
         acked: 0,
         more: false,
         held: None,
+        unstored_ack: None,
+        ack_due: None,
         retry_at: None,
         bucket: TokenBucket::new(node.config.send_rate, node.config.send_burst),
     };
@@ -68,6 +72,7 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
             Err(End::Abort(Status::unavailable("node shut down; log in again")))
         }
     };
+    s.store_ack().await;
     match result {
         Ok(()) => {}
         Err(End::Gone(why)) => debug!(%user, %device, ?why, "client gone"),
@@ -148,6 +153,10 @@ struct Session {
     acked: u64,
     /// The last inbox read was a full page: read on.
     more: bool,
+    /// The newest ack received but not stored yet.
+    unstored_ack: Option<u64>,
+    /// Until when acks are merged rather than stored one by one.
+    ack_due: Option<tokio::time::Instant>,
     /// The first message that failed with a retryable error, which later ones wait for.
     held: Option<(String, Code)>,
     /// When a failed inbox read is to be retried.
@@ -248,6 +257,10 @@ impl Session {
                 _ = tokio::time::sleep_until(retry.unwrap_or_else(far_future)), if retry.is_some() => {
                     self.fill(out).await?
                 }
+                _ = tokio::time::sleep_until(self.ack_due.unwrap_or_else(far_future)), if self.ack_due.is_some() => {
+                    self.ack_due = None;
+                    self.store_ack().await;
+                }
                 _ = refresh.tick() => {
                     if !self.refresh_route().await {
                         let reason = "signed in again on the same device".to_string();
@@ -334,6 +347,8 @@ impl Session {
     async fn on_frame(&mut self, frame: ClientFrame, out: &mut Outbound) -> Result<(), End> {
         match frame.frame {
             Some(client_frame::Frame::Send(m)) => {
+                // Acks sent before this message are stored before it.
+                self.store_ack().await;
                 let reply = self.send(m).await;
                 out.send(reply).await?;
                 Ok(())
@@ -403,16 +418,28 @@ impl Session {
                 "Ack up_to {up_to} is beyond the last seq delivered on this stream ({delivered})"
             ))));
         }
-        if up_to <= self.acked {
+        if up_to <= self.acked.max(self.unstored_ack.unwrap_or(0)) {
             return Ok(());
         }
-        match self.node.inbox.ack(&self.user, &self.device, up_to).await {
-            Ok(cursor) => self.acked = cursor,
-            // The cursor only moves forward; the next ack stores it. Unstored acks only mean
-            // redelivery after a reconnect, which the client deduplicates by seq.
-            Err(e) => warn!(user = %self.user, error = %e, "ack not stored"),
+        self.unstored_ack = Some(up_to);
+        if self.ack_due.is_none() {
+            // The first ack in a while is stored at once; those right behind it are merged and
+            // stored ACK_DELAY later (or before the next Send, or when the stream ends).
+            self.store_ack().await;
+            self.ack_due = Some(tokio::time::Instant::now() + ACK_DELAY);
         }
         Ok(())
+    }
+
+    /// Stores the newest ack not yet stored. The cursor only moves forward; a failed store is
+    /// retried by the next ack, and an unstored ack only means redelivery after a reconnect,
+    /// which clients drop by seq.
+    async fn store_ack(&mut self) {
+        let Some(up_to) = self.unstored_ack.take() else { return };
+        match self.node.inbox.ack(&self.user, &self.device, up_to).await {
+            Ok(cursor) => self.acked = cursor,
+            Err(e) => warn!(user = %self.user, error = %e, "ack not stored"),
+        }
     }
 }
 
