@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::redis::RedisServer;
-use common::{Backend, SECRET, TestNode, WAIT, eventually, expected, next_message, take};
+use common::{Backend, TestNode, WAIT, eventually, expected, next_message, take};
 use tim::client::{self, ClientError, Event, Options, Session};
 use tonic::Code;
 
@@ -104,17 +104,9 @@ async fn a_redis_restart_under_traffic_loses_nothing_acked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_route_of_a_killed_node_blocks_no_login_and_loses_no_message() {
     let backend = Backend::redis();
-    let Backend::Redis { url, prefix, .. } = &backend else { unreachable!() };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut doomed = tokio::process::Command::new(env!("CARGO_BIN_EXE_tim"))
-        .args(["serve", "--addr", &addr, "--redis", url, "--redis-prefix", prefix])
-        .args(["--token-secret", SECRET, "--route-ttl", "2s"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let addr = format!("127.0.0.1:{}", common::process::free_port());
+    let ttl = ["--route-ttl".to_string(), "2s".to_string()];
+    let mut doomed = common::process::NodeProcess::start(&addr, &backend, &ttl).await;
     let opts = Options::default();
     let login =
         eventually(|| async { client::login(&addr, "bob", "phone", "", &opts).await.ok() }).await;
@@ -132,7 +124,7 @@ async fn a_stale_route_of_a_killed_node_blocks_no_login_and_loses_no_message() {
     presence.sort();
     assert_eq!(presence, ["phone", "tablet"]);
     // The node dies without a chance to clean up.
-    doomed.kill().await.unwrap();
+    doomed.kill().await;
     drop(bob);
 
     // Messages sent meanwhile are stored and acked.

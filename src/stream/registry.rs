@@ -140,11 +140,6 @@ impl Registry {
         }
     }
 
-    /// The session currently registered for `user`'s `device`, if any.
-    pub fn current(&self, user: &str, device: &str) -> Option<String> {
-        self.users().get(user)?.get(device).map(|h| h.session_id.clone())
-    }
-
     /// Hands messages to every local session of `user`; returns how many sessions got them.
     pub fn deliver(&self, user: &str, messages: &[StoredMessage]) -> usize {
         let users = self.users();
@@ -189,11 +184,6 @@ impl Registry {
     pub async fn reached(&self, phase: Phase) {
         let mut rx = self.phase.subscribe();
         let _ = rx.wait_for(|p| *p >= phase).await;
-    }
-
-    /// Devices of `user` with a session on this node.
-    pub fn devices(&self, user: &str) -> Vec<String> {
-        self.users().get(user).map(|d| d.keys().cloned().collect()).unwrap_or_default()
     }
 
     /// Number of live sessions on this node.
