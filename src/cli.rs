@@ -104,7 +104,7 @@ pub async fn send(args: SendArgs) -> Result<()> {
     let login = client::login(&l.addr, &l.user, &l.device, &l.jwt, &opts).await?;
     let mut gw = GatewayClient::new(client::channel(&l.addr, &opts).await?);
     let req =
-        proto::SendRequest { client_msg_id: tim::node::new_id(), to: args.to, body: args.body };
+        proto::SendRequest { client_msg_id: tim::ids::new_id(), to: args.to, body: args.body };
     let ack = gw
         .send(client::authorized(req, &login.token))
         .await

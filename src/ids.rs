@@ -11,6 +11,11 @@ pub const MAX_DEVICE_ID: usize = 64;
 /// Longest client_msg_id, in bytes.
 pub const MAX_CLIENT_MSG_ID: usize = 128;
 
+/// A random 128-bit id in hex (message, session and epoch ids).
+pub fn new_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
 fn check(what: &str, value: &str, max: usize) -> Result<(), Error> {
     if value.is_empty() {
         return Err(Error::invalid(format!("{what} is empty")));

@@ -68,7 +68,7 @@ impl Node {
                 to: msg.to,
                 client_msg_id: msg.client_msg_id,
                 body: msg.body,
-                msg_id: new_id(),
+                msg_id: ids::new_id(),
                 sent_at: unix_ms(std::time::SystemTime::now()),
             })
             .await?;
@@ -103,9 +103,4 @@ impl Node {
     pub fn route_is_live(&self, route: &Route) -> bool {
         route.node_id == self.id || self.membership.contains(&route.node_id)
     }
-}
-
-/// A random 128-bit id in hex.
-pub fn new_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
 }

@@ -54,9 +54,9 @@ pub async fn append_baseline(
                     let msg = NewMessage {
                         from: format!("store-s{i}"),
                         to: to.clone(),
-                        client_msg_id: crate::node::new_id(),
+                        client_msg_id: crate::ids::new_id(),
                         body: body(&clock, shape.size),
-                        msg_id: crate::node::new_id(),
+                        msg_id: crate::ids::new_id(),
                         sent_at: crate::auth::unix_ms(std::time::SystemTime::now()),
                     };
                     let t = Instant::now();

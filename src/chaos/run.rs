@@ -167,7 +167,7 @@ async fn scenario(opts: &ChaosOptions, dir: &std::path::Path) -> Result<Report, 
     wait_until("redis-server", async || redis_ready(&redis_url).await).await?;
 
     let exe = std::env::current_exe().map_err(setup)?;
-    let secret = crate::node::new_id();
+    let secret = crate::ids::new_id();
     let addrs: Vec<String> = (0..opts.nodes)
         .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
         .collect::<Result<_, _>>()?;

@@ -206,7 +206,7 @@ pub struct Sender {
 impl Sender {
     /// Sends `body` to `to` with a fresh client_msg_id; resolves once the server stored it.
     pub async fn send(&self, to: &str, body: &str) -> Result<proto::SendAck, ClientError> {
-        self.send_with_id(&crate::node::new_id(), to, body).await
+        self.send_with_id(&crate::ids::new_id(), to, body).await
     }
 
     /// Sends with a given client_msg_id (reuse it to retry the same message).

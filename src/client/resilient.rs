@@ -249,7 +249,7 @@ impl Supervisor {
         let order = self.next_order;
         self.next_order += 1;
         self.pending
-            .insert(order, (crate::node::new_id(), Outgoing { to, body, reply: Some(reply) }));
+            .insert(order, (crate::ids::new_id(), Outgoing { to, body, reply: Some(reply) }));
     }
 
     /// Logs in through the next gateway and opens a session resuming after the last ack.

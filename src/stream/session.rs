@@ -17,7 +17,8 @@ use super::registry::{Feed, Phase, Stop};
 use crate::auth::{Claims, TokenKind};
 use crate::error::Error;
 use crate::ids;
-use crate::node::{Node, Outgoing, new_id};
+use crate::ids::new_id;
+use crate::node::{Node, Outgoing};
 use crate::proto::{self, ClientFrame, client_frame, server_frame::Frame};
 use crate::store::{PutRoute, Route, StoreError, StoredMessage};
 

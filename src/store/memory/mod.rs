@@ -209,7 +209,7 @@ impl Inbox for MemoryStore {
     async fn epoch(&self, user: &str) -> Result<String, StoreError> {
         Ok(self.with_user(user, |u| {
             if u.epoch.is_empty() {
-                u.epoch = crate::node::new_id();
+                u.epoch = crate::ids::new_id();
             }
             u.epoch.clone()
         }))

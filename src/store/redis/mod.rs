@@ -214,7 +214,7 @@ impl Inbox for RedisStore {
     }
 
     async fn epoch(&self, user: &str) -> Result<String, StoreError> {
-        let mine = crate::node::new_id();
+        let mine = crate::ids::new_id();
         // SET NX GET: the existing epoch, or nil when ours was just set.
         let existing: Option<String> = redis::cmd("SET")
             .arg(self.key("epoch", user))
