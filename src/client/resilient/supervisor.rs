@@ -1,9 +1,6 @@
-//! A client that stays connected: when its stream ends (node gone, keepalive timeout, Drain) it
-//! logs in again through any gateway of its list, so the strategy may pick another node,
-//! resumes after the last seq the application acked, and re-sends unacked messages with their
-//! original client_msg_id, so each is stored exactly once. Messages reach the application once
-//! each, in seq order: redeliveries after a reconnect are dropped by seq. A `Kicked` stream is
-//! not reconnected.
+//! The task behind a resilient [`super::Client`]: connects through the gateways in turn with
+//! backoff, resumes after what the application acked, re-sends unacked messages in order with
+//! their client_msg_id, and hands messages to the application once each, in seq order.
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -13,127 +10,9 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::Code;
 use tracing::debug;
 
-use super::{ClientError, Event, Options, Session, login};
+use super::{ClientEvent, Cmd, Config};
+use crate::client::{ClientError, Event, Session, login};
 use crate::proto;
-
-/// Who to be and where to log in.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Gateway addresses (any nodes); tried in turn.
-    pub gateways: Vec<String>,
-    pub user: String,
-    pub device: String,
-    /// For nodes in `jwt` login mode.
-    pub jwt: String,
-    pub options: Options,
-    /// First reconnect delay; doubles per failed attempt up to `backoff_max`, with jitter.
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
-    /// Delay before re-sending a message the server refused as retryable (store down, rate).
-    pub retry_delay: Duration,
-    /// The highest seq this device already processed (from the application's own storage).
-    pub resume_after: u64,
-}
-
-impl Config {
-    pub fn new(gateways: Vec<String>, user: &str, device: &str) -> Self {
-        Config {
-            gateways,
-            user: user.to_string(),
-            device: device.to_string(),
-            jwt: String::new(),
-            options: Options::default(),
-            backoff_min: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(10),
-            retry_delay: Duration::from_millis(250),
-            resume_after: 0,
-        }
-    }
-}
-
-/// What the application sees.
-#[derive(Debug, Clone)]
-pub enum ClientEvent {
-    /// A new message (each seq once, in order).
-    Message(proto::Message),
-    /// A stream is up (again), on this node.
-    Connected { node_id: String, endpoint: String },
-    /// The stream ended; reconnecting.
-    Disconnected { reason: String },
-    /// Another session of this device took over: the client has stopped.
-    Kicked(String),
-}
-
-enum Cmd {
-    Send { to: String, body: String, reply: oneshot::Sender<Result<proto::SendAck, ClientError>> },
-    Ack(u64),
-    Retry(String),
-    Flush(oneshot::Sender<()>),
-}
-
-/// A self-healing connection for one user and device.
-pub struct Client {
-    cmds: mpsc::Sender<Cmd>,
-    events: mpsc::Receiver<ClientEvent>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-/// Sends and acks on a [`Client`]; cheap to clone.
-#[derive(Clone)]
-pub struct Handle {
-    cmds: mpsc::Sender<Cmd>,
-}
-
-impl Handle {
-    /// Sends a message; resolves once it is stored, across reconnects if need be. Fails only
-    /// for a non-retryable refusal (e.g. INVALID_ARGUMENT) or when the client stopped.
-    pub async fn send(&self, to: &str, body: &str) -> Result<proto::SendAck, ClientError> {
-        let (reply, rx) = oneshot::channel();
-        let cmd = Cmd::Send { to: to.to_string(), body: body.to_string(), reply };
-        self.cmds.send(cmd).await.map_err(|_| ClientError::Closed)?;
-        rx.await.unwrap_or(Err(ClientError::Closed))
-    }
-
-    /// Marks everything up to `seq` as processed by the application.
-    pub async fn ack(&self, seq: u64) -> Result<(), ClientError> {
-        self.cmds.send(Cmd::Ack(seq)).await.map_err(|_| ClientError::Closed)
-    }
-
-    /// Waits until every earlier command's frames were handed to the transport (e.g. before
-    /// exiting, so that the last ack is not lost). Returns at once while disconnected.
-    pub async fn flush(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.cmds.send(Cmd::Flush(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
-    }
-}
-
-impl Client {
-    /// Starts connecting in the background.
-    pub fn start(config: Config) -> Client {
-        let (cmds, cmd_rx) = mpsc::channel(1024);
-        let (events_tx, events) = mpsc::channel(config.options.event_buffer);
-        let retry = cmds.downgrade();
-        let task = tokio::spawn(Supervisor::new(config, events_tx, retry).run(cmd_rx));
-        Client { cmds, events, task }
-    }
-
-    pub fn handle(&self) -> Handle {
-        Handle { cmds: self.cmds.clone() }
-    }
-
-    /// The next event; `None` once the client stopped (kicked) and all events were taken.
-    pub async fn next_event(&mut self) -> Option<ClientEvent> {
-        self.events.recv().await
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 struct Outgoing {
     to: String,
@@ -149,7 +28,7 @@ enum Ended {
     Stop,
 }
 
-struct Supervisor {
+pub(super) struct Supervisor {
     config: Config,
     events: mpsc::Sender<ClientEvent>,
     retry: mpsc::WeakSender<Cmd>,
@@ -169,7 +48,7 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    fn new(
+    pub(super) fn new(
         config: Config,
         events: mpsc::Sender<ClientEvent>,
         retry: mpsc::WeakSender<Cmd>,
@@ -190,7 +69,7 @@ impl Supervisor {
         }
     }
 
-    async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>) {
+    pub(super) async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>) {
         let mut delay = Duration::ZERO;
         loop {
             // Wait out the delay, still taking commands.

@@ -1,0 +1,256 @@
+//! One chat stream: Hello and Welcome, then sends that resolve with their SendAck, acks, and
+//! the server's pushes as [`Event`]s.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Status, Streaming};
+
+use super::{ClientError, Options, channel};
+use crate::proto::{
+    self, ClientFrame, ServerFrame, chat_client::ChatClient, client_frame, server_frame::Frame,
+};
+
+/// What the server pushes on a session.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Message(proto::Message),
+    /// A newer session of this device took over; do not reconnect automatically.
+    Kicked(String),
+    /// The node is draining; reconnect (through any gateway) after this many ms.
+    Drain(u32),
+    /// The stream ended: cleanly (None) or with a status.
+    Closed(Option<Status>),
+}
+
+type AckTx = oneshot::Sender<Result<proto::SendAck, ClientError>>;
+
+/// Sends waiting for their SendAck/SendError, by client_msg_id.
+#[derive(Clone, Default)]
+struct Pending(Arc<Mutex<PendingState>>);
+
+#[derive(Default)]
+struct PendingState {
+    /// The stream ended: no ack will come, so no send may wait for one.
+    closed: bool,
+    waiting: HashMap<String, AckTx>,
+}
+
+impl Pending {
+    fn state(&self) -> std::sync::MutexGuard<'_, PendingState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(
+        &self,
+        id: &str,
+    ) -> Result<oneshot::Receiver<Result<proto::SendAck, ClientError>>, ClientError> {
+        let mut state = self.state();
+        if state.closed {
+            return Err(ClientError::Closed);
+        }
+        if state.waiting.contains_key(id) {
+            return Err(ClientError::Protocol(format!(
+                "client_msg_id {id:?} is already in flight"
+            )));
+        }
+        let (tx, rx) = oneshot::channel();
+        state.waiting.insert(id.to_string(), tx);
+        Ok(rx)
+    }
+
+    fn resolve(&self, id: &str, result: Result<proto::SendAck, ClientError>) {
+        if let Some(tx) = self.state().waiting.remove(id) {
+            let _ = tx.send(result);
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        self.state().waiting.remove(id);
+    }
+
+    /// Fails every waiting send and refuses new ones.
+    fn close(&self) {
+        let waiting = {
+            let mut state = self.state();
+            state.closed = true;
+            std::mem::take(&mut state.waiting)
+        };
+        for (_, tx) in waiting {
+            let _ = tx.send(Err(ClientError::Closed));
+        }
+    }
+}
+
+/// Sends frames on a session; cheap to clone.
+#[derive(Clone)]
+pub struct Sender {
+    frames: mpsc::Sender<ClientFrame>,
+    pending: Pending,
+}
+
+impl Sender {
+    /// Sends `body` to `to` with a fresh client_msg_id; resolves once the server stored it.
+    pub async fn send(&self, to: &str, body: &str) -> Result<proto::SendAck, ClientError> {
+        self.send_with_id(&crate::ids::new_id(), to, body).await
+    }
+
+    /// Sends with a given client_msg_id (reuse it to retry the same message).
+    pub async fn send_with_id(
+        &self,
+        client_msg_id: &str,
+        to: &str,
+        body: &str,
+    ) -> Result<proto::SendAck, ClientError> {
+        self.submit(client_msg_id, to, body).await?.await
+    }
+
+    /// Queues a send frame and returns at once with the future of its ack, so that several
+    /// sends can be in flight; the server stores them in the order they were submitted.
+    pub async fn submit(
+        &self,
+        client_msg_id: &str,
+        to: &str,
+        body: &str,
+    ) -> Result<impl Future<Output = Result<proto::SendAck, ClientError>> + use<>, ClientError>
+    {
+        let rx = self.pending.register(client_msg_id)?;
+        let frame = client_frame::Frame::Send(proto::SendMessage {
+            client_msg_id: client_msg_id.to_string(),
+            to: to.to_string(),
+            body: body.to_string(),
+        });
+        if self.frame(frame).await.is_err() {
+            self.pending.forget(client_msg_id);
+            return Err(ClientError::Closed);
+        }
+        Ok(async move { rx.await.unwrap_or(Err(ClientError::Closed)) })
+    }
+
+    /// Tells the server everything up to `up_to` is processed.
+    pub async fn ack(&self, up_to: u64) -> Result<(), ClientError> {
+        self.frame(client_frame::Frame::Ack(proto::Ack { up_to })).await
+    }
+
+    /// Resolves once every queued frame was taken by the transport.
+    pub async fn flushed(&self) {
+        while self.frames.capacity() < self.frames.max_capacity() && !self.frames.is_closed() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Sends a raw frame.
+    pub async fn frame(&self, frame: client_frame::Frame) -> Result<(), ClientError> {
+        let frame = ClientFrame { frame: Some(frame) };
+        self.frames.send(frame).await.map_err(|_| ClientError::Closed)
+    }
+}
+
+/// One open chat stream.
+///
+/// Keep taking events: SendAcks travel on the same stream behind pushed messages, so a caller
+/// that awaits sends but never reads events stalls once the event buffer is full (and the server
+/// then ends the stream as not reading).
+pub struct Session {
+    /// What the server said when the session started.
+    pub welcome: proto::Welcome,
+    sender: Sender,
+    events: mpsc::Receiver<Event>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Session {
+    /// Opens `Chat.Session` on `endpoint`, sends Hello, and waits for Welcome.
+    pub async fn connect(
+        endpoint: &str,
+        token: &str,
+        resume_after: u64,
+        opts: &Options,
+    ) -> Result<Session, ClientError> {
+        Self::resume(endpoint, token, resume_after, "", opts).await
+    }
+
+    /// Like [`Session::connect`], naming the inbox epoch (from an earlier Welcome) that
+    /// `resume_after` refers to, so that a lost and restarted inbox is not skipped into.
+    pub async fn resume(
+        endpoint: &str,
+        token: &str,
+        resume_after: u64,
+        inbox_epoch: &str,
+        opts: &Options,
+    ) -> Result<Session, ClientError> {
+        let mut chat =
+            ChatClient::new(channel(endpoint, opts).await?).max_decoding_message_size(usize::MAX);
+        let (frames, rx) = mpsc::channel(256);
+        let hello = proto::Hello {
+            token: token.to_string(),
+            device: String::new(),
+            resume_after,
+            inbox_epoch: inbox_epoch.to_string(),
+        };
+        let hello = ClientFrame { frame: Some(client_frame::Frame::Hello(hello)) };
+        frames.send(hello).await.map_err(|_| ClientError::Closed)?;
+        let mut inbound = chat.session(ReceiverStream::new(rx)).await?.into_inner();
+        let welcome = match inbound.message().await? {
+            Some(ServerFrame { frame: Some(Frame::Welcome(w)) }) => w,
+            Some(other) => {
+                return Err(ClientError::Protocol(format!("expected Welcome, got {other:?}")));
+            }
+            None => return Err(ClientError::Closed),
+        };
+        let pending = Pending::default();
+        let (events_tx, events) = mpsc::channel(opts.event_buffer);
+        let reader = tokio::spawn(read(inbound, events_tx, pending.clone()));
+        Ok(Session { welcome, sender: Sender { frames, pending }, events, reader })
+    }
+
+    /// A handle for sending and acking.
+    pub fn sender(&self) -> Sender {
+        self.sender.clone()
+    }
+
+    /// The next server event; `None` once the stream ended and every event was taken.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.reader.abort();
+        self.sender.pending.close();
+    }
+}
+
+/// Reads server frames: acks resolve pending sends, everything else becomes an [`Event`].
+async fn read(mut inbound: Streaming<ServerFrame>, events: mpsc::Sender<Event>, pending: Pending) {
+    let resolve = |id: &str, r| pending.resolve(id, r);
+    let end = loop {
+        let event = match inbound.message().await {
+            Ok(Some(ServerFrame { frame: Some(f) })) => match f {
+                Frame::SendAck(a) => {
+                    resolve(&a.client_msg_id.clone(), Ok(a));
+                    continue;
+                }
+                Frame::SendError(e) => {
+                    let err = ClientError::Rejected { code: Code::from(e.code), reason: e.reason };
+                    resolve(&e.client_msg_id, Err(err));
+                    continue;
+                }
+                Frame::Message(m) => Event::Message(m),
+                Frame::Kicked(k) => Event::Kicked(k.reason),
+                Frame::Drain(d) => Event::Drain(d.reconnect_after_ms),
+                Frame::Welcome(_) => continue,
+            },
+            Ok(Some(ServerFrame { frame: None })) => continue,
+            Ok(None) => break Event::Closed(None),
+            Err(status) => break Event::Closed(Some(status)),
+        };
+        if events.send(event).await.is_err() {
+            break Event::Closed(None);
+        }
+    };
+    pending.close();
+    let _ = events.send(end).await;
+}
