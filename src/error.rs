@@ -14,9 +14,6 @@ pub enum Error {
     /// The request itself is wrong (empty recipient, body over the limit, bad id, ...).
     #[error("{0}")]
     InvalidArgument(String),
-    /// The frame came at the wrong point of the session protocol (e.g. before Hello).
-    #[error("{0}")]
-    FailedPrecondition(String),
     /// The caller sent more than its allowance; retry later.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -38,7 +35,6 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Auth(e) if e.is_permission() => Code::PermissionDenied,
             Error::Auth(_) => Code::Unauthenticated,
@@ -57,6 +53,12 @@ impl Error {
             Error::Store(StoreError::Internal(_)) => "internal error".to_string(),
             other => other.to_string(),
         }
+    }
+}
+
+impl From<crate::ids::IdError> for Error {
+    fn from(err: crate::ids::IdError) -> Self {
+        Error::InvalidArgument(err.to_string())
     }
 }
 

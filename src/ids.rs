@@ -2,7 +2,11 @@
 //!
 //! Ids appear inside store keys (`im:inbox:{uid}`), so braces, which delimit Redis Cluster hash
 //! tags, whitespace and control characters are refused.
-use crate::Error;
+/// An id that breaks the rules; the text says which rule. Requests carrying one get
+/// INVALID_ARGUMENT.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct IdError(String);
 
 /// Longest user id, in bytes.
 pub const MAX_USER_ID: usize = 128;
@@ -16,15 +20,15 @@ pub fn new_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-fn check(what: &str, value: &str, max: usize) -> Result<(), Error> {
+fn check(what: &str, value: &str, max: usize) -> Result<(), IdError> {
     if value.is_empty() {
-        return Err(Error::invalid(format!("{what} is empty")));
+        return Err(IdError(format!("{what} is empty")));
     }
     if value.len() > max {
-        return Err(Error::invalid(format!("{what} is longer than {max} bytes")));
+        return Err(IdError(format!("{what} is longer than {max} bytes")));
     }
     if value.chars().any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}') {
-        return Err(Error::invalid(format!(
+        return Err(IdError(format!(
             "{what} may not contain whitespace, control characters or braces"
         )));
     }
@@ -32,17 +36,17 @@ fn check(what: &str, value: &str, max: usize) -> Result<(), Error> {
 }
 
 /// A user id: 1 to 128 bytes, no whitespace, control characters or braces.
-pub fn user(id: &str) -> Result<(), Error> {
+pub fn user(id: &str) -> Result<(), IdError> {
     check("user id", id, MAX_USER_ID)
 }
 
 /// A device id: 1 to 64 bytes, same characters as a user id.
-pub fn device(id: &str) -> Result<(), Error> {
+pub fn device(id: &str) -> Result<(), IdError> {
     check("device", id, MAX_DEVICE_ID)
 }
 
 /// A sender's idempotency key: 1 to 128 bytes.
-pub fn client_msg_id(id: &str) -> Result<(), Error> {
+pub fn client_msg_id(id: &str) -> Result<(), IdError> {
     check("client_msg_id", id, MAX_CLIENT_MSG_ID)
 }
 

@@ -29,6 +29,7 @@ pub mod chaos;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod deliver;
 pub mod discovery;
 pub mod error;
 pub mod ids;
@@ -37,6 +38,7 @@ pub mod node;
 pub mod server;
 pub mod store;
 pub mod stream;
+pub mod wire;
 
 pub use config::Config;
 pub use error::Error;

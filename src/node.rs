@@ -1,51 +1,131 @@
-//! What one running node shares between its gRPC services and stream sessions, and the Send flow
-//! that both the chat stream and the unary Gateway.Send use.
-use std::collections::BTreeSet;
+//! One running node: what its gRPC services and sessions share, and the flows they run — Login,
+//! Send and Presence. Handlers translate the wire and call these; sessions also reach the
+//! stores and [`Delivery`] through the accessors here.
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use crate::auth::{LoginMode, TokenSigner, unix_ms};
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, ServiceBuilder, ServiceExt as _};
+
+use crate::auth::{AuthError, Claims, LoginMode, TokenKind, TokenSigner, unix_ms};
 use crate::config::Config;
+use crate::deliver::Delivery;
 use crate::discovery::{Membership, NodeInfo};
 use crate::error::Error;
 use crate::ids;
-use crate::server::peers::Peers;
-use crate::store::{Appended, Inbox, NewMessage, Route, RouteStore};
-use crate::stream::Registry;
+use crate::lb::{NodeSelectLayer, Placed};
+use crate::proto;
+use crate::store::{Appended, Inbox, NewMessage, Outgoing, RouteStore};
 
-/// The login-time node picker: the strategy's tower service behind a buffer and a timeout.
-pub type NodeSelector = tower::timeout::Timeout<
-    tower::buffer::Buffer<String, std::future::Ready<Result<NodeInfo, crate::lb::LbError>>>,
->;
+/// Device name used when Login names none.
+pub const DEFAULT_DEVICE: &str = "default";
+/// How long Login waits for discovery to know a node before answering UNAVAILABLE.
+const PICK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Logins waiting for the node selector at once, beyond which Login waits for room.
+const PICK_QUEUE: usize = 1024;
+
+/// Who Login is placing: the caller's proven identity.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub user: String,
+    pub device: String,
+}
+
+impl Placed for Grant {
+    fn key(&self) -> &str {
+        &self.user
+    }
+}
+
+/// Login after authentication: places the grant on a node (the `--lb` strategy, as a tower
+/// layer) and issues its session token for that node.
+type LoginService = BoxCloneSyncService<Grant, proto::LoginResponse, BoxError>;
+
+/// The stores a node works on.
+pub struct Stores {
+    pub inbox: Arc<dyn Inbox>,
+    pub routes: Arc<dyn RouteStore>,
+}
 
 /// Shared state of a node; one per process, behind an `Arc`.
 pub struct Node {
-    /// Unique node id (routes point at it).
-    pub id: String,
-    /// host:port clients reach this node at.
-    pub endpoint: String,
-    pub config: Config,
-    pub signer: TokenSigner,
-    pub login: LoginMode,
-    pub inbox: Arc<dyn Inbox>,
-    pub routes: Arc<dyn RouteStore>,
-    pub registry: Registry,
-    /// The live nodes, from discovery.
-    pub membership: Arc<Membership>,
-    /// Picks the node that holds a user's stream at Login.
-    pub selector: NodeSelector,
-    /// Relay clients for the other nodes.
-    pub peers: Peers,
-}
-
-/// A message as a caller submitted it.
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    pub client_msg_id: String,
-    pub to: String,
-    pub body: String,
+    id: String,
+    config: Config,
+    signer: TokenSigner,
+    login_mode: LoginMode,
+    inbox: Arc<dyn Inbox>,
+    routes: Arc<dyn RouteStore>,
+    delivery: Delivery,
+    login: LoginService,
 }
 
 impl Node {
+    /// A node with id `id` over `stores`, placing logins on the nodes `membership` knows.
+    pub fn new(id: &str, config: Config, stores: Stores, membership: Arc<Membership>) -> Self {
+        /// Live messages queued per session before it falls back to reading its inbox.
+        const FEED_CAPACITY: usize = 1024;
+        let signer = config.signer();
+        let login = login_service(signer.clone(), config.token_ttl, config.lb, &membership);
+        Node {
+            id: id.to_string(),
+            login_mode: config.login_mode(),
+            delivery: Delivery::new(id, signer.clone(), membership, FEED_CAPACITY),
+            signer,
+            inbox: stores.inbox,
+            routes: stores.routes,
+            login,
+            config,
+        }
+    }
+
+    /// Unique node id (routes point at it).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn inbox(&self) -> &dyn Inbox {
+        self.inbox.as_ref()
+    }
+
+    pub fn routes(&self) -> &dyn RouteStore {
+        self.routes.as_ref()
+    }
+
+    /// Local sessions, relays and kicks.
+    pub fn delivery(&self) -> &Delivery {
+        &self.delivery
+    }
+
+    /// Verifies a token of `kind` (a Hello's).
+    pub fn verify(&self, token: &str, kind: TokenKind) -> Result<Claims, AuthError> {
+        self.signer.verify(token, kind)
+    }
+
+    /// Verifies the `authorization: Bearer` token of a unary call.
+    pub fn authorize(&self, md: &MetadataMap, kind: TokenKind) -> Result<Claims, AuthError> {
+        self.signer.verify_metadata(md, kind)
+    }
+
+    /// Login: proves who the caller is (dev or JWT), places them on a node by strategy, and
+    /// returns a session token for that node.
+    pub async fn login(&self, req: proto::LoginRequest) -> Result<proto::LoginResponse, Status> {
+        let user = self.login_mode.authenticate(&req.user_id, &req.jwt)?;
+        ids::user(&user).map_err(Error::from)?;
+        let device = if req.device.is_empty() { DEFAULT_DEVICE.to_string() } else { req.device };
+        ids::device(&device).map_err(Error::from)?;
+        let reply = self.login.clone().oneshot(Grant { user, device }).await.map_err(|e| {
+            Status::unavailable(format!("no node is available to hold the stream: {e}"))
+        })?;
+        tracing::debug!(user = %reply.user_id, device = %reply.device, node = %reply.node_id, "login");
+        Ok(reply)
+    }
+
     /// Validates, stores and pushes one message from `from`. Returns only after the message is
     /// in the recipient's inbox; a store failure means nothing was stored or acked.
     pub async fn send(&self, from: &str, msg: Outgoing) -> Result<Appended, Error> {
@@ -69,38 +149,53 @@ impl Node {
                 client_msg_id: msg.client_msg_id,
                 body: msg.body,
                 msg_id: ids::new_id(),
-                sent_at: unix_ms(std::time::SystemTime::now()),
+                sent_at: unix_ms(SystemTime::now()),
             })
             .await?;
         // Also for a duplicate: the first attempt may have been stored but never pushed (its
-        // caller gave up between the two). Sessions drop seqs they already sent; one that misses
-        // this (full queue, race, lost relay) reads it from the inbox instead.
-        let message = &appended.message;
-        self.registry.deliver(&message.to, std::slice::from_ref(message));
-        for node_id in self.remote_nodes(&appended.routes) {
-            let (peers, msg) = (self.peers.clone(), message.clone());
-            tokio::spawn(async move {
-                if let Err(e) = peers.deliver(&node_id, &msg.to, std::slice::from_ref(&msg)).await {
-                    tracing::debug!(peer = %node_id, error = %e, "relay failed; the inbox has it");
-                }
-            });
-        }
+        // caller gave up between the two). Sessions drop seqs they already sent.
+        self.delivery.fan_out(&appended.message, &appended.routes);
         Ok(appended)
     }
 
-    /// The live nodes other than this one that hold one of `routes`. Routes of nodes that left
-    /// discovery count as gone.
-    pub fn remote_nodes(&self, routes: &[(String, Route)]) -> BTreeSet<String> {
-        routes
-            .iter()
-            .map(|(_, r)| &r.node_id)
-            .filter(|id| **id != self.id && self.membership.contains(id))
-            .cloned()
-            .collect()
+    /// The devices of `user` that hold a stream on a live node, as (device, node id), sorted.
+    pub async fn presence(&self, user: &str) -> Result<Vec<(String, String)>, Error> {
+        ids::user(user)?;
+        let routes = self.routes.get(user).await?;
+        let mut devices: Vec<_> = routes
+            .into_iter()
+            .filter(|(_, r)| self.delivery.is_live(r))
+            .map(|(device, r)| (device, r.node_id))
+            .collect();
+        devices.sort();
+        Ok(devices)
     }
+}
 
-    /// Whether a route still points at a live node.
-    pub fn route_is_live(&self, route: &Route) -> bool {
-        route.node_id == self.id || self.membership.contains(&route.node_id)
-    }
+/// The Login pipeline: a timeout (an empty cluster is UNAVAILABLE, not a hang), a buffer (the
+/// strategy is stateful and shared by every Login call), the node-selection layer, and the
+/// service that issues the session token for the chosen node.
+fn login_service(
+    signer: TokenSigner,
+    ttl: Duration,
+    strategy: crate::lb::StrategyKind,
+    membership: &Membership,
+) -> LoginService {
+    let issue = tower::service_fn(move |(grant, node): (Grant, NodeInfo)| {
+        let (token, expires_at) = signer.issue(TokenKind::Session, &grant.user, &grant.device, ttl);
+        std::future::ready(Ok::<_, BoxError>(proto::LoginResponse {
+            token,
+            expires_at,
+            user_id: grant.user,
+            device: grant.device,
+            node_id: node.id,
+            endpoint: node.endpoint,
+        }))
+    });
+    let service = ServiceBuilder::new()
+        .timeout(PICK_TIMEOUT)
+        .buffer(PICK_QUEUE)
+        .layer(NodeSelectLayer::new(strategy, membership))
+        .service(issue);
+    BoxCloneSyncService::new(service)
 }

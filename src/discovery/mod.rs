@@ -60,33 +60,29 @@ pub fn apply(nodes: &mut Vec<NodeInfo>, update: Update) {
     nodes.dedup_by(|a, b| a.id == b.id);
 }
 
-/// The live node set, folded from a discovery stream.
+/// The live node set, folded from a discovery stream. Login placement, relays and route
+/// liveness read it.
 #[derive(Debug)]
 pub struct Membership {
     nodes: watch::Sender<Arc<Vec<NodeInfo>>>,
 }
 
 impl Membership {
-    /// Starts folding `updates`; the task ends with the stream or when `Membership` is dropped.
-    pub fn spawn(mut updates: BoxStream<'static, Update>) -> Arc<Membership> {
-        let membership = Arc::new(Membership { nodes: watch::Sender::new(Arc::new(Vec::new())) });
-        let weak = Arc::downgrade(&membership);
-        tokio::spawn(async move {
-            while let Some(update) = updates.next().await {
-                let Some(m) = weak.upgrade() else { return };
-                m.nodes.send_modify(|set| {
-                    let mut next = set.as_ref().clone();
-                    apply(&mut next, update);
-                    *set = Arc::new(next);
-                });
-            }
-        });
-        membership
+    /// An empty set; [`Membership::follow`] fills it.
+    pub fn new() -> Arc<Membership> {
+        Arc::new(Membership { nodes: watch::Sender::new(Arc::new(Vec::new())) })
     }
 
-    /// The current set, sorted by id.
-    pub fn nodes(&self) -> Arc<Vec<NodeInfo>> {
-        self.nodes.borrow().clone()
+    /// Folds `updates` into the set until the stream ends. The node runs this as one of the
+    /// background tasks that end with it.
+    pub async fn follow(&self, mut updates: BoxStream<'static, Update>) {
+        while let Some(update) = updates.next().await {
+            self.nodes.send_modify(|set| {
+                let mut next = set.as_ref().clone();
+                apply(&mut next, update);
+                *set = Arc::new(next);
+            });
+        }
     }
 
     /// Whether node `id` is in the current set.

@@ -27,7 +27,7 @@ impl Chat for ChatService {
         &self,
         req: Request<Streaming<ClientFrame>>,
     ) -> Result<Response<OutboundStream>, Status> {
-        let cfg = &self.node.config;
+        let cfg = self.node.config();
         let (out, stream) = outbound::channel(cfg.outbound_queue, cfg.slow_client_timeout);
         tokio::spawn(session::run(self.node.clone(), req.into_inner(), out));
         Ok(Response::new(stream))

@@ -70,28 +70,16 @@ impl<D: Discovery> Discovery for WithSelf<D> {
     }
 }
 
-/// Keeps a relay channel to every other live node.
-pub fn keep_peers(node: &Arc<Node>) -> tokio::task::JoinHandle<()> {
-    let mut changes = node.membership.subscribe();
-    let peers = node.peers.clone();
-    tokio::spawn(async move {
-        loop {
-            let nodes = changes.borrow_and_update().clone();
-            peers.sync(&nodes);
-            if changes.changed().await.is_err() {
-                return;
-            }
-        }
-    })
-}
-
 /// Registers the node in Consul and keeps its check passing, with its stream count in Meta.
 pub fn keep_registered(
     node: &Arc<Node>,
     registration: ConsulRegistration,
 ) -> tokio::task::JoinHandle<()> {
     let weak = Arc::downgrade(node);
-    tokio::spawn(registration.run(move || weak.upgrade().map_or(0, |n| n.registry.len() as u64)))
+    tokio::spawn(
+        registration
+            .run(move || weak.upgrade().map_or(0, |n| n.delivery().sessions().len() as u64)),
+    )
 }
 
 /// Deregisters on shutdown, bounded: a missing agent must not hold up the drain.

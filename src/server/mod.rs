@@ -5,39 +5,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
-use tower::ServiceBuilder;
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError};
 use crate::discovery::Membership;
-use crate::lb::Selector;
-use crate::node::Node;
+use crate::node::{Node, Stores};
 use crate::proto::{
     FILE_DESCRIPTOR_SET, chat_server::ChatServer, gateway_server::GatewayServer,
     relay_server::RelayServer,
 };
-use crate::store::{Inbox, MemoryStore, RedisStore, RouteStore};
-use crate::stream::Registry;
-use peers::Peers;
+use crate::store::{MemoryStore, RedisStore};
 
 mod cluster;
 
 pub mod chat;
 pub mod gateway;
-pub mod peers;
 pub mod relay;
 
 /// Frames up to this size reach validation, so an oversize body is refused with a clear
 /// INVALID_ARGUMENT naming the limit; only larger frames are cut off by the transport
 /// (OUT_OF_RANGE). Same as tonic's default.
 const MAX_FRAME: usize = 4 * 1024 * 1024;
-/// How long Login waits for discovery to know a node before answering UNAVAILABLE.
-const PICK_TIMEOUT: Duration = Duration::from_secs(3);
-/// Live messages queued per session before it falls back to reading its inbox.
-const FEED_CAPACITY: usize = 1024;
+/// How often the in-memory store drops what expired in inboxes nobody touches.
+const MEMORY_SWEEP: Duration = Duration::from_secs(60);
 
 /// Why a node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +50,15 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// The configured stores: Redis with `--redis`, else in memory.
-async fn open_store(config: &Config) -> Result<(Arc<dyn Inbox>, Arc<dyn RouteStore>), ServeError> {
+/// The configured stores: Redis with `--redis`, else in memory (then swept by a task in
+/// `tasks`).
+async fn open_store(config: &Config, tasks: &mut JoinSet<()>) -> Result<Stores, ServeError> {
     let urls = config.redis_urls();
     if urls.is_empty() {
-        let store = MemoryStore::shared(config.store_options(), Duration::from_secs(60));
-        return Ok((store.clone(), store));
+        let store = Arc::new(MemoryStore::new(config.store_options()));
+        let sweeper = store.clone();
+        tasks.spawn(async move { sweeper.sweep_every(MEMORY_SWEEP).await });
+        return Ok(Stores { inbox: store.clone(), routes: store });
     }
     let store = RedisStore::connect(
         &urls,
@@ -74,7 +71,7 @@ async fn open_store(config: &Config) -> Result<(Arc<dyn Inbox>, Arc<dyn RouteSto
     .map_err(|e| ServeError::Store(e.to_string()))?;
     info!(redis = %urls.join(","), cluster = config.redis_cluster, "using Redis stores");
     let store = Arc::new(store);
-    Ok((store.clone(), store))
+    Ok(Stores { inbox: store.clone(), routes: store })
 }
 
 /// Runs a node on `listener` until `shutdown` resolves, then drains it and returns.
@@ -87,33 +84,43 @@ pub async fn run(
     let local = listener.local_addr()?;
     let endpoint = config.advertise.clone().unwrap_or_else(|| local.to_string());
     let id = config.node_id.clone().unwrap_or_else(|| endpoint.clone());
-    let (inbox, routes) = open_store(&config).await?;
+    // Every background task of the node lives here and ends when `run` returns.
+    let mut tasks = JoinSet::new();
+    let stores = open_store(&config, &mut tasks).await?;
     let (discovery, registration) = cluster::discovery(&config, &id, &endpoint)?;
-    let membership = Membership::spawn(discovery.updates());
-    let selector = ServiceBuilder::new()
-        .timeout(PICK_TIMEOUT)
-        .buffer(1024)
-        .service(Selector::new(membership.subscribe(), config.lb.build()));
-    let signer = config.signer();
-    let peers = Peers::new(&id, signer.clone());
-    let node = Arc::new(Node {
-        id: id.clone(),
-        endpoint: endpoint.clone(),
-        signer,
-        login: config.login_mode(),
-        inbox,
-        routes,
-        registry: Registry::new(FEED_CAPACITY),
-        membership,
-        selector,
-        peers,
-        config,
+    let membership = Membership::new();
+    let updates = discovery.updates();
+    tasks.spawn({
+        let membership = membership.clone();
+        async move { membership.follow(updates).await }
     });
-    if node.config.token_secret.is_none() {
+    if config.token_secret.is_none() {
         warn!("no --token-secret: tokens are signed with a random key and die with this process");
     }
-    let background = vec![cluster::keep_peers(&node)];
+    let node = Arc::new(Node::new(&id, config, stores, membership));
+    tasks.spawn({
+        let node = node.clone();
+        async move { node.delivery().follow_membership().await }
+    });
+    let result = serve(listener, &node, registration, shutdown).await;
+    // Whatever ended the server: sessions still running end now, peer calls are abandoned
+    // (the inbox has every message) and the background tasks stop with `tasks`.
+    node.delivery().sessions().terminate();
+    node.delivery().shutdown();
+    tasks.shutdown().await;
+    result
+}
 
+/// Serves until `shutdown`, then drains: NOT_SERVING, deregistration, `Drain` to every stream,
+/// bounded grace.
+async fn serve(
+    listener: TcpListener,
+    node: &Arc<Node>,
+    registration: Option<crate::discovery::ConsulRegistration>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let local = listener.local_addr()?;
+    let sessions = node.delivery().sessions();
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<GatewayServer<gateway::GatewayService>>().await;
     health.set_serving::<ChatServer<chat::ChatService>>().await;
@@ -126,14 +133,15 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let max_frame = MAX_FRAME.max(node.config.max_body + 1024);
+    let config = node.config();
+    let max_frame = MAX_FRAME.max(config.max_body + 1024);
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
-        .with_keepalive(Some(node.config.keepalive_interval));
+        .with_keepalive(Some(config.keepalive_interval));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
-        .http2_keepalive_interval(Some(node.config.keepalive_interval))
-        .http2_keepalive_timeout(Some(node.config.keepalive_timeout))
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -150,38 +158,32 @@ pub async fn run(
             let _ = stop_rx.await;
         });
     tokio::pin!(server);
-    info!(node = %node.id, addr = %local, "serving");
-    let heartbeat = registration.as_ref().map(|r| cluster::keep_registered(&node, r.clone()));
-    let _abort_on_return = AbortOnDrop(background);
+    info!(node = %node.id(), addr = %local, "serving");
+    let heartbeat =
+        registration.as_ref().map(|r| AbortOnDrop(cluster::keep_registered(node, r.clone())));
 
     tokio::select! {
-        result = &mut server => {
-            if let Some(heartbeat) = &heartbeat {
-                heartbeat.abort();
-            }
-            return result.map_err(Into::into);
-        }
+        result = &mut server => return result.map_err(Into::into),
         () = shutdown => {}
     }
 
-    info!(sessions = node.registry.len(), "shutting down: draining streams");
+    info!(sessions = sessions.len(), "shutting down: draining streams");
     health.set_service_status("", ServingStatus::NotServing).await;
     health.set_not_serving::<GatewayServer<gateway::GatewayService>>().await;
     health.set_not_serving::<ChatServer<chat::ChatService>>().await;
     if let (Some(registration), Some(heartbeat)) = (&registration, heartbeat) {
         // Stop passing and re-registering first, or the heartbeat would bring the node back.
-        heartbeat.abort();
-        let _ = heartbeat.await;
+        heartbeat.stop().await;
         cluster::deregister(registration).await;
     }
-    node.registry.drain_all(|| rand::random_range(0..1000));
+    sessions.drain_all(|| rand::random_range(0..1000));
     let _ = stop_tx.send(());
-    let grace = node.config.drain_grace;
+    let grace = config.drain_grace;
     match tokio::time::timeout(grace, &mut server).await {
         Ok(result) => result.map_err(Into::into),
         Err(_) => {
-            warn!(?grace, sessions = node.registry.len(), "drain grace expired; ending the rest");
-            node.registry.terminate();
+            warn!(?grace, sessions = sessions.len(), "drain grace expired; ending the rest");
+            sessions.terminate();
             // Sessions end at once; give their connections a moment to close.
             match tokio::time::timeout(Duration::from_secs(1), &mut server).await {
                 Ok(result) => result.map_err(Into::into),
@@ -191,13 +193,19 @@ pub async fn run(
     }
 }
 
-/// Aborts the node's background tasks when `run` returns, however it returns.
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+/// A task aborted when this is dropped, however `serve` returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    /// Aborts the task and waits until it has stopped.
+    async fn stop(mut self) {
+        self.0.abort();
+        let _ = (&mut self.0).await;
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
-        }
+        self.0.abort();
     }
 }

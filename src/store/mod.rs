@@ -26,6 +26,16 @@ pub enum StoreError {
     Internal(String),
 }
 
+/// A message as its sender submitted it (stream `Send` or unary `Gateway.Send`), before the
+/// node validates it and makes it a [`NewMessage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The sender's idempotency key.
+    pub client_msg_id: String,
+    pub to: String,
+    pub body: String,
+}
+
 /// A message to append to `to`'s inbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {

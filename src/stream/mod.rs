@@ -1,11 +1,17 @@
-//! Live sessions: the registry of device streams on this node, each session's ordered delivery,
-//! kick and drain, and the bounded outbound queue that detects a client that stopped reading.
+//! Live sessions: one task per device stream, from Hello to its end, delivering the inbox in seq
+//! order and taking sends and acks.
+//!
+//! - `session`: the select loop and delivery order (replay, live pushes, gap filling).
+//! - `hello`: the first frame and the resume point.
+//! - `acks`: merging bursts of acks into few cursor stores.
+//! - `gate`: the per-stream send rate and the order hold after a retryable refusal.
+//! - `outbound`: the bounded queue tonic streams out; it detects a client that stopped reading.
 //!
 //! Dead streams: HTTP/2 keepalive (server PING interval/timeout) closes a dead connection; its
 //! response streams are dropped, which [`outbound::Outbound::closed`] observes, and the session
 //! ends, removing itself from the registry and compare-deleting its route.
+mod acks;
+mod gate;
+mod hello;
 pub mod outbound;
-pub mod registry;
 pub mod session;
-
-pub use registry::{Registry, Stop};

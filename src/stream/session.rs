@@ -7,20 +7,22 @@
 //! uses the same path, so resume has neither a gap nor a duplicate. The inbox is read one page
 //! per turn of the loop, so a long replay never holds up kicks, drains, sends or acks.
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tonic::{Code, Status, Streaming};
+use tonic::{Status, Streaming};
 use tracing::{debug, warn};
 
+use super::acks::AckMerge;
+use super::gate::SendGate;
+use super::hello::{Resume, hello};
 use super::outbound::{Gone, Outbound};
-use super::registry::{Feed, Phase, Stop};
-use crate::auth::{Claims, TokenKind};
+use crate::deliver::{Feed, Phase, REPLACED, Stop};
 use crate::error::Error;
-use crate::ids;
 use crate::ids::new_id;
-use crate::node::{Node, Outgoing};
+use crate::node::Node;
 use crate::proto::{self, ClientFrame, client_frame, server_frame::Frame};
 use crate::store::{PutRoute, Route, StoreError, StoredMessage};
+use crate::wire;
 
 /// How many messages one inbox read returns.
 const PAGE: usize = 256;
@@ -31,34 +33,35 @@ const RETRY: Duration = Duration::from_secs(1);
 
 /// Runs a session to its end. Spawned per stream by the Chat service.
 pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: Outbound) {
+    let sessions = node.delivery().sessions();
     let (claims, resume) = tokio::select! {
         hello = hello(&node, &mut inbound) => match hello {
             Ok(h) => h,
             Err(Some(status)) => return out.finish(status).await,
             Err(None) => return,
         },
-        () = node.registry.reached(Phase::Draining) => {
+        () = sessions.reached(Phase::Draining) => {
             return out.finish(Status::unavailable("node is shutting down; log in again")).await;
         }
     };
     let (user, device) = (claims.sub, claims.dev);
     let session_id = new_id();
-    let started_at = crate::auth::unix_ms(std::time::SystemTime::now());
-    let feed = node.registry.register(&user, &device, &session_id);
+    let feed = sessions.register(&user, &device, &session_id);
+    let config = node.config();
     let mut s = Session {
+        route: Route {
+            node_id: node.id().to_string(),
+            session_id: session_id.clone(),
+            started_at: crate::auth::unix_ms(std::time::SystemTime::now()),
+        },
         node: node.clone(),
         user: user.clone(),
         device: device.clone(),
-        session_id: session_id.clone(),
-        started_at,
         next: 1,
-        acked: 0,
         more: false,
-        held: None,
-        unstored_ack: None,
-        ack_due: None,
         retry_at: None,
-        bucket: TokenBucket::new(node.config.send_rate, node.config.send_burst),
+        acks: AckMerge::new(ACK_DELAY),
+        gate: SendGate::new(config.send_rate, config.send_burst),
     };
     let body = async {
         // A session told to stop before it started (drain) skips straight to saying so.
@@ -69,54 +72,24 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
     };
     let result = tokio::select! {
         r = body => r,
-        () = node.registry.reached(Phase::Terminated) => {
+        () = sessions.reached(Phase::Terminated) => {
             Err(End::Abort(Status::unavailable("node shut down; log in again")))
         }
     };
-    s.store_ack().await;
+    if let Some(up_to) = s.acks.take() {
+        s.store_ack(up_to).await;
+    }
     match result {
         Ok(()) => {}
         Err(End::Gone(why)) => debug!(%user, %device, ?why, "client gone"),
         Err(End::Status(status)) => out.finish(status).await,
         Err(End::Abort(status)) => out.abort(status),
     }
-    node.registry.remove(&user, &device, &session_id);
-    if let Err(e) = node.routes.remove_if(&user, &device, &session_id).await {
+    sessions.remove(&user, &device, &session_id);
+    if let Err(e) = node.routes().remove_if(&user, &device, &session_id).await {
         warn!(%user, %device, error = %e, "could not clear route");
     }
     debug!(%user, %device, %session_id, "session ended");
-}
-
-/// Where the client says it is (from Hello).
-struct Resume {
-    after: u64,
-    /// The inbox epoch `after` refers to; empty if the client has none.
-    epoch: String,
-}
-
-/// Waits for Hello and verifies it. `Err(None)`: the client left without one.
-async fn hello(
-    node: &Node,
-    inbound: &mut Streaming<ClientFrame>,
-) -> Result<(Claims, Resume), Option<Status>> {
-    let first = tokio::time::timeout(node.config.hello_timeout, inbound.message()).await;
-    let frame = match first {
-        Err(_) => return Err(Some(Status::deadline_exceeded("no Hello within the hello timeout"))),
-        Ok(Ok(Some(f))) => f,
-        Ok(Ok(None)) => return Err(None),
-        Ok(Err(status)) => return Err(Some(status)),
-    };
-    let Some(client_frame::Frame::Hello(h)) = frame.frame else {
-        return Err(Some(Status::failed_precondition("the first frame must be Hello")));
-    };
-    let claims = node.signer.verify(&h.token, TokenKind::Session).map_err(|e| Some(e.into()))?;
-    if !h.device.is_empty() && h.device != claims.dev {
-        return Err(Some(Status::permission_denied(
-            "Hello.device differs from the token's device; log in with that device",
-        )));
-    }
-    ids::device(&claims.dev).map_err(|e| Some(e.into()))?;
-    Ok((claims, Resume { after: h.resume_after, epoch: h.inbox_epoch }))
 }
 
 /// Why the serve loop stopped.
@@ -145,80 +118,44 @@ struct Session {
     node: Arc<Node>,
     user: String,
     device: String,
-    session_id: String,
-    /// When Hello arrived (Unix ms): orders this session against others of the device.
-    started_at: i64,
+    /// This session's route (its Hello time orders it against other sessions of the device).
+    route: Route,
     /// The next seq this device must receive.
     next: u64,
-    /// This device's ack cursor as last stored.
-    acked: u64,
     /// The last inbox read was a full page: read on.
     more: bool,
-    /// The newest ack received but not stored yet.
-    unstored_ack: Option<u64>,
-    /// Until when acks are merged rather than stored one by one.
-    ack_due: Option<tokio::time::Instant>,
-    /// The first message that failed with a retryable error, which later ones wait for.
-    held: Option<(String, Code)>,
     /// When a failed inbox read is to be retried.
     retry_at: Option<tokio::time::Instant>,
-    bucket: TokenBucket,
+    acks: AckMerge,
+    gate: SendGate,
 }
 
 impl Session {
-    fn route(&self) -> Route {
-        Route {
-            node_id: self.node.id.clone(),
-            session_id: self.session_id.clone(),
-            started_at: self.started_at,
-        }
-    }
-
-    /// Writes the route, registers the device's cursor, sends Welcome and starts the replay.
-    /// Returns false (after sending Kicked) when a later session of the device holds it.
+    /// Takes the device's route (ending its older session, wherever it is), registers the
+    /// device's cursor, sends Welcome and starts the replay. Returns false (after sending
+    /// Kicked) when a later session of the device holds the route.
     async fn start(&mut self, out: &mut Outbound, resume: Resume) -> Result<bool, End> {
         let node = self.node.clone();
-        let ttl = node.config.route_ttl;
-        let previous = match node.routes.put(&self.user, &self.device, &self.route(), ttl).await? {
-            PutRoute::Took(previous) => previous,
+        let ttl = node.config().route_ttl;
+        match node.routes().put(&self.user, &self.device, &self.route, ttl).await? {
+            PutRoute::Took(Some(previous)) => {
+                node.delivery().kick_replaced(&self.user, &self.device, &previous)
+            }
+            PutRoute::Took(None) => {}
             PutRoute::Superseded(_) => {
-                let reason = "signed in again on the same device".to_string();
-                self.stop(Some(Stop::Kicked(reason)), out).await?;
+                self.stop(Some(Stop::Kicked(REPLACED.into())), out).await?;
                 return Ok(false);
             }
-        };
-        // This device's older session on another node: end it there (a local one was kicked
-        // when this session registered).
-        if let Some(old) = previous
-            && old.node_id != node.id
-            && node.membership.contains(&old.node_id)
-        {
-            let (peers, user, device) =
-                (node.peers.clone(), self.user.clone(), self.device.clone());
-            tokio::spawn(async move {
-                if let Err(e) = peers.kick(&old.node_id, &user, &device, &old.session_id).await {
-                    warn!(%user, %device, peer = %old.node_id, error = %e, "could not kick the older session");
-                }
-            });
         }
-        let epoch = node.inbox.epoch(&self.user).await?;
-        let last_seq = node.inbox.last_seq(&self.user).await?;
-        // A resume point from another incarnation of the inbox (one that was lost), or past its
-        // end, would skip messages: then the stored cursor decides alone.
-        let other_epoch = !resume.epoch.is_empty() && resume.epoch != epoch;
-        let resume_after = if other_epoch || resume.after > last_seq {
-            let after = resume.after;
-            warn!(user = %self.user, after, last_seq, other_epoch, "resume point from another inbox; ignored");
-            0
-        } else {
-            resume.after
-        };
-        let cursor = node.inbox.ack(&self.user, &self.device, resume_after).await?;
-        self.acked = cursor;
+        let epoch = node.inbox().epoch(&self.user).await?;
+        let last_seq = node.inbox().last_seq(&self.user).await?;
+        let after = resume.point(&self.user, &epoch, last_seq);
+        let cursor = node.inbox().ack(&self.user, &self.device, after).await?;
+        self.acks.set_stored(cursor);
         self.next = cursor + 1;
         out.send(Frame::Welcome(proto::Welcome {
-            session_id: self.session_id.clone(),
-            node_id: node.id.clone(),
+            session_id: self.route.session_id.clone(),
+            node_id: node.id().to_string(),
             user_id: self.user.clone(),
             device: self.device.clone(),
             last_seq,
@@ -236,11 +173,11 @@ impl Session {
         out: &mut Outbound,
         mut feed: Feed,
     ) -> Result<(), End> {
-        let period = self.node.config.route_ttl / 3;
+        let period = self.node.config().route_ttl / 3;
         let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let retry = self.retry_at;
+            let (retry, ack_due) = (self.retry_at, self.acks.due());
             tokio::select! {
                 biased;
                 _ = feed.stop.changed() => {
@@ -255,17 +192,15 @@ impl Session {
                 },
                 Some(msg) = feed.messages.recv() => self.on_live(msg, out).await?,
                 _ = feed.lag.wait() => self.fill(out).await?,
-                _ = tokio::time::sleep_until(retry.unwrap_or_else(far_future)), if retry.is_some() => {
-                    self.fill(out).await?
-                }
-                _ = tokio::time::sleep_until(self.ack_due.unwrap_or_else(far_future)), if self.ack_due.is_some() => {
-                    self.ack_due = None;
-                    self.store_ack().await;
+                _ = sleep_until(retry), if retry.is_some() => self.fill(out).await?,
+                _ = sleep_until(ack_due), if ack_due.is_some() => {
+                    if let Some(up_to) = self.acks.expire() {
+                        self.store_ack(up_to).await;
+                    }
                 }
                 _ = refresh.tick() => {
                     if !self.refresh_route().await {
-                        let reason = "signed in again on the same device".to_string();
-                        return self.stop(Some(Stop::Kicked(reason)), out).await;
+                        return self.stop(Some(Stop::Kicked(REPLACED.into())), out).await;
                     }
                     self.catch_up(out).await?;
                 }
@@ -288,8 +223,8 @@ impl Session {
     /// Keeps this session's route from lapsing. Returns false when another session owns the
     /// device. A store failure is retried at the next tick (the route lives three periods).
     async fn refresh_route(&self) -> bool {
-        let ttl = self.node.config.route_ttl;
-        match self.node.routes.refresh(&self.user, &self.device, &self.route(), ttl).await {
+        let ttl = self.node.config().route_ttl;
+        match self.node.routes().refresh(&self.user, &self.device, &self.route, ttl).await {
             Ok(owned) => owned,
             Err(e) => {
                 warn!(user = %self.user, error = %e, "route refresh failed");
@@ -301,7 +236,7 @@ impl Session {
     /// Anti-entropy: a push that never arrived (a relay lost with its node) is noticed here at
     /// the latest, without waiting for the next message.
     async fn catch_up(&mut self, out: &mut Outbound) -> Result<(), End> {
-        match self.node.inbox.last_seq(&self.user).await {
+        match self.node.inbox().last_seq(&self.user).await {
             Ok(last) if last >= self.next && !self.more => self.fill(out).await,
             _ => Ok(()),
         }
@@ -319,7 +254,7 @@ impl Session {
 
     async fn push(&mut self, msg: StoredMessage, out: &mut Outbound) -> Result<(), End> {
         self.next = msg.seq + 1;
-        out.send(Frame::Message(to_proto(msg))).await?;
+        out.send(Frame::Message(msg.into())).await?;
         Ok(())
     }
 
@@ -327,7 +262,7 @@ impl Session {
     /// error keeps the stream up and schedules a retry.
     async fn fill(&mut self, out: &mut Outbound) -> Result<(), End> {
         self.retry_at = None;
-        match self.node.inbox.read(&self.user, self.next - 1, PAGE).await {
+        match self.node.inbox().read(&self.user, self.next - 1, PAGE).await {
             Ok(page) => {
                 self.more = page.len() == PAGE;
                 for msg in page {
@@ -349,7 +284,9 @@ impl Session {
         match frame.frame {
             Some(client_frame::Frame::Send(m)) => {
                 // Acks sent before this message are stored before it.
-                self.store_ack().await;
+                if let Some(up_to) = self.acks.take() {
+                    self.store_ack(up_to).await;
+                }
                 let reply = self.send(m).await;
                 out.send(reply).await?;
                 Ok(())
@@ -362,54 +299,15 @@ impl Session {
         }
     }
 
+    /// Stores one message if the gate lets it through; the frame to answer with.
     async fn send(&mut self, m: proto::SendMessage) -> Frame {
-        let client_msg_id = m.client_msg_id.clone();
-        // After a retryable failure, later messages wait for the failed one, so that a
-        // pipelining sender's messages keep their order in the recipient's inbox.
-        if let Some((first, code)) = &self.held
-            && *first != client_msg_id
-        {
-            return Frame::SendError(proto::SendError {
-                client_msg_id,
-                code: *code as i32,
-                reason: format!(
-                    "message {first:?} was not stored; send it again first (messages keep their order)"
-                ),
-            });
-        }
-        let result = if self.bucket.take() {
-            let msg = Outgoing { client_msg_id: m.client_msg_id, to: m.to, body: m.body };
-            self.node.send(&self.user, msg).await
-        } else {
-            Err(Error::ResourceExhausted(format!(
-                "send rate limit ({} messages/s); retry with the same client_msg_id",
-                self.node.config.send_rate
-            )))
+        let id = m.client_msg_id.clone();
+        let result = match self.gate.admit(&id, std::time::Instant::now()) {
+            Ok(()) => self.node.send(&self.user, m.into()).await.map_err(Status::from),
+            Err(refused) => Err(refused),
         };
-        match result {
-            Ok(a) => {
-                self.held = None;
-                Frame::SendAck(proto::SendAck {
-                    client_msg_id,
-                    msg_id: a.message.msg_id,
-                    seq: a.message.seq,
-                    duplicate: a.duplicate,
-                })
-            }
-            Err(e) => {
-                let status = Status::from(e);
-                if matches!(status.code(), Code::Unavailable | Code::ResourceExhausted)
-                    && self.held.is_none()
-                {
-                    self.held = Some((client_msg_id.clone(), status.code()));
-                }
-                Frame::SendError(proto::SendError {
-                    client_msg_id,
-                    code: status.code() as i32,
-                    reason: status.message().to_string(),
-                })
-            }
-        }
+        self.gate.settle(&id, result.as_ref().err().map(Status::code));
+        wire::send_reply(id, result)
     }
 
     async fn ack(&mut self, up_to: u64) -> Result<(), End> {
@@ -419,74 +317,25 @@ impl Session {
                 "Ack up_to {up_to} is beyond the last seq delivered on this stream ({delivered})"
             ))));
         }
-        if up_to <= self.acked.max(self.unstored_ack.unwrap_or(0)) {
-            return Ok(());
-        }
-        self.unstored_ack = Some(up_to);
-        if self.ack_due.is_none() {
-            // The first ack in a while is stored at once; those right behind it are merged and
-            // stored ACK_DELAY later (or before the next Send, or when the stream ends).
-            self.store_ack().await;
-            self.ack_due = Some(tokio::time::Instant::now() + ACK_DELAY);
+        if let Some(up_to) = self.acks.receive(up_to, tokio::time::Instant::now()) {
+            self.store_ack(up_to).await;
         }
         Ok(())
     }
 
-    /// Stores the newest ack not yet stored. The cursor only moves forward; a failed store is
-    /// retried by the next ack, and an unstored ack only means redelivery after a reconnect,
-    /// which clients drop by seq.
-    async fn store_ack(&mut self) {
-        let Some(up_to) = self.unstored_ack.take() else { return };
-        match self.node.inbox.ack(&self.user, &self.device, up_to).await {
-            Ok(cursor) => self.acked = cursor,
+    /// Stores the device's cursor. A failed store is retried by the next ack.
+    async fn store_ack(&mut self, up_to: u64) {
+        match self.node.inbox().ack(&self.user, &self.device, up_to).await {
+            Ok(cursor) => self.acks.set_stored(cursor),
             Err(e) => warn!(user = %self.user, error = %e, "ack not stored"),
         }
     }
 }
 
-fn far_future() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_secs(86400)
-}
-
-/// Converts a stored message to its wire form.
-pub fn to_proto(m: StoredMessage) -> proto::Message {
-    proto::Message {
-        seq: m.seq,
-        from: m.from,
-        to: m.to,
-        body: m.body,
-        sent_at: m.sent_at,
-        msg_id: m.msg_id,
-    }
-}
-
-/// Per-stream send allowance: `rate` per second, up to `burst` at once; rate 0 = unlimited.
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: u32, burst: u32) -> Self {
-        let burst = f64::from(burst.max(1));
-        Self { rate: f64::from(rate), burst, tokens: burst, at: Instant::now() }
-    }
-
-    fn take(&mut self) -> bool {
-        if self.rate == 0.0 {
-            return true;
-        }
-        let now = Instant::now();
-        let refill = now.duration_since(self.at).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+/// Sleeps until `at`; forever when there is none (the select branch is disabled then).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

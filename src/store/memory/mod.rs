@@ -94,23 +94,16 @@ impl MemoryStore {
         }
     }
 
-    /// A store shared behind an `Arc`, swept every `every` by a task that ends with the store.
-    /// Needs a tokio runtime.
-    pub fn shared(opts: StoreOptions, every: Duration) -> std::sync::Arc<Self> {
-        let store = std::sync::Arc::new(Self::new(opts));
-        let weak = std::sync::Arc::downgrade(&store);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+    /// Runs [`MemoryStore::sweep`] every `every`, forever (the node runs it as one of its
+    /// background tasks).
+    pub async fn sweep_every(&self, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
             tick.tick().await;
-            loop {
-                tick.tick().await;
-                match weak.upgrade() {
-                    Some(store) => store.sweep(),
-                    None => return,
-                }
-            }
-        });
-        store
+            self.sweep();
+        }
     }
 
     fn shard(&self, user: &str) -> std::sync::MutexGuard<'_, HashMap<String, UserState>> {

@@ -122,7 +122,7 @@ impl Registry {
         }
         let old = users.entry(user.to_string()).or_default().insert(device.to_string(), handle);
         if let Some(old) = old {
-            old.stop.send_replace(Some(Stop::Kicked("signed in again on the same device".into())));
+            old.stop.send_replace(Some(Stop::Kicked(super::REPLACED.into())));
         }
         Feed { messages: rx, lag, stop: stop_rx }
     }

@@ -9,11 +9,10 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::debug;
 
 use crate::auth::{TokenKind, TokenSigner};
-use crate::client::authorized;
 use crate::discovery::NodeInfo;
 use crate::proto::{self, relay_client::RelayClient};
 use crate::store::StoredMessage;
-use crate::stream::session::to_proto;
+use crate::wire::authorized;
 
 /// Lifetime of the node token peers are called with; it is re-issued at half-life.
 const TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -100,7 +99,7 @@ impl Peers {
     ) -> Result<u32, Status> {
         let req = proto::DeliverRequest {
             user_id: user.to_string(),
-            messages: messages.iter().cloned().map(to_proto).collect(),
+            messages: messages.iter().cloned().map(proto::Message::from).collect(),
         };
         let resp = self.client(node_id)?.deliver(authorized(req, &self.token())).await?;
         Ok(resp.into_inner().sessions)

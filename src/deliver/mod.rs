@@ -1,0 +1,147 @@
+//! Cluster delivery: the one owner of who gets a stored message and how it reaches them.
+//!
+//! After the store has taken a message (and only then), [`Delivery::fan_out`] hands it to the
+//! recipient's sessions on this node and relays it once to every other live node that holds one
+//! of the recipient's devices. A relay from a peer lands in [`Delivery::accept`]. When a device
+//! signs in again, [`Delivery::kick_replaced`] ends its older session wherever it is. Routes of
+//! nodes that left discovery count as gone ([`Delivery::is_live`]).
+//!
+//! Pushes are hints: a session that misses one (a full feed, a lost relay) reads its inbox, so
+//! nothing here ever waits for, or fails, a send.
+//!
+//! - `registry`: this node's live device sessions (the local push and kick).
+//! - `peers`: relay clients for the other nodes, signed with a node token.
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use crate::auth::TokenSigner;
+use crate::discovery::Membership;
+use crate::store::{Route, StoredMessage};
+
+mod peers;
+mod registry;
+
+pub use peers::Peers;
+pub use registry::{Feed, Phase, Registry, Stop};
+
+/// Why a session is ended by a newer one of the same device.
+pub const REPLACED: &str = "signed in again on the same device";
+
+/// Delivery for one node.
+pub struct Delivery {
+    self_id: String,
+    sessions: Registry,
+    peers: Peers,
+    membership: Arc<Membership>,
+    /// Relay and kick calls in flight; aborted by [`Delivery::shutdown`].
+    calls: Mutex<JoinSet<()>>,
+}
+
+impl Delivery {
+    /// `feed_capacity` bounds the live messages queued per local session before it falls back
+    /// to reading its inbox.
+    pub fn new(
+        self_id: &str,
+        signer: TokenSigner,
+        membership: Arc<Membership>,
+        feed_capacity: usize,
+    ) -> Self {
+        Self {
+            self_id: self_id.to_string(),
+            sessions: Registry::new(feed_capacity),
+            peers: Peers::new(self_id, signer),
+            membership,
+            calls: Mutex::new(JoinSet::new()),
+        }
+    }
+
+    /// This node's live sessions.
+    pub fn sessions(&self) -> &Registry {
+        &self.sessions
+    }
+
+    /// Pushes a stored message to every device of its recipient: local sessions at once, and
+    /// one relay call to each other live node that holds one of `routes` (the recipient's routes
+    /// read with the append). Returns without waiting for any relay.
+    pub fn fan_out(&self, message: &StoredMessage, routes: &[(String, Route)]) {
+        self.sessions.deliver(&message.to, std::slice::from_ref(message));
+        for node_id in self.remote_nodes(routes) {
+            let (peers, msg) = (self.peers.clone(), message.clone());
+            self.spawn(async move {
+                if let Err(e) = peers.deliver(&node_id, &msg.to, std::slice::from_ref(&msg)).await {
+                    debug!(peer = %node_id, error = %e, "relay failed; the inbox has it");
+                }
+            });
+        }
+    }
+
+    /// Messages a peer relayed here, for `user`'s local sessions. Returns how many sessions
+    /// got them.
+    pub fn accept(&self, user: &str, messages: &[StoredMessage]) -> usize {
+        self.sessions.deliver(user, messages)
+    }
+
+    /// A newer session of `user`'s `device` took the route from `previous`: ends the older
+    /// session if it is on another live node (one on this node was kicked when the newer one
+    /// registered).
+    pub fn kick_replaced(&self, user: &str, device: &str, previous: &Route) {
+        if previous.node_id == self.self_id || !self.membership.contains(&previous.node_id) {
+            return;
+        }
+        let (peers, old) = (self.peers.clone(), previous.clone());
+        let (user, device) = (user.to_string(), device.to_string());
+        self.spawn(async move {
+            if let Err(e) = peers.kick(&old.node_id, &user, &device, &old.session_id).await {
+                warn!(%user, %device, peer = %old.node_id, error = %e, "could not kick the older session");
+            }
+        });
+    }
+
+    /// A peer asks to end `user`'s `device` session here (only `session_id`'s, when given).
+    pub fn kick_local(&self, user: &str, device: &str, session_id: Option<&str>) -> bool {
+        self.sessions.kick(user, device, session_id, REPLACED)
+    }
+
+    /// Whether a route still points at a live node.
+    pub fn is_live(&self, route: &Route) -> bool {
+        route.node_id == self.self_id || self.membership.contains(&route.node_id)
+    }
+
+    /// Keeps a relay channel to every other live node, for as long as discovery runs.
+    pub async fn follow_membership(&self) {
+        let mut changes = self.membership.subscribe();
+        loop {
+            let nodes = changes.borrow_and_update().clone();
+            self.peers.sync(&nodes);
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Aborts the relay and kick calls still in flight (the node is stopping).
+    pub fn shutdown(&self) {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).abort_all();
+    }
+
+    /// The live nodes other than this one that hold one of `routes`.
+    fn remote_nodes(&self, routes: &[(String, Route)]) -> BTreeSet<String> {
+        routes
+            .iter()
+            .map(|(_, r)| &r.node_id)
+            .filter(|id| **id != self.self_id && self.membership.contains(id))
+            .cloned()
+            .collect()
+    }
+
+    /// Runs a peer call in the background, owned here; finished ones are reaped as new ones
+    /// start. Each is bounded by the peers' call timeout.
+    fn spawn(&self, call: impl Future<Output = ()> + Send + 'static) {
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        while calls.try_join_next().is_some() {}
+        calls.spawn(call);
+    }
+}

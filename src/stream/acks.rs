@@ -1,0 +1,116 @@
+//! Ack coalescing: a client acks every message, but the device's cursor need not be stored for
+//! each. The first ack in a while is stored at once (so a quiet stream's cursor is current); the
+//! acks right behind it are merged and stored once, `delay` later, before the next Send (acks
+//! sent before a message are stored before it), or when the stream ends.
+//!
+//! An ack that is never stored only means redelivery after a reconnect, which clients drop by
+//! seq; the cursor never moves back.
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The ack state of one session. Pure bookkeeping: the session does the store calls.
+#[derive(Debug)]
+pub struct AckMerge {
+    delay: Duration,
+    /// The device's cursor as last stored.
+    stored: u64,
+    /// The newest ack received but not stored yet.
+    pending: Option<u64>,
+    /// Until when acks are merged rather than stored one by one.
+    due: Option<Instant>,
+}
+
+impl AckMerge {
+    pub fn new(delay: Duration) -> Self {
+        Self { delay, stored: 0, pending: None, due: None }
+    }
+
+    /// The cursor as last stored.
+    #[cfg(test)]
+    fn stored(&self) -> u64 {
+        self.stored
+    }
+
+    /// The store answered: the cursor is now `cursor`.
+    pub fn set_stored(&mut self, cursor: u64) {
+        self.stored = self.stored.max(cursor);
+    }
+
+    /// An `Ack{up_to}` arrived (already checked against what was delivered). Returns the cursor
+    /// to store now, if this is the first ack in a while; later ones wait for [`Self::due`].
+    pub fn receive(&mut self, up_to: u64, now: Instant) -> Option<u64> {
+        if up_to <= self.stored.max(self.pending.unwrap_or(0)) {
+            return None;
+        }
+        self.pending = Some(up_to);
+        if self.due.is_some() {
+            return None;
+        }
+        self.due = Some(now + self.delay);
+        self.pending.take()
+    }
+
+    /// When the merged acks are to be stored, if any wait.
+    pub fn due(&self) -> Option<Instant> {
+        self.due
+    }
+
+    /// The merge window ended: the ack to store now, if any; the next ack is stored at once.
+    pub fn expire(&mut self) -> Option<u64> {
+        self.due = None;
+        self.pending.take()
+    }
+
+    /// The ack to store before a Send or at the end of the stream, if any.
+    pub fn take(&mut self) -> Option<u64> {
+        self.pending.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DELAY: Duration = Duration::from_millis(50);
+
+    #[test]
+    fn the_first_ack_is_stored_at_once_and_a_burst_behind_it_once_when_due() {
+        let t0 = Instant::now();
+        let mut acks = AckMerge::new(DELAY);
+        assert_eq!(acks.receive(1, t0), Some(1));
+        acks.set_stored(1);
+        for seq in 2..=50 {
+            assert_eq!(acks.receive(seq, t0), None, "seq {seq} waits for the window");
+        }
+        assert_eq!(acks.due(), Some(t0 + DELAY));
+        assert_eq!(acks.expire(), Some(50));
+        acks.set_stored(50);
+        assert_eq!(acks.due(), None);
+        // After the window, the next ack is stored at once again.
+        assert_eq!(acks.receive(51, t0 + DELAY), Some(51));
+    }
+
+    #[test]
+    fn old_and_repeated_acks_store_nothing() {
+        let t0 = Instant::now();
+        let mut acks = AckMerge::new(DELAY);
+        assert_eq!(acks.receive(5, t0), Some(5));
+        acks.set_stored(5);
+        assert_eq!(acks.receive(5, t0), None);
+        assert_eq!(acks.receive(3, t0), None);
+        assert_eq!(acks.receive(7, t0), None);
+        assert_eq!(acks.receive(6, t0), None, "behind a pending ack");
+        assert_eq!(acks.take(), Some(7), "a Send flushes what is pending");
+        assert_eq!(acks.take(), None);
+        assert_eq!(acks.expire(), None, "nothing left when the window ends");
+    }
+
+    #[test]
+    fn the_stored_cursor_never_moves_back() {
+        let mut acks = AckMerge::new(DELAY);
+        acks.set_stored(9);
+        acks.set_stored(4);
+        assert_eq!(acks.stored(), 9);
+    }
+}

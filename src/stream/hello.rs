@@ -1,0 +1,80 @@
+//! The start of a session: the `Hello` frame (who the device is, proven by its session token)
+//! and where the client says it is (its resume point), checked against the inbox it refers to.
+use tonic::{Status, Streaming};
+use tracing::warn;
+
+use crate::auth::{Claims, TokenKind};
+use crate::ids;
+use crate::node::Node;
+use crate::proto::{ClientFrame, client_frame};
+
+/// Where the client says it is (from Hello).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// The last seq the client has.
+    pub after: u64,
+    /// The inbox epoch `after` refers to; empty if the client has none.
+    pub epoch: String,
+}
+
+impl Resume {
+    /// The resume point to trust in the inbox of epoch `epoch` whose last seq is `last_seq`.
+    /// A point from another incarnation of the inbox (one that was lost), or past its end,
+    /// would skip messages: then 0, and the device's stored cursor decides alone.
+    pub fn point(&self, user: &str, epoch: &str, last_seq: u64) -> u64 {
+        let other_epoch = !self.epoch.is_empty() && self.epoch != epoch;
+        if other_epoch || self.after > last_seq {
+            let after = self.after;
+            warn!(%user, after, last_seq, other_epoch, "resume point from another inbox; ignored");
+            return 0;
+        }
+        self.after
+    }
+}
+
+/// Waits for Hello and verifies it. `Err(None)`: the client left without one.
+///
+/// Refusals: no Hello within the hello timeout → DEADLINE_EXCEEDED; another frame first →
+/// FAILED_PRECONDITION; a bad token → UNAUTHENTICATED; a device other than the token's →
+/// PERMISSION_DENIED.
+pub async fn hello(
+    node: &Node,
+    inbound: &mut Streaming<ClientFrame>,
+) -> Result<(Claims, Resume), Option<Status>> {
+    let first = tokio::time::timeout(node.config().hello_timeout, inbound.message()).await;
+    let frame = match first {
+        Err(_) => return Err(Some(Status::deadline_exceeded("no Hello within the hello timeout"))),
+        Ok(Ok(Some(f))) => f,
+        Ok(Ok(None)) => return Err(None),
+        Ok(Err(status)) => return Err(Some(status)),
+    };
+    let Some(client_frame::Frame::Hello(h)) = frame.frame else {
+        return Err(Some(Status::failed_precondition("the first frame must be Hello")));
+    };
+    let claims = node.verify(&h.token, TokenKind::Session).map_err(|e| Some(e.into()))?;
+    if !h.device.is_empty() && h.device != claims.dev {
+        return Err(Some(Status::permission_denied(
+            "Hello.device differs from the token's device; log in with that device",
+        )));
+    }
+    ids::device(&claims.dev).map_err(|e| Some(Status::invalid_argument(e.to_string())))?;
+    Ok((claims, Resume { after: h.resume_after, epoch: h.inbox_epoch }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resume(after: u64, epoch: &str) -> Resume {
+        Resume { after, epoch: epoch.into() }
+    }
+
+    #[test]
+    fn a_resume_point_is_trusted_only_inside_the_same_inbox() {
+        assert_eq!(resume(5, "e1").point("u", "e1", 9), 5);
+        assert_eq!(resume(5, "").point("u", "e1", 9), 5, "a client without an epoch");
+        assert_eq!(resume(5, "e0").point("u", "e1", 9), 0, "another incarnation of the inbox");
+        assert_eq!(resume(10, "e1").point("u", "e1", 9), 0, "past the end");
+        assert_eq!(resume(9, "e1").point("u", "e1", 9), 9);
+    }
+}

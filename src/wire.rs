@@ -1,0 +1,111 @@
+//! Conversions between the wire (`im.v1` protobuf types) and the domain types of the library, in
+//! both directions, in one place. Handlers, sessions and the relay convert through here only.
+use tonic::Status;
+
+use crate::proto;
+use crate::store::{Appended, Outgoing, StoredMessage};
+
+impl From<StoredMessage> for proto::Message {
+    fn from(m: StoredMessage) -> Self {
+        proto::Message {
+            seq: m.seq,
+            from: m.from,
+            to: m.to,
+            body: m.body,
+            sent_at: m.sent_at,
+            msg_id: m.msg_id,
+        }
+    }
+}
+
+impl From<proto::Message> for StoredMessage {
+    fn from(m: proto::Message) -> Self {
+        StoredMessage {
+            seq: m.seq,
+            msg_id: m.msg_id,
+            from: m.from,
+            to: m.to,
+            body: m.body,
+            sent_at: m.sent_at,
+        }
+    }
+}
+
+impl From<proto::SendMessage> for Outgoing {
+    fn from(m: proto::SendMessage) -> Self {
+        Outgoing { client_msg_id: m.client_msg_id, to: m.to, body: m.body }
+    }
+}
+
+impl From<proto::SendRequest> for Outgoing {
+    fn from(m: proto::SendRequest) -> Self {
+        Outgoing { client_msg_id: m.client_msg_id, to: m.to, body: m.body }
+    }
+}
+
+impl From<Appended> for proto::SendResponse {
+    fn from(a: Appended) -> Self {
+        proto::SendResponse { msg_id: a.message.msg_id, seq: a.message.seq, duplicate: a.duplicate }
+    }
+}
+
+/// The stream's answer to one `Send` frame: its `SendAck`, or a `SendError` with the status the
+/// unary `Gateway.Send` would have returned.
+pub fn send_reply(
+    client_msg_id: String,
+    result: Result<Appended, Status>,
+) -> proto::server_frame::Frame {
+    use proto::server_frame::Frame;
+    match result {
+        Ok(a) => Frame::SendAck(proto::SendAck {
+            client_msg_id,
+            msg_id: a.message.msg_id,
+            seq: a.message.seq,
+            duplicate: a.duplicate,
+        }),
+        Err(status) => Frame::SendError(proto::SendError {
+            client_msg_id,
+            code: status.code() as i32,
+            reason: status.message().to_string(),
+        }),
+    }
+}
+
+/// Wraps a unary request with `authorization: Bearer <token>` (session or node token).
+pub fn authorized<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Ok(v) = format!("Bearer {token}").parse() {
+        req.metadata_mut().insert("authorization", v);
+    }
+    req
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    #[test]
+    fn a_message_survives_the_round_trip() {
+        let m = StoredMessage {
+            seq: 7,
+            msg_id: "m".into(),
+            from: "alice".into(),
+            to: "bob".into(),
+            body: "hi".into(),
+            sent_at: 42,
+        };
+        assert_eq!(StoredMessage::from(proto::Message::from(m.clone())), m);
+    }
+
+    #[test]
+    fn a_refusal_carries_the_status_code_and_public_text() {
+        let frame = send_reply("c-1".into(), Err(Error::invalid("body is empty").into()));
+        let proto::server_frame::Frame::SendError(e) = frame else { panic!("{frame:?}") };
+        assert_eq!(
+            (e.client_msg_id.as_str(), e.code),
+            ("c-1", tonic::Code::InvalidArgument as i32)
+        );
+        assert_eq!(e.reason, "body is empty");
+    }
+}
