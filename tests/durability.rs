@@ -221,49 +221,6 @@ async fn the_inbox_is_trimmed_below_every_cursor_and_past_retention() {
     assert_eq!(take(&mut laptop, 1).await, expected("m", 7, 7));
 }
 
-/// Of two sessions of one device, the one whose Hello came later owns the route, even when the
-/// older one's write lands last (a slow store call); on both stores.
-#[tokio::test]
-async fn the_later_hello_owns_the_route_whatever_the_write_order() {
-    use tim::store::{MemoryStore, PutRoute, RedisStore, Route, RouteStore, StoreOptions};
-    let Backend::Redis { url, prefix, .. } = Backend::redis() else { unreachable!() };
-    let redis = RedisStore::connect(
-        &[url],
-        false,
-        Duration::from_secs(2),
-        &prefix,
-        StoreOptions::default(),
-    )
-    .await
-    .unwrap();
-    let stores: Vec<Box<dyn RouteStore>> = vec![Box::new(MemoryStore::default()), Box::new(redis)];
-    let ttl = Duration::from_secs(60);
-    let older = Route { node_id: "n1".into(), session_id: "s1".into(), started_at: 1_000 };
-    let newer = Route { node_id: "n2".into(), session_id: "s2".into(), started_at: 2_000 };
-    for store in stores {
-        assert_eq!(store.put("bob", "phone", &newer, ttl).await.unwrap(), PutRoute::Took(None));
-        // The older session's write arrives late: refused, and told who holds the device.
-        assert_eq!(
-            store.put("bob", "phone", &older, ttl).await.unwrap(),
-            PutRoute::Superseded(newer.clone())
-        );
-        assert_eq!(store.get("bob").await.unwrap(), vec![("phone".to_string(), newer.clone())]);
-        // Its cleanup does not remove the newer route either.
-        assert!(!store.remove_if("bob", "phone", "s1").await.unwrap());
-        // A later session takes over and learns whom to kick.
-        let newest = Route { node_id: "n1".into(), session_id: "s3".into(), started_at: 3_000 };
-        assert_eq!(
-            store.put("bob", "phone", &newest, ttl).await.unwrap(),
-            PutRoute::Took(Some(newer.clone()))
-        );
-        // Refresh only extends one's own route.
-        assert!(!store.refresh("bob", "phone", &newer, ttl).await.unwrap());
-        assert!(store.refresh("bob", "phone", &newest, ttl).await.unwrap());
-        assert!(store.remove_if("bob", "phone", "s3").await.unwrap());
-        assert!(store.get("bob").await.unwrap().is_empty());
-    }
-}
-
 /// A burst of acks costs a store call or two, not one each, and the last one is stored soon
 /// even while the stream stays open and quiet.
 #[tokio::test]

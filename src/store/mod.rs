@@ -97,8 +97,9 @@ pub trait Inbox: Send + Sync + 'static {
     /// Dedup + next seq + append + route read, atomically.
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError>;
 
-    /// Up to `limit` messages of `user` with seq > `after`, in seq order. Messages trimmed by
-    /// acks or retention are skipped.
+    /// Up to `limit` messages of `user` with seq > `after`, in seq order. Messages acked by
+    /// every device may be gone; messages older than the retention are never returned, whether
+    /// or not they were trimmed yet.
     async fn read(
         &self,
         user: &str,
@@ -134,8 +135,9 @@ pub trait RouteStore: Send + Sync + 'static {
         ttl: std::time::Duration,
     ) -> Result<PutRoute, StoreError>;
 
-    /// Extends `route` for another `ttl` if `device` is still its session's (or has no route any
-    /// more). Returns false, changing nothing, when another session owns the device.
+    /// Extends `route` for another `ttl` if `device` is still its session's, or has no
+    /// unexpired route (a lapsed route is gone, here as in every call). Returns false, changing
+    /// nothing, when another session holds an unexpired route of the device.
     async fn refresh(
         &self,
         user: &str,

@@ -190,12 +190,15 @@ impl Inbox for MemoryStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
+        // Past retention is gone whether or not a sweep or an append trimmed it yet.
+        let cut = unix_ms(SystemTime::now()) - self.opts.retention.as_millis() as i64;
         Ok(self.peek(user, |u| {
             let Some(first) = u.messages.front().map(|m| m.seq) else {
                 return Vec::new();
             };
             let skip = (after + 1).saturating_sub(first) as usize;
-            u.messages.iter().skip(skip).take(limit).cloned().collect()
+            let fresh = |m: &&StoredMessage| m.sent_at >= cut;
+            u.messages.iter().skip(skip).filter(fresh).take(limit).cloned().collect()
         }))
     }
 

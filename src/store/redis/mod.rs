@@ -193,24 +193,29 @@ impl Inbox for RedisStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        let start = format!("{}-0", after + 1);
-        let reply: StreamRangeReply =
-            self.conn.clone().xrange_count(self.key("inbox", user), start, "+", limit).await?;
-        reply
-            .ids
-            .into_iter()
-            .map(|e| {
-                let seq = e.id.split('-').next().and_then(|s| s.parse().ok()).ok_or(bad("id"))?;
-                Ok(StoredMessage {
-                    seq,
-                    msg_id: field(&e.map, "msg_id")?,
-                    from: field(&e.map, "from")?,
-                    to: field(&e.map, "to")?,
-                    body: field(&e.map, "body")?,
-                    sent_at: field(&e.map, "sent_at")?.parse().map_err(|_| bad("sent_at"))?,
-                })
-            })
-            .collect()
+        // Entries past retention that no append trimmed yet are skipped, so that the answer
+        // does not depend on when the inbox was last written (they sit at its head).
+        let cut = now_ms() - self.opts.retention.as_millis() as i64;
+        let mut page = Vec::new();
+        let mut from = after + 1;
+        loop {
+            let reply: StreamRangeReply = self
+                .conn
+                .clone()
+                .xrange_count(self.key("inbox", user), format!("{from}-0"), "+", limit)
+                .await?;
+            let full = reply.ids.len() == limit;
+            for e in reply.ids {
+                let m = stored_message(e)?;
+                from = m.seq + 1;
+                if m.sent_at >= cut && page.len() < limit {
+                    page.push(m);
+                }
+            }
+            if page.len() == limit || !full {
+                return Ok(page);
+            }
+        }
     }
 
     async fn epoch(&self, user: &str) -> Result<String, StoreError> {
@@ -286,6 +291,7 @@ impl RouteStore for RedisStore {
             .arg(&route.session_id)
             .arg(route_value(route, ttl))
             .arg(ttl.as_millis() as u64)
+            .arg(now_ms())
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(owned == 1)
@@ -314,6 +320,19 @@ impl RouteStore for RedisStore {
             .await?;
         Ok(live_routes(flat, now_ms()))
     }
+}
+
+/// One inbox stream entry as a message.
+fn stored_message(e: redis::streams::StreamId) -> Result<StoredMessage, StoreError> {
+    let seq = e.id.split('-').next().and_then(|s| s.parse().ok()).ok_or(bad("id"))?;
+    Ok(StoredMessage {
+        seq,
+        msg_id: field(&e.map, "msg_id")?,
+        from: field(&e.map, "from")?,
+        to: field(&e.map, "to")?,
+        body: field(&e.map, "body")?,
+        sent_at: field(&e.map, "sent_at")?.parse().map_err(|_| bad("sent_at"))?,
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,206 @@
+//! One rule, one test body, every backend: the in-memory store, a Redis server and a Redis
+//! Cluster give the same answers to the same calls. Each `async fn(Stores)` below runs as
+//! `memory::<name>`, `redis::<name>` and `redis_cluster::<name>`.
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use common::Backend;
+use tim::auth::unix_ms;
+use tim::store::{
+    Inbox, MemoryStore, NewMessage, PutRoute, RedisStore, Route, RouteStore, StoreOptions,
+};
+
+/// The two halves of one backend.
+struct Stores {
+    inbox: Arc<dyn Inbox>,
+    routes: Arc<dyn RouteStore>,
+}
+
+async fn open(backend: Backend, opts: StoreOptions) -> Stores {
+    match backend {
+        Backend::Memory => {
+            let s = Arc::new(MemoryStore::new(opts));
+            Stores { inbox: s.clone(), routes: s }
+        }
+        Backend::Redis { url, prefix, cluster } => {
+            let urls: Vec<String> = url.split(',').map(str::to_string).collect();
+            let s = RedisStore::connect(&urls, cluster, Duration::from_secs(2), &prefix, opts)
+                .await
+                .unwrap();
+            let s = Arc::new(s);
+            Stores { inbox: s.clone(), routes: s }
+        }
+    }
+}
+
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::Memory).await
+            })*
+        }
+        mod redis {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::redis()).await
+            })*
+        }
+        mod redis_cluster {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::redis_cluster()).await
+            })*
+        }
+    };
+}
+
+on_every_backend!(
+    each_inbox_counts_from_one_and_a_retry_returns_the_first_copy,
+    cursors_only_move_forward_and_the_inbox_keeps_what_a_device_still_needs,
+    messages_past_retention_are_never_read,
+    the_later_hello_owns_the_route_whatever_the_write_order,
+    a_lapsed_route_is_gone_for_every_call,
+);
+
+fn message(to: &str, client_msg_id: &str, body: &str) -> NewMessage {
+    NewMessage {
+        from: "alice".into(),
+        to: to.into(),
+        client_msg_id: client_msg_id.into(),
+        body: body.into(),
+        msg_id: tim::ids::new_id(),
+        sent_at: unix_ms(SystemTime::now()),
+    }
+}
+
+fn bodies(page: &[tim::store::StoredMessage]) -> Vec<(u64, &str)> {
+    page.iter().map(|m| (m.seq, m.body.as_str())).collect()
+}
+
+async fn each_inbox_counts_from_one_and_a_retry_returns_the_first_copy(backend: Backend) {
+    let s = open(backend, StoreOptions::default()).await;
+    assert_eq!(s.inbox.last_seq("bob").await.unwrap(), 0);
+    let mut firsts = Vec::new();
+    for i in 1..=3 {
+        let a = s.inbox.append(message("bob", &format!("c{i}"), &format!("m{i}"))).await.unwrap();
+        assert_eq!((a.message.seq, a.duplicate), (i, false));
+        firsts.push(a.message);
+    }
+    assert_eq!(s.inbox.append(message("carol", "c1", "x")).await.unwrap().message.seq, 1);
+    // A retry, even with another body: the first copy's identity, nothing new stored.
+    let retry = s.inbox.append(message("bob", "c2", "changed")).await.unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(
+        (retry.message.seq, &retry.message.msg_id, retry.message.sent_at),
+        (2, &firsts[1].msg_id, firsts[1].sent_at)
+    );
+    assert_eq!(s.inbox.last_seq("bob").await.unwrap(), 3);
+    let page = s.inbox.read("bob", 0, 10).await.unwrap();
+    assert_eq!(bodies(&page), [(1, "m1"), (2, "m2"), (3, "m3")]);
+    assert_eq!(page, firsts);
+    assert_eq!(bodies(&s.inbox.read("bob", 1, 1).await.unwrap()), [(2, "m2")]);
+    assert!(s.inbox.read("bob", 3, 10).await.unwrap().is_empty());
+    // The epoch stays the same for the life of the inbox.
+    let epoch = s.inbox.epoch("bob").await.unwrap();
+    assert!(!epoch.is_empty());
+    assert_eq!(s.inbox.epoch("bob").await.unwrap(), epoch);
+}
+
+async fn cursors_only_move_forward_and_the_inbox_keeps_what_a_device_still_needs(backend: Backend) {
+    let s = open(backend, StoreOptions::default()).await;
+    for i in 1..=3 {
+        s.inbox.append(message("bob", &format!("c{i}"), &format!("m{i}"))).await.unwrap();
+    }
+    // A device seen for the first time is registered at what it asks for.
+    assert_eq!(s.inbox.ack("bob", "laptop", 0).await.unwrap(), 0);
+    // Clamped to the last seq; never back.
+    assert_eq!(s.inbox.ack("bob", "phone", 10).await.unwrap(), 3);
+    assert_eq!(s.inbox.ack("bob", "phone", 1).await.unwrap(), 3);
+    assert_eq!(bodies(&s.inbox.read("bob", 0, 10).await.unwrap()).len(), 3, "laptop needs all");
+    assert_eq!(s.inbox.ack("bob", "laptop", 2).await.unwrap(), 2);
+    // Acked by every device: gone; the rest stays.
+    assert_eq!(bodies(&s.inbox.read("bob", 0, 10).await.unwrap()), [(3, "m3")]);
+    assert_eq!(s.inbox.last_seq("bob").await.unwrap(), 3);
+    // With one device, what it acks is gone.
+    s.inbox.append(message("carol", "c1", "x")).await.unwrap();
+    assert_eq!(s.inbox.ack("carol", "phone", 1).await.unwrap(), 1);
+    assert!(s.inbox.read("carol", 0, 10).await.unwrap().is_empty());
+}
+
+async fn messages_past_retention_are_never_read(backend: Backend) {
+    let opts = StoreOptions { retention: Duration::from_secs(1), ..StoreOptions::default() };
+    let s = open(backend, opts).await;
+    s.inbox.append(message("bob", "c1", "m1")).await.unwrap();
+    s.inbox.append(message("bob", "c2", "m2")).await.unwrap();
+    assert_eq!(s.inbox.read("bob", 0, 10).await.unwrap().len(), 2);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Nothing touched the inbox since: the answer is the same as after a trim.
+    assert!(s.inbox.read("bob", 0, 10).await.unwrap().is_empty());
+    s.inbox.append(message("bob", "c3", "m3")).await.unwrap();
+    assert_eq!(bodies(&s.inbox.read("bob", 0, 10).await.unwrap()), [(3, "m3")]);
+    // A full page of expired entries does not end the read early.
+    for i in 4..=8 {
+        s.inbox.append(message("bob", &format!("c{i}"), &format!("m{i}"))).await.unwrap();
+    }
+    assert_eq!(s.inbox.read("bob", 0, 2).await.unwrap().len(), 2);
+}
+
+/// Of two sessions of one device, the one whose Hello came later owns the route, even when the
+/// older one's write lands last (a slow store call).
+async fn the_later_hello_owns_the_route_whatever_the_write_order(backend: Backend) {
+    let store = open(backend, StoreOptions::default()).await.routes;
+    let ttl = Duration::from_secs(60);
+    let older = Route { node_id: "n1".into(), session_id: "s1".into(), started_at: 1_000 };
+    let newer = Route { node_id: "n2".into(), session_id: "s2".into(), started_at: 2_000 };
+    assert_eq!(store.put("bob", "phone", &newer, ttl).await.unwrap(), PutRoute::Took(None));
+    // The older session's write arrives late: refused, and told who holds the device.
+    assert_eq!(
+        store.put("bob", "phone", &older, ttl).await.unwrap(),
+        PutRoute::Superseded(newer.clone())
+    );
+    assert_eq!(store.get("bob").await.unwrap(), vec![("phone".to_string(), newer.clone())]);
+    // Its cleanup does not remove the newer route either.
+    assert!(!store.remove_if("bob", "phone", "s1").await.unwrap());
+    // A later session takes over and learns whom to kick.
+    let newest = Route { node_id: "n1".into(), session_id: "s3".into(), started_at: 3_000 };
+    assert_eq!(
+        store.put("bob", "phone", &newest, ttl).await.unwrap(),
+        PutRoute::Took(Some(newer.clone()))
+    );
+    // Refresh only extends one's own route.
+    assert!(!store.refresh("bob", "phone", &newer, ttl).await.unwrap());
+    assert!(store.refresh("bob", "phone", &newest, ttl).await.unwrap());
+    assert!(store.remove_if("bob", "phone", "s3").await.unwrap());
+    assert!(store.get("bob").await.unwrap().is_empty());
+}
+
+/// A route that was not refreshed in time is gone: not listed, not reported to the next owner,
+/// and taken over by a refresh of another session (while another device keeps the user's
+/// routes alive).
+async fn a_lapsed_route_is_gone_for_every_call(backend: Backend) {
+    let store = open(backend, StoreOptions::default()).await.routes;
+    let long = Duration::from_secs(60);
+    let laptop = Route { node_id: "n1".into(), session_id: "l1".into(), started_at: 1_000 };
+    let dead = Route { node_id: "n2".into(), session_id: "p1".into(), started_at: 2_000 };
+    store.put("bob", "laptop", &laptop, long).await.unwrap();
+    store.put("bob", "phone", &dead, Duration::from_millis(300)).await.unwrap();
+    assert_eq!(store.get("bob").await.unwrap().len(), 2);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(store.get("bob").await.unwrap(), vec![("laptop".to_string(), laptop.clone())]);
+    // An older session of the phone (its kick never arrived) keeps the device.
+    let older = Route { node_id: "n3".into(), session_id: "p0".into(), started_at: 500 };
+    assert!(store.refresh("bob", "phone", &older, long).await.unwrap());
+    assert_eq!(store.get("bob").await.unwrap().len(), 2);
+    // A new session takes it over and has nobody to kick... but the refreshed one.
+    let next = Route { node_id: "n1".into(), session_id: "p2".into(), started_at: 3_000 };
+    assert_eq!(store.put("bob", "phone", &next, long).await.unwrap(), PutRoute::Took(Some(older)));
+    // After a lapse, a new session has nobody to kick.
+    store.put("bob", "tablet", &dead, Duration::from_millis(300)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let tablet = Route { node_id: "n1".into(), session_id: "t2".into(), started_at: 1_500 };
+    assert_eq!(store.put("bob", "tablet", &tablet, long).await.unwrap(), PutRoute::Took(None));
+}
