@@ -249,6 +249,47 @@ async fn a_stopped_node_deregisters_and_consul_outages_keep_the_last_view() {
     assert_eq!(seen.len(), 2, "{seen:?}");
 }
 
+/// `run` returns with every task it started: its Consul watch does not poll on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_stops_watching_consul() {
+    let consul = ConsulDouble::start().await;
+    let node = TestNode::with(&Backend::Memory, |c| {
+        c.consul = Some(consul.url());
+        c.consul_ttl = TTL;
+        c.outbound_queue = 8;
+        c.slow_client_timeout = Duration::from_secs(60);
+        c.drain_grace = Duration::from_secs(1);
+    })
+    .await;
+    let id = node.endpoint();
+    eventually(|| async { consul.passing().contains(&id).then_some(()) }).await;
+    // A client that does not read keeps the drain busy for its grace: the watch sees the node
+    // deregister and asks again while the node still runs.
+    let _held = node.stuffed_session("slow").await;
+    node.stop().await.unwrap();
+    let after_stop = consul.health_queries();
+    // Any change in Consul answers every blocking query; one that leaves the set of `tim`
+    // nodes as it was yields no update, so a watch still running would ask again at once.
+    let client = ConsulClient::new(&consul.url(), None).unwrap();
+    for i in 0..3 {
+        let other_id = format!("other-{i}");
+        let other = ConsulRegistration::new(
+            client.clone(),
+            "unrelated",
+            &other_id,
+            "127.0.0.1:50998",
+            TTL,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let heartbeat = tokio::spawn(other.run(|| 0));
+        eventually(|| async { consul.passing().contains(&other_id).then_some(()) }).await;
+        heartbeat.abort();
+        tokio::time::sleep(TTL / 2).await;
+    }
+    assert_eq!(consul.health_queries(), after_stop, "the stopped node still watches Consul");
+}
+
 #[tokio::test]
 async fn registration_and_watch_follow_the_consul_api() {
     let consul = ConsulDouble::start().await;

@@ -51,6 +51,8 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     index: watch::Sender<u64>,
+    /// Health queries (watch calls) received so far.
+    health_queries: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -70,8 +72,11 @@ impl ConsulDouble {
     pub async fn start() -> ConsulDouble {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let shared =
-            Arc::new(Shared { state: Mutex::new(State::default()), index: watch::Sender::new(1) });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            index: watch::Sender::new(1),
+            health_queries: Default::default(),
+        });
         let s = shared.clone();
         let server = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -108,6 +113,11 @@ impl ConsulDouble {
     pub fn passing(&self) -> Vec<String> {
         let state = self.shared.state.lock().unwrap();
         state.services.values().filter(|s| s.passing).map(|s| s.id.clone()).collect()
+    }
+
+    /// How many health queries (watch calls) arrived so far.
+    pub fn health_queries(&self) -> u64 {
+        self.shared.health_queries.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The Meta of service `id`.
@@ -191,6 +201,9 @@ async fn handle(
     }
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    if path.starts_with("/v1/health/service/") {
+        shared.health_queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     let query: HashMap<String, String> = req
         .uri()
         .query()
