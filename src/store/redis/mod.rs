@@ -8,25 +8,28 @@
 //!   msg_id, sent_at
 //! - `<p>:dedup:{uid}:<len(from)>:<from>:<client_msg_id>`: `seq|msg_id|sent_at`, with a TTL
 //! - `<p>:ack:{uid}`: hash device → highest acked seq
-//! - `<p>:route:{uid}`: hash device → `node_id|session_id|lapses_at_ms`, key TTL = route TTL
+//! - `<p>:route:{uid}`: hash device → `node_id|session_id|started_at_ms|lapses_at_ms`, key
+//!   TTL = the longest route TTL
 //!
 //! The Lua scripts sit beside this file and run by EVALSHA (reloaded after NOSCRIPT, e.g. after
-//! a Redis restart).
-use std::time::{Duration, SystemTime};
+//! a Redis restart); `values` writes and reads the values of these keys; `conn` is the
+//! connection (single server or Cluster).
+use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::streams::StreamRangeReply;
-use redis::{AsyncCommands, RedisError, Script, Value};
+use redis::{AsyncCommands, RedisError, Script};
 
 use super::{
     Appended, Inbox, NewMessage, PutRoute, Route, RouteStore, StoreError, StoreOptions,
     StoredMessage,
 };
-use crate::auth::unix_ms;
 
 mod conn;
+mod values;
 
 pub use conn::Conn;
+use values::{bad, live_routes, now_ms, parse_route, parse_stored, route_value, stored_message};
 
 /// Redis-backed [`Inbox`] and [`RouteStore`].
 pub struct RedisStore {
@@ -95,63 +98,6 @@ impl RedisStore {
 
     fn dedup_key(&self, user: &str, from: &str, client_msg_id: &str) -> String {
         format!("{}:{}:{from}:{client_msg_id}", self.key("dedup", user), from.len())
-    }
-}
-
-fn now_ms() -> i64 {
-    unix_ms(SystemTime::now())
-}
-
-fn bad(what: &str) -> StoreError {
-    StoreError::Internal(format!("unexpected reply from Redis: {what}"))
-}
-
-/// Parses `seq|msg_id|sent_at`.
-fn parse_stored(s: &str) -> Result<(u64, String, i64), StoreError> {
-    let mut it = s.splitn(3, '|');
-    let (Some(seq), Some(id), Some(at)) = (it.next(), it.next(), it.next()) else {
-        return Err(bad("dedup value"));
-    };
-    Ok((
-        seq.parse().map_err(|_| bad("seq"))?,
-        id.to_string(),
-        at.parse().map_err(|_| bad("sent_at"))?,
-    ))
-}
-
-/// `node_id|session_id|started_at_ms|lapses_at_ms` for a route that lives `ttl` from now.
-fn route_value(route: &Route, ttl: Duration) -> String {
-    let lapses = now_ms() + ttl.as_millis() as i64;
-    format!("{}|{}|{}|{lapses}", route.node_id, route.session_id, route.started_at)
-}
-
-/// Parses `node_id|session_id|started_at_ms|lapses_at_ms`.
-fn parse_route(s: &str) -> Option<(Route, i64)> {
-    let mut it = s.rsplitn(4, '|');
-    let lapses = it.next()?.parse().ok()?;
-    let started_at = it.next()?.parse().ok()?;
-    let session_id = it.next()?.to_string();
-    let node_id = it.next()?.to_string();
-    Some((Route { node_id, session_id, started_at }, lapses))
-}
-
-fn live_routes(flat: Vec<String>, now: i64) -> Vec<(String, Route)> {
-    let mut out = Vec::new();
-    let mut it = flat.into_iter();
-    while let (Some(device), Some(value)) = (it.next(), it.next()) {
-        if let Some((route, lapses)) = parse_route(&value)
-            && lapses > now
-        {
-            out.push((device, route));
-        }
-    }
-    out
-}
-
-fn field(map: &std::collections::HashMap<String, Value>, name: &str) -> Result<String, StoreError> {
-    match map.get(name) {
-        Some(v) => redis::from_redis_value_ref::<String>(v).map_err(|_| bad(name)),
-        None => Err(bad(name)),
     }
 }
 
@@ -319,42 +265,5 @@ impl RouteStore for RedisStore {
             .query_async(&mut self.conn.clone())
             .await?;
         Ok(live_routes(flat, now_ms()))
-    }
-}
-
-/// One inbox stream entry as a message.
-fn stored_message(e: redis::streams::StreamId) -> Result<StoredMessage, StoreError> {
-    let seq = e.id.split('-').next().and_then(|s| s.parse().ok()).ok_or(bad("id"))?;
-    Ok(StoredMessage {
-        seq,
-        msg_id: field(&e.map, "msg_id")?,
-        from: field(&e.map, "from")?,
-        to: field(&e.map, "to")?,
-        body: field(&e.map, "body")?,
-        sent_at: field(&e.map, "sent_at")?.parse().map_err(|_| bad("sent_at"))?,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_routes_and_dedup_values() {
-        let (r, lapses) = parse_route("10.0.0.1:50051|abc|1600|1700").unwrap();
-        assert_eq!(
-            (r.node_id.as_str(), r.session_id.as_str(), r.started_at, lapses),
-            ("10.0.0.1:50051", "abc", 1600, 1700)
-        );
-        // Node ids may hold '|' or ':'; the fixed fields are taken from the right.
-        let (r, _) = parse_route("a|b:1|s|1|2").unwrap();
-        assert_eq!((r.node_id.as_str(), r.session_id.as_str()), ("a|b:1", "s"));
-        assert!(parse_route("nope").is_none());
-        let flat = vec!["phone".into(), "n|s|1|100".into(), "tab".into(), "n|t|1|300".into()];
-        let live = live_routes(flat, 200);
-        assert_eq!(live.len(), 1);
-        assert_eq!(live[0].0, "tab");
-        assert_eq!(parse_stored("7|id|123").unwrap(), (7, "id".into(), 123));
-        assert!(parse_stored("7|id").is_err());
     }
 }
