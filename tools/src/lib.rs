@@ -14,9 +14,11 @@ pub mod bench;
 pub mod chaos;
 pub mod harness;
 
-/// Logs to stderr, filtered by `RUST_LOG` (default: info).
+/// Logs to stderr, filtered by `RUST_LOG` (default: info), in colour only on a terminal.
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
+    logs.with_writer(std::io::stderr).init();
 }
