@@ -1,5 +1,7 @@
 //! The CLI subcommands: thin wrappers over the library.
 use std::error::Error;
+use std::ffi::OsString;
+use std::path::PathBuf;
 
 use clap::Args;
 use tokio::io::AsyncBufReadExt as _;
@@ -46,27 +48,44 @@ pub struct ChatArgs {
     pub resume_after: u64,
 }
 
+/// The arguments of a subcommand that another executable runs, passed on untouched.
 #[derive(Debug, Args)]
-pub struct BenchRelayArgs {
-    /// Address to listen on.
-    #[arg(long)]
-    pub addr: std::net::SocketAddr,
+pub struct ToolArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<OsString>,
 }
 
-/// Runs the benchmark; its summary is the last line printed.
-pub async fn bench(args: tim::bench::BenchArgs) -> Result<()> {
-    let summary = tim::bench::run(args).await?;
-    println!("{summary}");
-    Ok(())
+/// A forwarded tool exited with a failure status (it printed why itself).
+#[derive(Debug, thiserror::Error)]
+#[error("{tool} exited with status {code}")]
+pub struct ToolFailed {
+    pub tool: &'static str,
+    pub code: u8,
 }
 
-/// Runs the bench's bare relay until SIGINT or SIGTERM.
-pub async fn bench_relay(args: BenchRelayArgs) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
-    tim::bench::relay::serve(listener, shutdown_signal()).await?;
-    Ok(())
+/// Runs `tool` git-style: the executable of that name beside this one, else on PATH, with
+/// `args`; fails with [`ToolFailed`] carrying its exit status.
+pub async fn forward(tool: &'static str, args: ToolArgs) -> Result<()> {
+    // Ctrl-C reaches the tool too; tim waits for it to finish instead of dying first.
+    #[cfg(unix)]
+    let _sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+    let file = format!("{tool}{}", std::env::consts::EXE_SUFFIX);
+    let beside = std::env::current_exe()?.with_file_name(&file);
+    let program = if beside.is_file() { beside.clone() } else { PathBuf::from(&file) };
+    let run = move || std::process::Command::new(&program).args(&args.args).status();
+    match tokio::task::spawn_blocking(run).await? {
+        Ok(status) if status.success() => Ok(()),
+        // Killed by a signal: no code of its own.
+        Ok(status) => Err(ToolFailed { tool, code: status.code().map_or(1, |c| c as u8) }.into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+            "`tim {}` runs {file}, which is neither at {} nor on PATH: build it with \
+             `cargo build --release` in tim's workspace (it goes beside tim)",
+            tool.trim_start_matches("tim-"),
+            beside.display()
+        )
+        .into()),
+        Err(e) => Err(format!("cannot run {file}: {e}").into()),
+    }
 }
 
 /// Binds the listener, then runs the node until SIGINT or SIGTERM.
@@ -168,15 +187,5 @@ async fn send_line(sender: &Handle, line: &str) {
     match sender.send(to.trim(), text.trim()).await {
         Ok(ack) => eprintln!("(sent to {}, seq {})", to.trim(), ack.seq),
         Err(e) => eprintln!("not sent: {e}"),
-    }
-}
-
-pub async fn chaos(opts: tim::chaos::ChaosOptions) -> Result<()> {
-    let report = tim::chaos::run(&opts).await?;
-    println!("{report}");
-    if report.clean() {
-        Ok(())
-    } else {
-        Err("acked messages were lost, duplicated or reordered".into())
     }
 }

@@ -18,14 +18,10 @@
 //! - [`lb`]: strategies that pick a node for a user at login.
 //! - [`client`]: the client library used by the CLI, benchmarks and tests; `client::resilient`
 //!   reconnects and resumes by itself.
-//! - [`chaos`]: fault injection (`tim chaos`) and the lost/duplicated/reordered checker.
-//! - [`bench`]: the load generator behind `tim bench`, with its baselines.
 //! - [`codec`]: the protobuf codec (undecodable input is INVALID_ARGUMENT).
 #![forbid(unsafe_code)]
 
 pub mod auth;
-pub mod bench;
-pub mod chaos;
 pub mod client;
 pub mod codec;
 pub mod config;

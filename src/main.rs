@@ -1,5 +1,5 @@
-//! The `tim` binary: server, client CLI and tools. Parses flags, sets up logging, and calls the
-//! library.
+//! The `tim` binary: server and client CLI. Parses flags, sets up logging, and calls the
+//! library; `tim bench` and `tim chaos` run the `tim-bench` and `tim-chaos` tools.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -24,14 +24,14 @@ enum Command {
     Send(cli::SendArgs),
     /// Interactive chat: prints `<from>: <body>`, sends lines typed as `<to>: <text>`.
     Chat(cli::ChatArgs),
-    /// Start nodes and Redis, drive users while killing and restarting them, check delivery.
-    Chaos(tim::chaos::ChaosOptions),
+    /// Start nodes and Redis, drive users while killing and restarting them, check delivery
+    /// (runs `tim-chaos`; `tim chaos --help` for its flags).
+    #[command(disable_help_flag = true)]
+    Chaos(cli::ToolArgs),
     /// Load generator: start node(s), measure throughput, latency, CPU and RSS against
-    /// baselines; the last line sums it up.
-    Bench(Box<tim::bench::BenchArgs>),
-    /// The bare relay `tim bench` measures as its transport baseline (started by it).
-    #[command(hide = true)]
-    BenchRelay(cli::BenchRelayArgs),
+    /// baselines; the last line sums it up (runs `tim-bench`; `tim bench --help` for its flags).
+    #[command(disable_help_flag = true)]
+    Bench(cli::ToolArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,18 +55,21 @@ fn main() -> ExitCode {
             Command::Serve(config) => cli::serve(*config).await,
             Command::Send(args) => cli::send(args).await,
             Command::Chat(args) => cli::chat(args).await,
-            Command::Chaos(opts) => cli::chaos(opts).await,
-            Command::Bench(args) => cli::bench(*args).await,
-            Command::BenchRelay(args) => cli::bench_relay(args).await,
+            Command::Chaos(args) => cli::forward("tim-chaos", args).await,
+            Command::Bench(args) => cli::forward("tim-bench", args).await,
         }
     });
     // `tim chat` may leave a blocking stdin read behind: do not wait for it.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tim: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<cli::ToolFailed>() {
+            // The tool said why itself.
+            Some(failed) => ExitCode::from(failed.code),
+            None => {
+                eprintln!("tim: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

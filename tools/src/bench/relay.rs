@@ -14,7 +14,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::proto::{
+use tim::proto::{
     self, ClientFrame, ServerFrame, chat_server::Chat, chat_server::ChatServer, client_frame,
     server_frame::Frame,
 };
@@ -81,7 +81,7 @@ async fn relay(users: Arc<Users>, mut inbound: Streaming<ClientFrame>, tx: Tx) {
                 from: user.clone(),
                 to: m.to,
                 body: m.body,
-                sent_at: crate::auth::unix_ms(std::time::SystemTime::now()),
+                sent_at: tim::auth::unix_ms(std::time::SystemTime::now()),
                 msg_id: String::new(),
             };
             let _ = to_tx.send(frame(Frame::Message(msg))).await;
@@ -102,7 +102,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let defaults = crate::Config::default();
+    let defaults = tim::Config::default();
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(defaults.keepalive_interval));

@@ -15,11 +15,11 @@ use super::pairs::{describe_load, nodes, shape, watched};
 use super::stats::{Errors, Latencies};
 use super::target::NodeSpec;
 use super::{BenchArgs, BenchError, Summary, ratio, run_tag, store};
-use crate::client::{ClientError, Event};
+use tim::client::{ClientError, Event};
 
 pub async fn run(args: &BenchArgs) -> Result<Summary, BenchError> {
     let tag = run_tag();
-    let spec = NodeSpec::new(args.redis.clone(), &tag);
+    let spec = NodeSpec::new(args, &tag);
     let shape = shape(args);
     let running = nodes(args, &spec, 1).await?;
     let node = &running[0];

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::meter::{Meter, Usage};
 use super::stats::{Errors, Latencies};
-use crate::client::{ClientError, Event, Session};
+use tim::client::{ClientError, Event, Session};
 
 /// A body starts with the send time: 16 hex digits of nanoseconds since the run's origin.
 pub const MIN_BODY: usize = 16;
@@ -296,7 +296,7 @@ async fn receive_loop(
     got
 }
 
-fn on_message(got: &mut Received, clock: &Clock, m: crate::proto::Message) {
+fn on_message(got: &mut Received, clock: &Clock, m: tim::proto::Message) {
     let now = Instant::now();
     got.count += 1;
     if m.seq != got.last_seq + 1 {

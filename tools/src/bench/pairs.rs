@@ -96,7 +96,7 @@ pub fn describe_load(args: &BenchArgs) -> String {
 pub async fn run(args: &BenchArgs) -> Result<Summary, BenchError> {
     let tag = run_tag();
     let cross = args.scenario == Scenario::CrossNode;
-    let spec = NodeSpec::new(args.redis.clone(), &tag);
+    let spec = NodeSpec::new(args, &tag);
     let shape = shape(args);
     let running = nodes(args, &spec, if cross { 2 } else { 1 }).await?;
     let addrs: Vec<String> = running.iter().map(|n| n.addr.clone()).collect();
@@ -121,7 +121,7 @@ pub async fn run(args: &BenchArgs) -> Result<Summary, BenchError> {
     if cross && o.acked > 0 && o.received == 0 {
         println!(
             "  cross-node: {} messages were stored and acked, none reached the receivers on the \
-             other node: delivery across nodes is pending the cluster issue (nodes do not relay yet)",
+             other node: check that the nodes reach each other over `--peers` (relay) and share the Redis",
             o.acked
         );
     }

@@ -1,8 +1,10 @@
-//! `tim bench` through the binary, briefly: the last line's format, messages delivered, no
-//! errors, and the run's Redis keys gone afterwards. Behaviour, not speed.
-mod common;
-
+//! `tim-bench` through the binary, briefly: the last line's format, messages delivered, no
+//! errors, and the run's Redis keys gone afterwards; and `tim bench` forwarding to it. Behaviour,
+//! not speed. The nodes are `tim serve` children of the `tim` built beside `tim-bench` (the
+//! workspace's default members are built before its tests run).
 use std::process::Command;
+
+use tim_tools::harness::{RedisServer, tim_exe};
 
 /// The figures of `bench: scenario=S msgs_per_s=N p50_ms=N p99_ms=N errors=N`.
 #[derive(Debug)]
@@ -35,17 +37,17 @@ fn parse_last(line: &str) -> Last {
     }
 }
 
-/// Runs `tim bench <args>`, expects success, returns stdout and its parsed last line.
+/// Runs `tim-bench <args>`, expects success, returns stdout and its parsed last line.
 fn bench(args: &[&str]) -> (String, Last) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tim"))
-        .arg("bench")
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run tim bench");
+    run(Command::new(env!("CARGO_BIN_EXE_tim-bench")).args(args))
+}
+
+/// Runs `cmd`, expects success, returns stdout and its parsed last line.
+fn run(cmd: &mut Command) -> (String, Last) {
+    let out = cmd.env("RUST_LOG", "warn").output().expect("run the bench");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "tim bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(out.status.success(), "{cmd:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
     let last = stdout.lines().last().expect("some output").to_string();
     (stdout.clone(), parse_last(&last))
 }
@@ -72,7 +74,7 @@ fn in_process_offline_drain_reads_the_whole_backlog() {
 
 #[test]
 fn with_redis_compares_with_the_store_script_and_cleans_up() {
-    let server = common::redis::RedisServer::start(false);
+    let server = RedisServer::start("redis-server", false, Vec::new).expect("redis-server");
     let url = server.url();
     let (out, last) =
         bench(&["--seconds", "1", "--warmup", "0.3", "--pairs", "2", "--redis", &url]);
@@ -83,4 +85,21 @@ fn with_redis_compares_with_the_store_script_and_cleans_up() {
     let keys = Command::new("redis-cli").args(["-p", &server.port.to_string(), "DBSIZE"]).output();
     let keys = String::from_utf8_lossy(&keys.expect("redis-cli").stdout).trim().to_string();
     assert_eq!(keys, "0", "{out}");
+}
+
+#[test]
+fn tim_bench_runs_tim_bench_beside_it_and_passes_its_status_on() {
+    let tim = tim_exe(None).expect("tim is built beside tim-bench");
+    let args = ["bench", "--seconds", "0.5", "--warmup", "0", "--pairs", "1", "--no-baselines"];
+    let (out, last) = run(Command::new(&tim).args(args));
+    assert_eq!(last.scenario, "same-node", "{out}");
+    assert_eq!(last.errors, 0, "{out}");
+    // Flags are the tool's: --help is its help, and its failure is tim's.
+    let help = Command::new(&tim).args(["bench", "--help"]).output().unwrap();
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--scenario"));
+    let bad = Command::new(&tim).args(["bench", "--pairs", "0"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("--pairs must be at least 1") && !stderr.contains("tim: "), "{stderr}");
 }

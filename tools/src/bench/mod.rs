@@ -1,11 +1,11 @@
 //! `tim bench`: a load generator on the client library, with the limits beside tim measured in
 //! the same run.
 //!
-//! Every simulated user has its own HTTP/2 connection ([`crate::client::Session::connect`] opens
+//! Every simulated user has its own HTTP/2 connection ([`tim::client::Session::connect`] opens
 //! a channel per session), as real clients would. By default the node(s) under test run as child
-//! processes (`tim serve`, this executable) so that their CPU and RSS are read from
-//! `/proc/<pid>/` apart from the generator's; `--in-process` runs them inside the bench process
-//! via [`crate::run`] instead (then CPU and RSS include the generator), and `--addr` targets nodes
+//! processes (`tim serve`, the `tim` executable beside this one or `--tim`) so that their CPU and
+//! RSS are read from `/proc/<pid>/` apart from the generator's; `--in-process` runs them inside the bench process
+//! via [`tim::run`] instead (then CPU and RSS include the generator), and `--addr` targets nodes
 //! that are already running.
 //!
 //! # Layout
@@ -23,11 +23,12 @@
 //! - `stats`: percentiles and counters.
 use std::fmt;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::client::{ClientError, Options};
+use tim::client::{ClientError, Options};
 
 mod dial;
 mod drain;
@@ -122,8 +123,11 @@ pub struct BenchArgs {
     pub sources: u8,
     /// Receivers ack the highest seq they hold once their queue is empty and at least this long
     /// after their previous ack (0ms: every time the queue empties).
-    #[arg(long, default_value = "0ms", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "0ms", value_parser = tim::config::parse_duration)]
     pub ack_interval: Duration,
+    /// The tim executable to start nodes from (default: the `tim` beside this executable).
+    #[arg(long, env = crate::harness::TIM_BIN)]
+    pub tim: Option<PathBuf>,
 }
 
 /// Why a benchmark could not run.
@@ -132,13 +136,15 @@ pub enum BenchError {
     #[error("{0}")]
     Setup(String),
     #[error(transparent)]
+    Harness(#[from] crate::harness::HarnessError),
+    #[error(transparent)]
     Client(#[from] ClientError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("redis: {0}")]
     Redis(#[from] ::redis::RedisError),
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] tim::store::StoreError),
 }
 
 fn setup(msg: impl Into<String>) -> BenchError {

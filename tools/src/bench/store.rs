@@ -10,11 +10,11 @@ use super::BenchError;
 use super::load::{Clock, Outcome, Pacer, Shape, body, collect, measure_window};
 use super::meter::Meter;
 use super::stats::{Errors, Latencies};
-use crate::store::{Inbox as _, NewMessage, RedisStore, Route, RouteStore as _, StoreOptions};
+use tim::store::{Inbox as _, NewMessage, RedisStore, Route, RouteStore as _, StoreOptions};
 
 async fn connect(url: &str, prefix: &str) -> Result<RedisStore, BenchError> {
     let urls = [url.to_string()];
-    let timeout = crate::Config::default().redis_timeout;
+    let timeout = tim::Config::default().redis_timeout;
     Ok(RedisStore::connect(&urls, false, timeout, prefix, StoreOptions::default()).await?)
 }
 
@@ -54,10 +54,10 @@ pub async fn append_baseline(
                     let msg = NewMessage {
                         from: format!("store-s{i}"),
                         to: to.clone(),
-                        client_msg_id: crate::ids::new_id(),
+                        client_msg_id: tim::ids::new_id(),
                         body: body(&clock, shape.size),
-                        msg_id: crate::ids::new_id(),
-                        sent_at: crate::auth::unix_ms(std::time::SystemTime::now()),
+                        msg_id: tim::ids::new_id(),
+                        sent_at: tim::auth::unix_ms(std::time::SystemTime::now()),
                     };
                     let t = Instant::now();
                     match store.append(msg).await {

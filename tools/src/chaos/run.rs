@@ -1,16 +1,15 @@
-//! `tim chaos`: nodes and a redis-server as child processes, users on the resilient client,
-//! faults on a schedule, then the ledger's verdict.
-use std::path::PathBuf;
-use std::process::Stdio;
+//! `tim chaos`: nodes and a redis-server as child processes (through the [`crate::harness`]),
+//! users on the resilient client, faults on a schedule, then the ledger's verdict.
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::process::{Child, Command};
 use tracing::info;
 
 use super::{Ledger, Report};
-use crate::client::resilient::{Client, ClientEvent, Config, Handle};
+use crate::harness::{self, HarnessError, Probe, RedisServer, Server};
+use tim::client::resilient::{Client, ClientEvent, Config, Handle};
 
 /// What to run.
 #[derive(Debug, Clone, clap::Args)]
@@ -33,6 +32,9 @@ pub struct ChaosOptions {
     /// The redis-server binary.
     #[arg(long, default_value = "redis-server")]
     pub redis_server: String,
+    /// The tim executable to start nodes from (default: the `tim` beside this executable).
+    #[arg(long, env = harness::TIM_BIN)]
+    pub tim: Option<PathBuf>,
 }
 
 /// Why a chaos run could not be carried out (not a verdict on delivery).
@@ -40,79 +42,12 @@ pub struct ChaosOptions {
 pub enum ChaosError {
     #[error("{0}")]
     Setup(String),
+    #[error(transparent)]
+    Harness(#[from] HarnessError),
 }
 
 fn setup(e: impl std::fmt::Display) -> ChaosError {
     ChaosError::Setup(e.to_string())
-}
-
-fn free_port() -> Result<u16, ChaosError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(setup)?;
-    Ok(l.local_addr().map_err(setup)?.port())
-}
-
-/// A child process we can kill, stop and start again with the same arguments.
-struct Proc {
-    program: PathBuf,
-    args: Vec<String>,
-    child: Option<Child>,
-}
-
-impl Proc {
-    fn start(&mut self) -> Result<(), ChaosError> {
-        let child = Command::new(&self.program)
-            .args(&self.args)
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| setup(format!("cannot start {}: {e}", self.program.display())))?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    async fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill().await;
-        }
-    }
-
-    async fn terminate(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            if let Some(pid) = c.id() {
-                let _ =
-                    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-            }
-            if tokio::time::timeout(Duration::from_secs(10), c.wait()).await.is_err() {
-                let _ = c.kill().await;
-            }
-        }
-    }
-}
-
-async fn wait_until(what: &str, mut ready: impl AsyncFnMut() -> bool) -> Result<(), ChaosError> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !ready().await {
-        if Instant::now() > deadline {
-            return Err(setup(format!("{what} did not come up")));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
-async fn node_ready(addr: &str) -> bool {
-    let Ok(ch) = crate::client::channel(addr, &Default::default()).await else { return false };
-    let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
-    h.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.is_ok()
-}
-
-async fn redis_ready(url: &str) -> bool {
-    let Ok(client) = redis::Client::open(url) else { return false };
-    let Ok(mut c) = client.get_multiplexed_async_connection().await else { return false };
-    redis::cmd("PING").query_async::<String>(&mut c).await.is_ok()
 }
 
 /// Runs the whole scenario and returns the verdict.
@@ -120,85 +55,45 @@ pub async fn run(opts: &ChaosOptions) -> Result<Report, ChaosError> {
     if opts.nodes < 2 || opts.users < 2 {
         return Err(setup("chaos needs at least 2 nodes and 2 users"));
     }
-    let dir = TempDir(std::env::temp_dir().join(format!("tim-chaos-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).map_err(setup)?;
-    // Interrupted (Ctrl-C), the scenario is dropped: its children die with it (kill_on_drop)
-    // and the directory with `dir`.
+    let tim = harness::tim_exe(opts.tim.as_deref())?;
+    // Interrupted (Ctrl-C), the scenario is dropped: its children die with it, and Redis'
+    // directory with its server.
     tokio::select! {
-        result = scenario(opts, &dir.0) => result,
+        result = scenario(opts, &tim) => result,
         _ = tokio::signal::ctrl_c() => Err(setup("interrupted")),
     }
 }
 
-/// Removes the run's directory (Redis' AOF) however the run ends.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// Starts redis-server with an AOF fsync'ed on every write (a blocking start, off the runtime).
+async fn start_redis(binary: &str) -> Result<RedisServer, ChaosError> {
+    let binary = binary.to_string();
+    let started = tokio::task::spawn_blocking(move || RedisServer::start(&binary, true, Vec::new));
+    Ok(started.await.map_err(setup)??)
 }
 
-async fn scenario(opts: &ChaosOptions, dir: &std::path::Path) -> Result<Report, ChaosError> {
-    let redis_port = free_port()?;
-    let redis_url = format!("redis://127.0.0.1:{redis_port}");
-    let mut redis = Proc {
-        program: PathBuf::from(&opts.redis_server),
-        args: [
-            "--port",
-            &redis_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--dir",
-            &dir.display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
-        child: None,
-    };
-    redis.start()?;
-    wait_until("redis-server", async || redis_ready(&redis_url).await).await?;
+/// Kills `redis`, and starts it again on the same port and AOF after `down`.
+async fn bounce_redis(mut redis: RedisServer, down: Duration) -> Result<RedisServer, ChaosError> {
+    redis.kill();
+    tokio::time::sleep(down).await;
+    let restarted = tokio::task::spawn_blocking(move || redis.restart().map(|()| redis));
+    Ok(restarted.await.map_err(setup)??)
+}
 
-    let exe = std::env::current_exe().map_err(setup)?;
-    let secret = crate::ids::new_id();
+async fn scenario(opts: &ChaosOptions, tim: &Path) -> Result<Report, ChaosError> {
+    let mut redis = start_redis(&opts.redis_server).await?;
+    let redis_url = redis.url();
+    let secret = tim::ids::new_id();
     let addrs: Vec<String> = (0..opts.nodes)
-        .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
-        .collect::<Result<_, _>>()?;
+        .map(|_| harness::free_port().map(|p| format!("127.0.0.1:{p}")))
+        .collect::<Result<_, _>>()
+        .map_err(setup)?;
     let mut nodes = Vec::new();
     for addr in &addrs {
         let peers: Vec<&str> = addrs.iter().filter(|a| *a != addr).map(String::as_str).collect();
-        let args = [
-            "serve",
-            "--addr",
-            addr,
-            "--peers",
-            &peers.join(","),
-            "--redis",
-            &redis_url,
-            "--token-secret",
-            &secret,
-            "--drain-grace",
-            "2s",
-            "--send-rate",
-            "0",
-        ];
-        let mut p = Proc {
-            program: exe.clone(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            child: None,
-        };
-        p.start()?;
-        nodes.push(p);
-    }
-    for addr in &addrs {
-        wait_until(addr, async || node_ready(addr).await).await?;
+        let flags = ["--peers", &peers.join(","), "--redis", &redis_url, "--token-secret", &secret];
+        let flags = [&flags[..], &["--drain-grace", "2s", "--send-rate", "0"]].concat();
+        let process = harness::tim_serve(tim, addr, &flags).env("RUST_LOG", "error");
+        nodes.push(Server::start(process, addr, Probe::Health).await?);
     }
     info!(nodes = opts.nodes, users = opts.users, "cluster up; starting traffic");
 
@@ -234,20 +129,18 @@ async fn scenario(opts: &ChaosOptions, dir: &std::path::Path) -> Result<Report, 
         match round % 3 {
             0 => {
                 info!(node = %addrs[victim], "fault: SIGKILL node, restart in 1 s");
-                nodes[victim].kill().await;
+                nodes[victim].kill();
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                nodes[victim].start()?;
+                nodes[victim].restart().await?;
             }
             1 => {
                 info!("fault: SIGKILL redis, restart in 1 s");
-                redis.kill().await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                redis.start()?;
+                redis = bounce_redis(redis, Duration::from_secs(1)).await?;
             }
             _ => {
                 info!(node = %addrs[victim], "fault: SIGTERM node (drain), restart");
-                nodes[victim].terminate().await;
-                nodes[victim].start()?;
+                let _ = nodes[victim].terminate().await;
+                nodes[victim].restart().await?;
             }
         }
         round += 1;
@@ -274,10 +167,8 @@ async fn scenario(opts: &ChaosOptions, dir: &std::path::Path) -> Result<Report, 
     for r in readers {
         r.abort();
     }
-    for mut n in nodes {
-        n.kill().await;
-    }
-    redis.kill().await;
+    drop(nodes);
+    drop(redis);
     Ok(report)
 }
 

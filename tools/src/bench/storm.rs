@@ -17,7 +17,7 @@ use super::{BenchArgs, BenchError, Sources, Summary, ratio, run_tag, store};
 
 pub async fn run(args: &BenchArgs) -> Result<Summary, BenchError> {
     let tag = run_tag();
-    let spec = NodeSpec::new(args.redis.clone(), &tag);
+    let spec = NodeSpec::new(args, &tag);
     let running = nodes(args, &spec, 1).await?;
     let node = &running[0];
     let sources = Arc::new(args.sources(std::slice::from_ref(&node.addr)));

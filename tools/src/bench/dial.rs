@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use super::{BenchError, Sources};
-use crate::client::{self, ClientError, Session};
+use tim::client::{self, ClientError, Session};
 
 /// Logins and connects in flight at once while sessions are being opened.
 const OPENING: usize = 64;

@@ -19,7 +19,7 @@ use super::meter::rss_kib;
 use super::stats::{Errors, Latencies};
 use super::target::{self, NodeSpec, Running};
 use super::{BenchArgs, BenchError, Sources, Summary, run_tag, setup, store};
-use crate::client::{Event, Session};
+use tim::client::{Event, Session};
 
 /// Descriptors kept free for listeners, Redis, logs and logins in flight.
 const SPARE_FDS: u64 = 256;
@@ -47,7 +47,7 @@ pub async fn run(args: &BenchArgs) -> Result<Summary, BenchError> {
         )));
     }
     let tag = run_tag();
-    let spec = NodeSpec::new(args.redis.clone(), &tag);
+    let spec = NodeSpec::new(args, &tag);
     let running = super::pairs::nodes(args, &spec, 1).await?;
     let node = running.into_iter().next().ok_or_else(|| setup("no node"))?;
     let sources = Arc::new(args.sources(std::slice::from_ref(&node.addr)));
