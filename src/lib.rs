@@ -6,19 +6,30 @@
 //! device stream of the recipient in seq order, and kept until each device acks it.
 //!
 //! # Layout
+//! From the edge inwards; a module uses only those below it (no import cycles:
+//! `scripts/import-cycles`, run by CI).
+//! - [`server`]: [`run`]: the gRPC services (Gateway, Chat, Relay), health, reflection, the
+//!   node's background tasks and the ordered shutdown. Handlers translate and call the node.
+//! - [`stream`]: one task per device stream: Hello and resume, delivery in seq order, sends
+//!   through the send gate, ack coalescing, the bounded outbound queue.
+//! - [`node`]: one node's shared state behind methods, and its flows: Login, Send, Presence.
+//! - [`deliver`]: cluster delivery: local sessions, relay to the nodes holding a recipient's
+//!   devices, remote kick, route liveness.
+//! - [`lb`]: node-selection strategies and the tower layer Login places users with.
+//! - [`discovery`]: node-set updates (`Add`, `Remove`, `Reset`) from static or Consul backends,
+//!   folded into the live `Membership`.
+//! - [`store`]: the Inbox and RouteStore traits; memory and Redis backends that answer alike.
+//! - [`client`]: the client library used by the CLI, the tools and the tests;
+//!   `client::resilient` reconnects and resumes by itself.
+//! - [`wire`]: proto ⇄ domain conversions, both directions.
 //! - [`config`]: the one typed configuration, validated before any port is bound.
 //! - [`error`]: typed errors and the one place they become a `tonic::Status`.
-//! - [`auth`]: session tokens (HMAC), dev and JWT login.
-//! - [`ids`]: what a user id, device id or client_msg_id may be.
-//! - [`server`]: the gRPC services (Gateway, Chat, Relay), health, reflection, shutdown; [`run`].
-//! - [`node`]: state one node shares between services; the Send flow.
-//! - [`stream`]: live sessions: registry, ordered delivery, kick, drain, slow-client detection.
-//! - [`store`]: the Inbox and RouteStore traits and their backends.
-//! - [`discovery`]: node-set updates (`Add`, `Remove`, `Reset`) from a backend.
-//! - [`lb`]: strategies that pick a node for a user at login.
-//! - [`client`]: the client library used by the CLI, benchmarks and tests; `client::resilient`
-//!   reconnects and resumes by itself.
+//! - [`auth`]: session and node tokens (HMAC), dev and JWT login.
+//! - [`ids`]: what a user id, device id or client_msg_id may be; random ids.
 //! - [`codec`]: the protobuf codec (undecodable input is INVALID_ARGUMENT).
+//!
+//! Load generation (`tim bench`) and fault injection (`tim chaos`) live beside the library, in
+//! the `tools/` workspace member.
 #![forbid(unsafe_code)]
 
 pub mod auth;
