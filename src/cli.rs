@@ -76,7 +76,11 @@ pub async fn forward(tool: &'static str, args: ToolArgs) -> Result<()> {
     match tokio::task::spawn_blocking(run).await? {
         Ok(status) if status.success() => Ok(()),
         // Killed by a signal: no code of its own.
-        Ok(status) => Err(ToolFailed { tool, code: status.code().map_or(1, |c| c as u8) }.into()),
+        Ok(status) => Err(ToolFailed {
+            tool,
+            code: status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1),
+        }
+        .into()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
             "`tim {}` runs {file}, which is neither at {} nor on PATH: build it with \
              `cargo build --release` in tim's workspace (it goes beside tim)",

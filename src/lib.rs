@@ -6,8 +6,8 @@
 //! device stream of the recipient in seq order, and kept until each device acks it.
 //!
 //! # Layout
-//! From the edge inwards; a module uses only those below it (no import cycles:
-//! `scripts/import-cycles`, run by CI).
+//! From the edge inwards. No module imports itself back through others (`scripts/import-cycles`,
+//! run by CI, finds none).
 //! - [`server`]: [`run`]: the gRPC services (Gateway, Chat, Relay), health, reflection, the
 //!   node's background tasks and the ordered shutdown. Handlers translate and call the node.
 //! - [`stream`]: one task per device stream: Hello and resume, delivery in seq order, sends

@@ -6,8 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use tonic::Status;
 use tonic::metadata::MetadataMap;
+use tower::buffer::Buffer;
 use tower::util::BoxCloneSyncService;
-use tower::{BoxError, ServiceBuilder, ServiceExt as _};
+use tower::{BoxError, Layer as _, ServiceBuilder, ServiceExt as _};
 
 use crate::auth::{AuthError, Claims, LoginMode, TokenKind, TokenSigner, unix_ms};
 use crate::config::Config;
@@ -43,6 +44,9 @@ impl Placed for Grant {
 /// layer) and issues its session token for that node.
 type LoginService = BoxCloneSyncService<Grant, proto::LoginResponse, BoxError>;
 
+/// The task that runs Login's node selection (the worker of its buffer).
+pub type LoginWorker = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
 /// The stores a node works on.
 pub struct Stores {
     pub inbox: Arc<dyn Inbox>,
@@ -63,12 +67,20 @@ pub struct Node {
 
 impl Node {
     /// A node with id `id` over `stores`, placing logins on the nodes `membership` knows.
-    pub fn new(id: &str, config: Config, stores: Stores, membership: Arc<Membership>) -> Self {
+    /// Also returns the login placement worker, which the caller runs as one of the node's
+    /// tasks: Login waits for it.
+    pub fn new(
+        id: &str,
+        config: Config,
+        stores: Stores,
+        membership: Arc<Membership>,
+    ) -> (Self, LoginWorker) {
         /// Live messages queued per session before it falls back to reading its inbox.
         const FEED_CAPACITY: usize = 1024;
         let signer = config.signer();
-        let login = login_service(signer.clone(), config.token_ttl, config.lb, &membership);
-        Node {
+        let (login, worker) =
+            login_service(signer.clone(), config.token_ttl, config.lb, &membership);
+        let node = Node {
             id: id.to_string(),
             login_mode: config.login_mode(),
             delivery: Delivery::new(id, signer.clone(), membership, FEED_CAPACITY),
@@ -77,7 +89,8 @@ impl Node {
             routes: stores.routes,
             login,
             config,
-        }
+        };
+        (node, worker)
     }
 
     /// Unique node id (routes point at it).
@@ -117,6 +130,10 @@ impl Node {
     pub async fn login(&self, req: proto::LoginRequest) -> Result<proto::LoginResponse, Status> {
         let user = self.login_mode.authenticate(&req.user_id, &req.jwt)?;
         ids::user(&user).map_err(Error::from)?;
+        if !req.user_id.is_empty() && req.user_id != user {
+            let msg = format!("user_id {:?} does not match the jwt subject", req.user_id);
+            return Err(AuthError::Forbidden(msg).into());
+        }
         let device = if req.device.is_empty() { DEFAULT_DEVICE.to_string() } else { req.device };
         ids::device(&device).map_err(Error::from)?;
         let reply = self.login.clone().oneshot(Grant { user, device }).await.map_err(|e| {
@@ -173,29 +190,32 @@ impl Node {
 }
 
 /// The Login pipeline: a timeout (an empty cluster is UNAVAILABLE, not a hang), a buffer (the
-/// strategy is stateful and shared by every Login call), the node-selection layer, and the
-/// service that issues the session token for the chosen node.
+/// strategy is stateful and shared by every Login call; its worker is returned to be run), the
+/// node-selection layer, and the service that issues the session token for the chosen node
+/// (signing runs on the caller's task, not in the worker).
 fn login_service(
     signer: TokenSigner,
     ttl: Duration,
     strategy: crate::lb::StrategyKind,
     membership: &Membership,
-) -> LoginService {
+) -> (LoginService, LoginWorker) {
     let issue = tower::service_fn(move |(grant, node): (Grant, NodeInfo)| {
-        let (token, expires_at) = signer.issue(TokenKind::Session, &grant.user, &grant.device, ttl);
-        std::future::ready(Ok::<_, BoxError>(proto::LoginResponse {
-            token,
-            expires_at,
-            user_id: grant.user,
-            device: grant.device,
-            node_id: node.id,
-            endpoint: node.endpoint,
-        }))
+        let signer = signer.clone();
+        async move {
+            let (token, expires_at) =
+                signer.issue(TokenKind::Session, &grant.user, &grant.device, ttl);
+            Ok::<_, BoxError>(proto::LoginResponse {
+                token,
+                expires_at,
+                user_id: grant.user,
+                device: grant.device,
+                node_id: node.id,
+                endpoint: node.endpoint,
+            })
+        }
     });
-    let service = ServiceBuilder::new()
-        .timeout(PICK_TIMEOUT)
-        .buffer(PICK_QUEUE)
-        .layer(NodeSelectLayer::new(strategy, membership))
-        .service(issue);
-    BoxCloneSyncService::new(service)
+    let select = NodeSelectLayer::new(strategy, membership).layer(issue);
+    let (buffer, worker) = Buffer::pair(select, PICK_QUEUE);
+    let service = ServiceBuilder::new().timeout(PICK_TIMEOUT).service(buffer);
+    (BoxCloneSyncService::new(service), Box::pin(worker))
 }

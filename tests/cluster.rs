@@ -268,6 +268,7 @@ async fn a_stopped_node_stops_watching_consul() {
     let _held = node.stuffed_session("slow").await;
     node.stop().await.unwrap();
     let after_stop = consul.health_queries();
+    assert!(after_stop >= 2, "the node watched Consul while it ran: {after_stop} queries");
     // Any change in Consul answers every blocking query; one that leaves the set of `tim`
     // nodes as it was yields no update, so a watch still running would ask again at once.
     let client = ConsulClient::new(&consul.url(), None).unwrap();

@@ -1,5 +1,5 @@
 //! One rule, one test body, every backend: the in-memory store, a Redis server and a Redis
-//! Cluster give the same answers to the same calls. Each `async fn(Stores)` below runs as
+//! Cluster give the same answers to the same calls. Each `async fn(&Backend)` below runs as
 //! `memory::<name>`, `redis::<name>` and `redis_cluster::<name>`.
 mod common;
 
@@ -18,7 +18,7 @@ struct Stores {
     routes: Arc<dyn RouteStore>,
 }
 
-async fn open(backend: Backend, opts: StoreOptions) -> Stores {
+async fn open(backend: &Backend, opts: StoreOptions) -> Stores {
     match backend {
         Backend::Memory => {
             let s = Arc::new(MemoryStore::new(opts));
@@ -26,7 +26,7 @@ async fn open(backend: Backend, opts: StoreOptions) -> Stores {
         }
         Backend::Redis { url, prefix, cluster } => {
             let urls: Vec<String> = url.split(',').map(str::to_string).collect();
-            let s = RedisStore::connect(&urls, cluster, Duration::from_secs(2), &prefix, opts)
+            let s = RedisStore::connect(&urls, *cluster, Duration::from_secs(2), prefix, opts)
                 .await
                 .unwrap();
             let s = Arc::new(s);
@@ -35,33 +35,11 @@ async fn open(backend: Backend, opts: StoreOptions) -> Stores {
     }
 }
 
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::Backend::Memory).await
-            })*
-        }
-        mod redis {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::Backend::redis()).await
-            })*
-        }
-        mod redis_cluster {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::Backend::redis_cluster()).await
-            })*
-        }
-    };
-}
-
-on_every_backend!(
+on_every_store!(
     each_inbox_counts_from_one_and_a_retry_returns_the_first_copy,
     cursors_only_move_forward_and_the_inbox_keeps_what_a_device_still_needs,
     messages_past_retention_are_never_read,
+    a_read_goes_on_past_a_page_of_expired_messages,
     the_later_hello_owns_the_route_whatever_the_write_order,
     a_lapsed_route_is_gone_for_every_call,
 );
@@ -81,7 +59,7 @@ fn bodies(page: &[tim::store::StoredMessage]) -> Vec<(u64, &str)> {
     page.iter().map(|m| (m.seq, m.body.as_str())).collect()
 }
 
-async fn each_inbox_counts_from_one_and_a_retry_returns_the_first_copy(backend: Backend) {
+async fn each_inbox_counts_from_one_and_a_retry_returns_the_first_copy(backend: &Backend) {
     let s = open(backend, StoreOptions::default()).await;
     assert_eq!(s.inbox.last_seq("bob").await.unwrap(), 0);
     let mut firsts = Vec::new();
@@ -110,7 +88,9 @@ async fn each_inbox_counts_from_one_and_a_retry_returns_the_first_copy(backend: 
     assert_eq!(s.inbox.epoch("bob").await.unwrap(), epoch);
 }
 
-async fn cursors_only_move_forward_and_the_inbox_keeps_what_a_device_still_needs(backend: Backend) {
+async fn cursors_only_move_forward_and_the_inbox_keeps_what_a_device_still_needs(
+    backend: &Backend,
+) {
     let s = open(backend, StoreOptions::default()).await;
     for i in 1..=3 {
         s.inbox.append(message("bob", &format!("c{i}"), &format!("m{i}"))).await.unwrap();
@@ -131,7 +111,7 @@ async fn cursors_only_move_forward_and_the_inbox_keeps_what_a_device_still_needs
     assert!(s.inbox.read("carol", 0, 10).await.unwrap().is_empty());
 }
 
-async fn messages_past_retention_are_never_read(backend: Backend) {
+async fn messages_past_retention_are_never_read(backend: &Backend) {
     let opts = StoreOptions { retention: Duration::from_secs(1), ..StoreOptions::default() };
     let s = open(backend, opts).await;
     s.inbox.append(message("bob", "c1", "m1")).await.unwrap();
@@ -142,16 +122,28 @@ async fn messages_past_retention_are_never_read(backend: Backend) {
     assert!(s.inbox.read("bob", 0, 10).await.unwrap().is_empty());
     s.inbox.append(message("bob", "c3", "m3")).await.unwrap();
     assert_eq!(bodies(&s.inbox.read("bob", 0, 10).await.unwrap()), [(3, "m3")]);
-    // A full page of expired entries does not end the read early.
-    for i in 4..=8 {
-        s.inbox.append(message("bob", &format!("c{i}"), &format!("m{i}"))).await.unwrap();
+}
+
+/// Expired messages that no append trimmed (none came since) fill more than a page: the read
+/// goes on to the fresh ones.
+async fn a_read_goes_on_past_a_page_of_expired_messages(backend: &Backend) {
+    let opts = StoreOptions { retention: Duration::from_secs(2), ..StoreOptions::default() };
+    let s = open(backend, opts).await;
+    let a_second_ago = unix_ms(SystemTime::now()) - 1000;
+    for i in 1..=3 {
+        let old = NewMessage { sent_at: a_second_ago, ..message("bob", &format!("c{i}"), "old") };
+        s.inbox.append(old).await.unwrap();
     }
-    assert_eq!(s.inbox.read("bob", 0, 2).await.unwrap().len(), 2);
+    s.inbox.append(message("bob", "c4", "m4")).await.unwrap();
+    s.inbox.append(message("bob", "c5", "m5")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(bodies(&s.inbox.read("bob", 0, 2).await.unwrap()), [(4, "m4"), (5, "m5")]);
+    assert_eq!(bodies(&s.inbox.read("bob", 1, 2).await.unwrap()), [(4, "m4"), (5, "m5")]);
 }
 
 /// Of two sessions of one device, the one whose Hello came later owns the route, even when the
 /// older one's write lands last (a slow store call).
-async fn the_later_hello_owns_the_route_whatever_the_write_order(backend: Backend) {
+async fn the_later_hello_owns_the_route_whatever_the_write_order(backend: &Backend) {
     let store = open(backend, StoreOptions::default()).await.routes;
     let ttl = Duration::from_secs(60);
     let older = Route { node_id: "n1".into(), session_id: "s1".into(), started_at: 1_000 };
@@ -181,15 +173,15 @@ async fn the_later_hello_owns_the_route_whatever_the_write_order(backend: Backen
 /// A route that was not refreshed in time is gone: not listed, not reported to the next owner,
 /// and taken over by a refresh of another session (while another device keeps the user's
 /// routes alive).
-async fn a_lapsed_route_is_gone_for_every_call(backend: Backend) {
+async fn a_lapsed_route_is_gone_for_every_call(backend: &Backend) {
     let store = open(backend, StoreOptions::default()).await.routes;
     let long = Duration::from_secs(60);
     let laptop = Route { node_id: "n1".into(), session_id: "l1".into(), started_at: 1_000 };
     let dead = Route { node_id: "n2".into(), session_id: "p1".into(), started_at: 2_000 };
     store.put("bob", "laptop", &laptop, long).await.unwrap();
-    store.put("bob", "phone", &dead, Duration::from_millis(300)).await.unwrap();
+    store.put("bob", "phone", &dead, Duration::from_secs(1)).await.unwrap();
     assert_eq!(store.get("bob").await.unwrap().len(), 2);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(store.get("bob").await.unwrap(), vec![("laptop".to_string(), laptop.clone())]);
     // An older session of the phone (its kick never arrived) keeps the device.
     let older = Route { node_id: "n3".into(), session_id: "p0".into(), started_at: 500 };
@@ -198,9 +190,13 @@ async fn a_lapsed_route_is_gone_for_every_call(backend: Backend) {
     // A new session takes it over and has nobody to kick... but the refreshed one.
     let next = Route { node_id: "n1".into(), session_id: "p2".into(), started_at: 3_000 };
     assert_eq!(store.put("bob", "phone", &next, long).await.unwrap(), PutRoute::Took(Some(older)));
-    // After a lapse, a new session has nobody to kick.
+    // After a lapse, a new session has nobody to kick, and a lapsed route's own session
+    // removes nothing that was still there.
     store.put("bob", "tablet", &dead, Duration::from_millis(300)).await.unwrap();
+    store.put("bob", "watch", &dead, Duration::from_millis(300)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     let tablet = Route { node_id: "n1".into(), session_id: "t2".into(), started_at: 1_500 };
     assert_eq!(store.put("bob", "tablet", &tablet, long).await.unwrap(), PutRoute::Took(None));
+    assert!(!store.remove_if("bob", "watch", "p1").await.unwrap());
+    assert!(store.remove_if("bob", "tablet", "t2").await.unwrap());
 }

@@ -30,6 +30,13 @@ pub use registry::{Feed, Phase, Registry, Stop};
 /// Why a session is ended by a newer one of the same device.
 pub const REPLACED: &str = "signed in again on the same device";
 
+/// Peer calls in flight, and whether the node still makes any.
+#[derive(Default)]
+struct Calls {
+    running: JoinSet<()>,
+    closed: bool,
+}
+
 /// Delivery for one node.
 pub struct Delivery {
     self_id: String,
@@ -37,7 +44,7 @@ pub struct Delivery {
     peers: Peers,
     membership: Arc<Membership>,
     /// Relay and kick calls in flight; aborted by [`Delivery::shutdown`].
-    calls: Mutex<JoinSet<()>>,
+    calls: Mutex<Calls>,
 }
 
 impl Delivery {
@@ -54,7 +61,7 @@ impl Delivery {
             sessions: Registry::new(feed_capacity),
             peers: Peers::new(self_id, signer),
             membership,
-            calls: Mutex::new(JoinSet::new()),
+            calls: Mutex::new(Calls::default()),
         }
     }
 
@@ -110,7 +117,7 @@ impl Delivery {
         route.node_id == self.self_id || self.membership.contains(&route.node_id)
     }
 
-    /// Keeps a relay channel to every other live node, for as long as discovery runs.
+    /// Keeps a relay channel to every other live node; runs until the node aborts it.
     pub async fn follow_membership(&self) {
         let mut changes = self.membership.subscribe();
         loop {
@@ -122,9 +129,12 @@ impl Delivery {
         }
     }
 
-    /// Aborts the relay and kick calls still in flight (the node is stopping).
+    /// Aborts the relay and kick calls still in flight and starts no more (the node is
+    /// stopping; the inbox has every message).
     pub fn shutdown(&self) {
-        self.calls.lock().unwrap_or_else(|e| e.into_inner()).abort_all();
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        calls.closed = true;
+        calls.running.abort_all();
     }
 
     /// The live nodes other than this one that hold one of `routes`.
@@ -141,7 +151,10 @@ impl Delivery {
     /// start. Each is bounded by the peers' call timeout.
     fn spawn(&self, call: impl Future<Output = ()> + Send + 'static) {
         let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        while calls.try_join_next().is_some() {}
-        calls.spawn(call);
+        if calls.closed {
+            return;
+        }
+        while calls.running.try_join_next().is_some() {}
+        calls.running.spawn(call);
     }
 }

@@ -97,7 +97,9 @@ pub async fn run(
     if config.token_secret.is_none() {
         warn!("no --token-secret: tokens are signed with a random key and die with this process");
     }
-    let node = Arc::new(Node::new(&id, config, stores, membership));
+    let (node, login_worker) = Node::new(&id, config, stores, membership);
+    let node = Arc::new(node);
+    tasks.spawn(login_worker);
     tasks.spawn({
         let node = node.clone();
         async move { node.delivery().follow_membership().await }

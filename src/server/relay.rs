@@ -1,6 +1,6 @@
 //! Relay: node-to-node calls, handed to the node's [`crate::deliver::Delivery`]. Only callers
 //! with a node token (signed with the cluster's token secret) are accepted; anyone else gets
-//! UNAUTHENTICATED. A call costs one registry lookup per message.
+//! UNAUTHENTICATED. A call costs one registry lookup, and a queue push per message and session.
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};

@@ -146,7 +146,8 @@ pub trait RouteStore: Send + Sync + 'static {
         ttl: std::time::Duration,
     ) -> Result<bool, StoreError>;
 
-    /// Removes the route of `device` only if it still belongs to `session_id`.
+    /// Removes the route of `device` only if it still belongs to `session_id`. Returns whether
+    /// an unexpired route was removed.
     async fn remove_if(
         &self,
         user: &str,

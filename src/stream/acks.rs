@@ -38,8 +38,9 @@ impl AckMerge {
     }
 
     /// An `Ack{up_to}` arrived (already checked against what was delivered). Returns the cursor
-    /// to store now, if this is the first ack in a while; later ones wait for [`Self::due`].
-    pub fn receive(&mut self, up_to: u64, now: Instant) -> Option<u64> {
+    /// to store now if this is the first ack in a while (then call [`Self::open_window`] once
+    /// it is stored); later ones wait for [`Self::due`].
+    pub fn receive(&mut self, up_to: u64) -> Option<u64> {
         if up_to <= self.stored.max(self.pending.unwrap_or(0)) {
             return None;
         }
@@ -47,8 +48,13 @@ impl AckMerge {
         if self.due.is_some() {
             return None;
         }
-        self.due = Some(now + self.delay);
         self.pending.take()
+    }
+
+    /// The ack `receive` returned was stored (or failed) at `now`: acks in the next `delay`
+    /// are merged. Timed from the store's answer, so a slow store still gets merged acks.
+    pub fn open_window(&mut self, now: Instant) {
+        self.due = Some(now + self.delay);
     }
 
     /// When the merged acks are to be stored, if any wait.
@@ -78,29 +84,31 @@ mod tests {
     fn the_first_ack_is_stored_at_once_and_a_burst_behind_it_once_when_due() {
         let t0 = Instant::now();
         let mut acks = AckMerge::new(DELAY);
-        assert_eq!(acks.receive(1, t0), Some(1));
+        assert_eq!(acks.receive(1), Some(1));
         acks.set_stored(1);
+        // The store answered 30 ms later: the window runs from then.
+        acks.open_window(t0 + Duration::from_millis(30));
         for seq in 2..=50 {
-            assert_eq!(acks.receive(seq, t0), None, "seq {seq} waits for the window");
+            assert_eq!(acks.receive(seq), None, "seq {seq} waits for the window");
         }
-        assert_eq!(acks.due(), Some(t0 + DELAY));
+        assert_eq!(acks.due(), Some(t0 + Duration::from_millis(30) + DELAY));
         assert_eq!(acks.expire(), Some(50));
         acks.set_stored(50);
         assert_eq!(acks.due(), None);
         // After the window, the next ack is stored at once again.
-        assert_eq!(acks.receive(51, t0 + DELAY), Some(51));
+        assert_eq!(acks.receive(51), Some(51));
     }
 
     #[test]
     fn old_and_repeated_acks_store_nothing() {
-        let t0 = Instant::now();
         let mut acks = AckMerge::new(DELAY);
-        assert_eq!(acks.receive(5, t0), Some(5));
+        assert_eq!(acks.receive(5), Some(5));
         acks.set_stored(5);
-        assert_eq!(acks.receive(5, t0), None);
-        assert_eq!(acks.receive(3, t0), None);
-        assert_eq!(acks.receive(7, t0), None);
-        assert_eq!(acks.receive(6, t0), None, "behind a pending ack");
+        acks.open_window(Instant::now());
+        assert_eq!(acks.receive(5), None);
+        assert_eq!(acks.receive(3), None);
+        assert_eq!(acks.receive(7), None);
+        assert_eq!(acks.receive(6), None, "behind a pending ack");
         assert_eq!(acks.take(), Some(7), "a Send flushes what is pending");
         assert_eq!(acks.take(), None);
         assert_eq!(acks.expire(), None, "nothing left when the window ends");

@@ -317,8 +317,9 @@ impl Session {
                 "Ack up_to {up_to} is beyond the last seq delivered on this stream ({delivered})"
             ))));
         }
-        if let Some(up_to) = self.acks.receive(up_to, tokio::time::Instant::now()) {
+        if let Some(up_to) = self.acks.receive(up_to) {
             self.store_ack(up_to).await;
+            self.acks.open_window(tokio::time::Instant::now());
         }
         Ok(())
     }

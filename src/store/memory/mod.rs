@@ -190,9 +190,10 @@ impl Inbox for MemoryStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        // Past retention is gone whether or not a sweep or an append trimmed it yet.
+        // Past retention is never returned; what sits at the head is dropped now, as on Redis.
         let cut = unix_ms(SystemTime::now()) - self.opts.retention.as_millis() as i64;
         Ok(self.peek(user, |u| {
+            u.expire(&self.opts, Instant::now());
             let Some(first) = u.messages.front().map(|m| m.seq) else {
                 return Vec::new();
             };
@@ -272,13 +273,13 @@ impl RouteStore for MemoryStore {
         device: &str,
         session_id: &str,
     ) -> Result<bool, StoreError> {
+        let now = Instant::now();
         Ok(self.peek(user, |u| {
-            if u.routes.get(device).is_some_and(|(r, _)| r.session_id == session_id) {
-                u.routes.remove(device);
-                true
-            } else {
-                false
+            if u.routes.get(device).is_none_or(|(r, _)| r.session_id != session_id) {
+                return false;
             }
+            // A lapsed route is gone already: removed all the same, but not reported.
+            u.routes.remove(device).is_some_and(|(_, lapses)| lapses > now)
         }))
     }
 

@@ -31,6 +31,9 @@ mod values;
 pub use conn::Conn;
 use values::{bad, live_routes, now_ms, parse_route, parse_stored, route_value, stored_message};
 
+/// Most expired head entries one read drops (one script call; Redis is busy for it).
+const TRIM_AT_ONCE: usize = 1000;
+
 /// Redis-backed [`Inbox`] and [`RouteStore`].
 pub struct RedisStore {
     conn: Conn,
@@ -40,6 +43,7 @@ pub struct RedisStore {
     ack: Script,
     route_put: Script,
     route_remove: Script,
+    trim: Script,
     route_refresh: Script,
 }
 
@@ -88,6 +92,7 @@ impl RedisStore {
             ack: Script::new(include_str!("ack.lua")),
             route_put: Script::new(include_str!("route_put.lua")),
             route_remove: Script::new(include_str!("route_remove.lua")),
+            trim: Script::new(include_str!("trim.lua")),
             route_refresh: Script::new(include_str!("route_refresh.lua")),
         })
     }
@@ -139,24 +144,35 @@ impl Inbox for RedisStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        // Entries past retention that no append trimmed yet are skipped, so that the answer
-        // does not depend on when the inbox was last written (they sit at its head).
+        // Entries past retention are never returned, whether or not an append trimmed them
+        // yet. They sit at the head of the stream: a read that meets some drops them for good
+        // (trim.lua), so no read scans them twice.
         let cut = now_ms() - self.opts.retention.as_millis() as i64;
+        let key = self.key("inbox", user);
         let mut page = Vec::new();
         let mut from = after + 1;
         loop {
-            let reply: StreamRangeReply = self
-                .conn
-                .clone()
-                .xrange_count(self.key("inbox", user), format!("{from}-0"), "+", limit)
-                .await?;
+            let reply: StreamRangeReply =
+                self.conn.clone().xrange_count(&key, format!("{from}-0"), "+", limit).await?;
             let full = reply.ids.len() == limit;
+            let mut expired = false;
             for e in reply.ids {
                 let m = stored_message(e)?;
                 from = m.seq + 1;
-                if m.sent_at >= cut && page.len() < limit {
+                if m.sent_at < cut {
+                    expired = true;
+                } else if page.len() < limit {
                     page.push(m);
                 }
+            }
+            if expired {
+                let _: i64 = self
+                    .trim
+                    .key(&key)
+                    .arg(cut)
+                    .arg(TRIM_AT_ONCE)
+                    .invoke_async(&mut self.conn.clone())
+                    .await?;
             }
             if page.len() == limit || !full {
                 return Ok(page);
@@ -254,6 +270,7 @@ impl RouteStore for RedisStore {
             .key(self.key("route", user))
             .arg(device)
             .arg(session_id)
+            .arg(now_ms())
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(removed == 1)
