@@ -16,6 +16,20 @@ use tim::lb::StrategyKind;
 
 const TTL: Duration = Duration::from_secs(1);
 
+/// A node that registers in `consul` with a check TTL of [`TTL`], its config changed by `f`.
+async fn consul_node(
+    consul: &ConsulDouble,
+    backend: &Backend,
+    f: impl FnOnce(&mut tim::Config),
+) -> TestNode {
+    TestNode::with(backend, |c| {
+        c.consul = Some(consul.url());
+        c.consul_ttl = TTL;
+        f(c);
+    })
+    .await
+}
+
 /// Starts `n` nodes registered in `consul`, sharing `backend`, and waits until each sees all.
 async fn cluster(
     n: usize,
@@ -25,14 +39,7 @@ async fn cluster(
 ) -> Vec<TestNode> {
     let mut nodes = Vec::new();
     for _ in 0..n {
-        nodes.push(
-            TestNode::with(backend, |c| {
-                c.consul = Some(consul.url());
-                c.consul_ttl = TTL;
-                c.lb = lb;
-            })
-            .await,
-        );
+        nodes.push(consul_node(consul, backend, |c| c.lb = lb).await);
     }
     for node in &nodes {
         let want = nodes.len();
@@ -209,21 +216,31 @@ async fn a_newer_session_on_another_node_kicks_the_older_one() {
     assert_eq!(nodes[0].presence("bob").await, ["phone"]);
 }
 
+/// A node registered in `consul` (and seen passing there) whose drain lasts `drain_grace` when a
+/// client does not read (small outbound queue, no slow-client cut-off meanwhile).
+async fn registered_node(
+    consul: &ConsulDouble,
+    backend: &Backend,
+    drain_grace: Duration,
+) -> TestNode {
+    let node = consul_node(consul, backend, |c| {
+        c.outbound_queue = 8;
+        c.slow_client_timeout = Duration::from_secs(60);
+        c.drain_grace = drain_grace;
+    })
+    .await;
+    let id = node.endpoint();
+    eventually(|| async { consul.passing().contains(&id).then_some(()) }).await;
+    node
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_node_deregisters_and_consul_outages_keep_the_last_view() {
     let consul = ConsulDouble::start().await;
     let backend = Backend::redis();
     let nodes = cluster(2, &consul, &backend, StrategyKind::RoundRobin).await;
-    let leaving = TestNode::with(&backend, |c| {
-        c.consul = Some(consul.url());
-        c.consul_ttl = TTL;
-        c.outbound_queue = 8;
-        c.slow_client_timeout = Duration::from_secs(60);
-        c.drain_grace = Duration::from_secs(3);
-    })
-    .await;
+    let leaving = registered_node(&consul, &backend, Duration::from_secs(3)).await;
     let leaving_id = leaving.endpoint();
-    eventually(|| async { consul.passing().contains(&leaving_id).then_some(()) }).await;
     // A client that does not read keeps the drain busy for its whole grace, longer than a
     // heartbeat period: the heartbeat must not register the node again meanwhile.
     let _held = leaving.stuffed_session("slow").await;
@@ -253,16 +270,7 @@ async fn a_stopped_node_deregisters_and_consul_outages_keep_the_last_view() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_node_stops_watching_consul() {
     let consul = ConsulDouble::start().await;
-    let node = TestNode::with(&Backend::Memory, |c| {
-        c.consul = Some(consul.url());
-        c.consul_ttl = TTL;
-        c.outbound_queue = 8;
-        c.slow_client_timeout = Duration::from_secs(60);
-        c.drain_grace = Duration::from_secs(1);
-    })
-    .await;
-    let id = node.endpoint();
-    eventually(|| async { consul.passing().contains(&id).then_some(()) }).await;
+    let node = registered_node(&consul, &Backend::Memory, Duration::from_secs(1)).await;
     // A client that does not read keeps the drain busy for its grace: the watch sees the node
     // deregister and asks again while the node still runs.
     let _held = node.stuffed_session("slow").await;

@@ -9,6 +9,17 @@ use super::stats::Percentiles;
 use super::target::{self, NodeSpec, Running};
 use super::{BenchArgs, BenchError, Scenario, Sources, Summary, ratio, run_tag, store};
 
+/// The last line of a traffic scenario: tim's throughput, latency and errors.
+pub fn summarize(scenario: super::Scenario, o: &Outcome, p: &Percentiles) -> Summary {
+    Summary {
+        scenario,
+        msgs_per_s: o.msgs_per_s(),
+        p50_ms: p.p50,
+        p99_ms: p.p99,
+        errors: o.errors.total(),
+    }
+}
+
 /// Prints one measured run: rate, latency, errors, then CPU and RSS.
 pub fn report(label: &str, o: &mut Outcome) -> Percentiles {
     let p = o.latency.percentiles();
@@ -125,13 +136,7 @@ pub async fn run(args: &BenchArgs) -> Result<Summary, BenchError> {
             o.acked
         );
     }
-    let summary = Summary {
-        scenario: args.scenario,
-        msgs_per_s: o.msgs_per_s(),
-        p50_ms: p.p50,
-        p99_ms: p.p99,
-        errors: o.errors.total(),
-    };
+    let summary = summarize(args.scenario, &o, &p);
     for n in running {
         n.stop().await;
     }

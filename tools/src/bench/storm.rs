@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::dial::Dial;
 use super::load::{Clock, Outcome, Pacer, collect, measure_window};
 use super::meter::Meter;
-use super::pairs::{describe_load, nodes, relay_watched, report, shape, watched};
+use super::pairs::{describe_load, nodes, relay_watched, report, shape, summarize, watched};
 use super::stats::{Errors, Latencies};
 use super::target::{self, NodeSpec};
 use super::{BenchArgs, BenchError, Sources, Summary, ratio, run_tag, store};
@@ -28,13 +28,7 @@ pub async fn run(args: &BenchArgs) -> Result<Summary, BenchError> {
     let mut meter = Meter::new(watched(&[node]), args.redis.as_deref()).await;
     let mut o = storm(args, &tag, &dial, &sources, &mut meter).await;
     let p = report("tim (sessions/s: login + stream + Welcome)", &mut o);
-    let summary = Summary {
-        scenario: args.scenario,
-        msgs_per_s: o.msgs_per_s(),
-        p50_ms: p.p50,
-        p99_ms: p.p99,
-        errors: o.errors.total(),
-    };
+    let summary = summarize(args.scenario, &o, &p);
     for n in running {
         n.stop().await;
     }
