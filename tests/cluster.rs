@@ -270,7 +270,7 @@ async fn a_stopped_node_deregisters_and_consul_outages_keep_the_last_view() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_node_stops_watching_consul() {
     let consul = ConsulDouble::start().await;
-    let node = registered_node(&consul, &Backend::Memory, Duration::from_secs(1)).await;
+    let node = registered_node(&consul, &Backend::redis(), Duration::from_secs(1)).await;
     // A client that does not read keeps the drain busy for its grace: the watch sees the node
     // deregister and asks again while the node still runs.
     let _held = node.stuffed_session("slow").await;

@@ -256,3 +256,56 @@ async fn the_binary_drains_and_exits_cleanly_on_sigterm() {
     assert!(status.success(), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(2), "drained before the 2 s grace ran out");
 }
+
+/// `tim serve` refuses, before binding anything, set-ups that would expose dev login or break
+/// a cluster silently, and says which flag fixes each.
+#[tokio::test]
+async fn unsafe_or_broken_set_ups_refuse_to_start_and_name_the_fix() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["--addr", "0.0.0.0:0"], "--login jwt"),
+        (&["--addr", "0.0.0.0:0", "--insecure-dev-login"], "--advertise"),
+        (&["--peers", "127.0.0.1:1"], "--redis"),
+        (&["--peers", "127.0.0.1:1", "--redis", "redis://127.0.0.1:1"], "--token-secret"),
+        (&["--consul", "http://127.0.0.1:1", "--redis", "redis://127.0.0.1:1"], "--token-secret"),
+    ];
+    for (args, fix) in cases {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tim"))
+            .arg("serve")
+            .args(args)
+            .env_remove("TIM_TOKEN_SECRET")
+            .output();
+        let out = tokio::time::timeout(WAIT, out).await.unwrap().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(stderr.contains(fix), "{args:?}: {stderr}");
+    }
+}
+
+/// With `--insecure-dev-login` a node on a reachable address runs, and says so in its log.
+#[tokio::test]
+async fn insecure_dev_login_runs_and_warns() {
+    use tokio::io::AsyncBufReadExt as _;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut node = tokio::process::Command::new(env!("CARGO_BIN_EXE_tim"))
+        .args(["serve", "--addr", &format!("0.0.0.0:{port}"), "--insecure-dev-login"])
+        .args(["--advertise", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(node.stderr.take().unwrap()).lines();
+    let warned = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("anyone who reaches this address can log in as anyone") {
+                return;
+            }
+        }
+        panic!("the node exited without the warning");
+    };
+    tokio::time::timeout(WAIT, warned).await.unwrap();
+    let (gateway, opts) = (format!("127.0.0.1:{port}"), Options::default());
+    let login = client::login(&gateway, "bob", "d", "", &opts).await.unwrap();
+    assert_eq!(login.user_id, "bob");
+    node.kill().await.unwrap();
+}

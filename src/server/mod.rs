@@ -30,6 +30,8 @@ pub mod relay;
 /// INVALID_ARGUMENT naming the limit; only larger frames are cut off by the transport
 /// (OUT_OF_RANGE). Same as tonic's default.
 const MAX_FRAME: usize = 4 * 1024 * 1024;
+/// How often a node with dev login on a reachable address says so.
+const INSECURE_WARNING_EVERY: Duration = Duration::from_secs(60);
 /// How often the in-memory store drops what expired in inboxes nobody touches.
 const MEMORY_SWEEP: Duration = Duration::from_secs(60);
 
@@ -94,6 +96,16 @@ pub async fn run(
         let membership = membership.clone();
         async move { membership.follow(updates).await }
     });
+    if config.dev_login_exposed() {
+        // Allowed by --insecure-dev-login (validate refuses it otherwise): said again and again.
+        let addr = config.addr;
+        tasks.spawn(async move {
+            loop {
+                warn!(%addr, "--insecure-dev-login: anyone who reaches this address can log in as anyone");
+                tokio::time::sleep(INSECURE_WARNING_EVERY).await;
+            }
+        });
+    }
     if config.token_secret.is_none() {
         warn!("no --token-secret: tokens are signed with a random key and die with this process");
     }

@@ -9,6 +9,8 @@ use clap::{Args, Parser, ValueEnum};
 use crate::auth::{LoginMode, TokenSigner};
 use crate::store::StoreOptions;
 
+mod validate;
+
 /// How `Gateway.Login` authenticates users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LoginKind {
@@ -34,6 +36,10 @@ pub struct Config {
     /// How Login authenticates users.
     #[arg(long, env = "TIM_LOGIN", value_enum, default_value = "dev")]
     pub login: LoginKind,
+    /// Allow dev login (anyone logs in as anyone) on an address other hosts can reach. Refused
+    /// without this flag; with it, a warning is logged every minute.
+    #[arg(long, env = "TIM_INSECURE_DEV_LOGIN", value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure_dev_login: bool,
     /// Secret of the HS256 JWTs accepted in `--login jwt` mode.
     #[arg(long, env = "TIM_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -81,7 +87,7 @@ pub struct Config {
     #[arg(long, env = "TIM_REDIS")]
     pub redis: Option<String>,
     /// Treat `--redis` as a Redis Cluster.
-    #[arg(long, env = "TIM_REDIS_CLUSTER")]
+    #[arg(long, env = "TIM_REDIS_CLUSTER", value_parser = clap::builder::BoolishValueParser::new())]
     pub redis_cluster: bool,
     /// Prefix of every Redis key tim writes (several deployments can share one Redis).
     #[arg(long, env = "TIM_REDIS_PREFIX", default_value = "im")]
@@ -140,68 +146,6 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Checks every value; called before any port is bound.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |m: &str| Err(ConfigError(m.to_string()));
-        if self.login == LoginKind::Jwt && self.jwt_secret.as_deref().unwrap_or("").is_empty() {
-            return fail("--login jwt needs --jwt-secret (TIM_JWT_SECRET)");
-        }
-        if self.token_secret.as_ref().is_some_and(|s| s.len() < 16) {
-            return fail("--token-secret must be at least 16 bytes");
-        }
-        if self.max_body == 0 || self.max_body > 4 * 1024 * 1024 - 1024 {
-            return fail("--max-body must be between 1 byte and 4 MiB - 1 KiB");
-        }
-        if self.outbound_queue < 8 {
-            return fail("--outbound-queue must be at least 8");
-        }
-        if self.keepalive_interval.is_zero() || self.keepalive_timeout.is_zero() {
-            return fail("--keepalive-interval and --keepalive-timeout must be positive");
-        }
-        if self.hello_timeout.is_zero() || self.slow_client_timeout.is_zero() {
-            return fail("--hello-timeout and --slow-client-timeout must be positive");
-        }
-        if self.token_ttl < Duration::from_secs(60) {
-            return fail("--token-ttl must be at least 60s");
-        }
-        if let Some(id) = &self.node_id
-            && (id.is_empty()
-                || id.chars().any(|c| c.is_whitespace() || c.is_control() || c == '|'))
-        {
-            return fail("--node-id must be non-empty, without whitespace or '|'");
-        }
-        if self.route_ttl < Duration::from_secs(1) {
-            return fail("--route-ttl must be at least 1s");
-        }
-        if self.redis_prefix.is_empty()
-            || !self.redis_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
-        {
-            return fail("--redis-prefix may only hold letters, digits and _ . : -");
-        }
-        if self.redis.as_deref().is_some_and(|r| r.trim().is_empty()) {
-            return fail("--redis is empty");
-        }
-        if self.peers.is_some() && self.consul.is_some() {
-            return fail("use either --peers or --consul, not both");
-        }
-        if let Some(peers) = &self.peers {
-            crate::discovery::StaticDiscovery::parse_peers(peers).map_err(ConfigError)?;
-        }
-        if self.consul.is_some() && self.advertise.is_none() && self.addr.ip().is_unspecified() {
-            return fail("with --consul and an unspecified --addr, give --advertise host:port");
-        }
-        if self.consul.as_deref().is_some_and(|c| !c.starts_with("http://")) {
-            return fail("--consul must be an http:// URL of the local agent");
-        }
-        if self.consul_ttl < Duration::from_secs(1) {
-            return fail("--consul-ttl must be at least 1s");
-        }
-        if self.redis_timeout.is_zero() {
-            return fail("--redis-timeout must be positive");
-        }
-        Ok(())
-    }
-
     /// The login mode this config selects.
     pub fn login_mode(&self) -> LoginMode {
         match self.login {
@@ -259,16 +203,5 @@ mod tests {
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 parsecs").is_err());
-    }
-
-    #[test]
-    fn defaults_validate_and_jwt_needs_secret() {
-        let mut c = Config::default();
-        assert_eq!(c.addr.port(), 50051);
-        c.validate().unwrap();
-        c.login = LoginKind::Jwt;
-        assert!(c.validate().is_err());
-        c.jwt_secret = Some("s".into());
-        c.validate().unwrap();
     }
 }

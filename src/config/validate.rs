@@ -1,0 +1,170 @@
+//! [`Config::validate`]: every value checked before any port is bound, and the set-ups that
+//! would expose dev login or silently break a cluster refused, each with the flag that fixes it.
+use std::time::Duration;
+
+use super::{Config, ConfigError, LoginKind};
+
+impl Config {
+    /// Checks every value; called before any port is bound.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |m: &str| Err(ConfigError(m.to_string()));
+        if self.login == LoginKind::Jwt && self.jwt_secret.as_deref().unwrap_or("").is_empty() {
+            return fail("--login jwt needs --jwt-secret (TIM_JWT_SECRET)");
+        }
+        if self.token_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return fail("--token-secret must be at least 16 bytes");
+        }
+        if self.max_body == 0 || self.max_body > 4 * 1024 * 1024 - 1024 {
+            return fail("--max-body must be between 1 byte and 4 MiB - 1 KiB");
+        }
+        if self.outbound_queue < 8 {
+            return fail("--outbound-queue must be at least 8");
+        }
+        if self.keepalive_interval.is_zero() || self.keepalive_timeout.is_zero() {
+            return fail("--keepalive-interval and --keepalive-timeout must be positive");
+        }
+        if self.hello_timeout.is_zero() || self.slow_client_timeout.is_zero() {
+            return fail("--hello-timeout and --slow-client-timeout must be positive");
+        }
+        if self.token_ttl < Duration::from_secs(60) {
+            return fail("--token-ttl must be at least 60s");
+        }
+        if let Some(id) = &self.node_id
+            && (id.is_empty()
+                || id.chars().any(|c| c.is_whitespace() || c.is_control() || c == '|'))
+        {
+            return fail("--node-id must be non-empty, without whitespace or '|'");
+        }
+        if self.route_ttl < Duration::from_secs(1) {
+            return fail("--route-ttl must be at least 1s");
+        }
+        if self.redis_prefix.is_empty()
+            || !self.redis_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
+        {
+            return fail("--redis-prefix may only hold letters, digits and _ . : -");
+        }
+        if self.redis.as_deref().is_some_and(|r| r.trim().is_empty()) {
+            return fail("--redis is empty");
+        }
+        if self.peers.is_some() && self.consul.is_some() {
+            return fail("use either --peers or --consul, not both");
+        }
+        if let Some(peers) = &self.peers {
+            crate::discovery::StaticDiscovery::parse_peers(peers).map_err(ConfigError)?;
+        }
+        if self.consul.as_deref().is_some_and(|c| !c.starts_with("http://")) {
+            return fail("--consul must be an http:// URL of the local agent");
+        }
+        if self.consul_ttl < Duration::from_secs(1) {
+            return fail("--consul-ttl must be at least 1s");
+        }
+        if self.redis_timeout.is_zero() {
+            return fail("--redis-timeout must be positive");
+        }
+        self.validate_exposure()
+    }
+
+    /// Whether dev login is on where other hosts can reach it (allowed only with
+    /// `--insecure-dev-login`).
+    pub fn dev_login_exposed(&self) -> bool {
+        self.login == LoginKind::Dev && !self.addr.ip().is_loopback()
+    }
+
+    /// The checks that keep a node from being exposed, or clustered, in a way that silently
+    /// breaks: each refusal names the flag that fixes it.
+    fn validate_exposure(&self) -> Result<(), ConfigError> {
+        let fail = |m: String| Err(ConfigError(m));
+        let addr = self.addr;
+        if self.dev_login_exposed() && !self.insecure_dev_login {
+            return fail(format!(
+                "--addr {addr} can be reached from other hosts, and dev login lets anyone log in \
+                 as anyone: use --login jwt --jwt-secret SECRET (TIM_LOGIN, TIM_JWT_SECRET), \
+                 listen on a loopback address, or accept the risk with --insecure-dev-login"
+            ));
+        }
+        if addr.ip().is_unspecified() && self.advertise.is_none() {
+            return fail(format!(
+                "--addr {addr} listens on every interface, so Login cannot hand it to clients: \
+                 give --advertise host:port (TIM_ADVERTISE), the address clients reach this node at"
+            ));
+        }
+        let cluster = if self.consul.is_some() { "--consul" } else { "--peers" };
+        if (self.peers.is_some() || self.consul.is_some()) && self.redis.is_none() {
+            return fail(format!(
+                "{cluster} makes this node part of a cluster, whose nodes share inboxes and routes \
+                 in Redis: add --redis URL (TIM_REDIS), the same on every node"
+            ));
+        }
+        if (self.peers.is_some() || self.consul.is_some()) && self.token_secret.is_none() {
+            return fail(format!(
+                "{cluster} makes this node part of a cluster, whose nodes must accept each other's \
+                 tokens: give every node the same --token-secret (TIM_TOKEN_SECRET, at least 16 bytes)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_jwt_needs_secret() {
+        let mut c = Config::default();
+        assert_eq!(c.addr.port(), 50051);
+        c.validate().unwrap();
+        c.login = LoginKind::Jwt;
+        assert!(c.validate().is_err());
+        c.jwt_secret = Some("s".into());
+        c.validate().unwrap();
+    }
+
+    fn refusal(c: &Config) -> String {
+        c.validate().expect_err("refused").0
+    }
+
+    #[test]
+    fn dev_login_stays_on_loopback_unless_insecure_is_asked_for() {
+        let mut c = Config { addr: "[::1]:50051".parse().unwrap(), ..Config::default() };
+        c.validate().unwrap();
+        c.addr = "10.0.0.5:50051".parse().unwrap();
+        assert!(refusal(&c).contains("--login jwt"), "{}", refusal(&c));
+        assert!(refusal(&c).contains("--insecure-dev-login"));
+        c.insecure_dev_login = true;
+        c.validate().unwrap();
+        assert!(c.dev_login_exposed());
+        c.insecure_dev_login = false;
+        c.login = LoginKind::Jwt;
+        c.jwt_secret = Some("s".into());
+        c.validate().unwrap();
+        assert!(!c.dev_login_exposed());
+    }
+
+    #[test]
+    fn a_wildcard_address_needs_an_advertised_one() {
+        let mut c = Config {
+            login: LoginKind::Jwt,
+            jwt_secret: Some("s".into()),
+            addr: "0.0.0.0:50051".parse().unwrap(),
+            ..Config::default()
+        };
+        assert!(refusal(&c).contains("--advertise"), "{}", refusal(&c));
+        c.advertise = Some("10.0.0.5:50051".into());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_cluster_needs_redis_and_one_token_secret() {
+        let mut c = Config { peers: Some("127.0.0.1:50052".into()), ..Config::default() };
+        assert!(refusal(&c).contains("--redis"), "{}", refusal(&c));
+        c.redis = Some("redis://127.0.0.1:6379".into());
+        assert!(refusal(&c).contains("--token-secret"), "{}", refusal(&c));
+        c.token_secret = Some("0123456789abcdef".into());
+        c.validate().unwrap();
+        c.peers = None;
+        c.consul = Some("http://127.0.0.1:8500".into());
+        c.token_secret = None;
+        assert!(refusal(&c).starts_with("--consul"), "{}", refusal(&c));
+    }
+}
