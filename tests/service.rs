@@ -309,3 +309,20 @@ async fn insecure_dev_login_runs_and_warns() {
     assert_eq!(login.user_id, "bob");
     node.kill().await.unwrap();
 }
+
+/// What one connection may cost is announced in its HTTP/2 SETTINGS: at most 32 concurrent
+/// streams (a client over it waits for a free one).
+#[tokio::test]
+async fn a_connection_is_told_its_stream_limit() {
+    let node = TestNode::start(&Backend::Memory).await;
+    let tcp = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let limit = eventually(|| {
+        let n = send.current_max_send_streams();
+        async move { (n != usize::MAX).then_some(n) }
+    })
+    .await;
+    assert_eq!(limit, 32);
+    driver.abort();
+}

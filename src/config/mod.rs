@@ -72,6 +72,10 @@ pub struct Config {
     /// A connection whose PING is not answered within this is closed and its streams cleaned up.
     #[arg(long, env = "TIM_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub keepalive_timeout: Duration,
+    /// Concurrent HTTP/2 streams one client connection may open (a device needs one chat stream
+    /// and a few unary calls; a client over the limit waits for a free stream).
+    #[arg(long, env = "TIM_MAX_STREAMS_PER_CONNECTION", default_value_t = 32)]
+    pub max_streams_per_connection: u32,
     /// How long a new stream may take to send Hello.
     #[arg(long, env = "TIM_HELLO_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub hello_timeout: Duration,

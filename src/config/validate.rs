@@ -23,6 +23,9 @@ impl Config {
         if self.keepalive_interval.is_zero() || self.keepalive_timeout.is_zero() {
             return fail("--keepalive-interval and --keepalive-timeout must be positive");
         }
+        if !(2..=1024).contains(&self.max_streams_per_connection) {
+            return fail("--max-streams-per-connection must be between 2 and 1024");
+        }
         if self.hello_timeout.is_zero() || self.slow_client_timeout.is_zero() {
             return fail("--hello-timeout and --slow-client-timeout must be positive");
         }

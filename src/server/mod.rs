@@ -30,6 +30,10 @@ pub mod relay;
 /// INVALID_ARGUMENT naming the limit; only larger frames are cut off by the transport
 /// (OUT_OF_RANGE). Same as tonic's default.
 const MAX_FRAME: usize = 4 * 1024 * 1024;
+/// Largest header block a request may carry (a bearer token is well under 1 KiB).
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Streams a client may reset before the node accepted them, before it is sent GOAWAY.
+const MAX_PENDING_RESETS: usize = 20;
 /// How often a node with dev login on a reachable address says so.
 const INSECURE_WARNING_EVERY: Duration = Duration::from_secs(60);
 /// How often the in-memory store drops what expired in inboxes nobody touches.
@@ -156,6 +160,11 @@ async fn serve(
     let server = Server::builder()
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        // What one connection may cost: a few streams, bounded headers, and a GOAWAY for a
+        // client that opens and resets streams faster than they are accepted (rapid reset).
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .http2_max_header_list_size(MAX_HEADER_LIST)
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
