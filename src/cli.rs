@@ -94,6 +94,7 @@ pub async fn forward(tool: &'static str, args: ToolArgs) -> Result<()> {
 
 /// Binds the listener, then runs the node until SIGINT or SIGTERM.
 pub async fn serve(config: tim::Config) -> Result<()> {
+    let config = config.read_secret_files()?;
     config.validate()?;
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await

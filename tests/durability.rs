@@ -265,3 +265,34 @@ async fn a_burst_of_acks_is_stored_as_one_cursor_move() {
     assert!(calls <= 5, "50 acks took {calls} script calls");
     drop(bob);
 }
+
+/// A Redis that requires a password: the node reads it from `--redis-password-file` and works;
+/// without it, `run` fails at once naming the Redis it could not use, password masked.
+#[tokio::test]
+async fn a_redis_password_comes_from_a_file_and_never_shows() {
+    let server = RedisServer::start(false);
+    let set = tim_tools::harness::redis_command(server.port, "CONFIG SET requirepass s3cret-pw");
+    assert!(set.starts_with("+OK"), "{set}");
+    let dir = std::env::temp_dir().join(format!("tim-redis-pw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("password");
+    std::fs::write(&file, "s3cret-pw\n").unwrap();
+    let backend = Backend::redis_at(&server);
+
+    let node = TestNode::with(&backend, |c| c.redis_password_file = Some(file.clone())).await;
+    let mut bob = node.connect("bob", "phone", 0).await;
+    node.send_unary("alice", "c1", "bob", "m1").await.unwrap();
+    assert_eq!(take(&mut bob, 1).await, expected("m", 1, 1));
+    drop((bob, node));
+
+    // A wrong password in the URL: refused, and the error shows the URL without it.
+    let mut config = common::config();
+    let port = server.port;
+    config.redis = Some(format!("redis://default:wrong-pw@127.0.0.1:{port}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let run = tim::run(listener, config, std::future::pending());
+    let err = tokio::time::timeout(WAIT, run).await.unwrap().unwrap_err().to_string();
+    assert!(err.contains(&format!("redis://default:***@127.0.0.1:{port}")), "{err}");
+    assert!(!err.contains("wrong-pw"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -310,11 +310,11 @@ async fn insecure_dev_login_runs_and_warns() {
     node.kill().await.unwrap();
 }
 
-/// What one connection may cost is announced in its HTTP/2 SETTINGS: at most 32 concurrent
-/// streams (a client over it waits for a free one).
+/// What one connection may cost is announced in its HTTP/2 SETTINGS: at most
+/// `--max-streams-per-connection` concurrent streams (a client over it waits for a free one).
 #[tokio::test]
 async fn a_connection_is_told_its_stream_limit() {
-    let node = TestNode::start(&Backend::Memory).await;
+    let node = TestNode::with(&Backend::Memory, |c| c.max_streams_per_connection = 5).await;
     let tcp = tokio::net::TcpStream::connect(node.addr).await.unwrap();
     let (send, connection) = h2::client::handshake(tcp).await.unwrap();
     let driver = tokio::spawn(connection);
@@ -323,6 +323,6 @@ async fn a_connection_is_told_its_stream_limit() {
         async move { (n != usize::MAX).then_some(n) }
     })
     .await;
-    assert_eq!(limit, 32);
+    assert_eq!(limit, 5);
     driver.abort();
 }

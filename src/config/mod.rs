@@ -2,6 +2,7 @@
 //! [`Config::validate`] runs before any port is bound; a bad value is an error message and a
 //! non-zero exit, never a panic.
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
@@ -9,7 +10,10 @@ use clap::{Args, Parser, ValueEnum};
 use crate::auth::{LoginMode, TokenSigner};
 use crate::store::StoreOptions;
 
+mod secrets;
 mod validate;
+
+pub use secrets::redact_url;
 
 /// How `Gateway.Login` authenticates users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -43,10 +47,16 @@ pub struct Config {
     /// Secret of the HS256 JWTs accepted in `--login jwt` mode.
     #[arg(long, env = "TIM_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// File holding the JWT secret (instead of `--jwt-secret`: kept out of process lists).
+    #[arg(long, env = "TIM_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
     /// Secret that signs session tokens; every node of a cluster needs the same one.
     /// Random when unset (tokens then die with the process).
     #[arg(long, env = "TIM_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
+    /// File holding the token secret (instead of `--token-secret`).
+    #[arg(long, env = "TIM_TOKEN_SECRET_FILE")]
+    pub token_secret_file: Option<PathBuf>,
     /// Lifetime of a session token.
     #[arg(long, env = "TIM_TOKEN_TTL", default_value = "24h", value_parser = parse_duration)]
     pub token_ttl: Duration,
@@ -72,9 +82,10 @@ pub struct Config {
     /// A connection whose PING is not answered within this is closed and its streams cleaned up.
     #[arg(long, env = "TIM_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub keepalive_timeout: Duration,
-    /// Concurrent HTTP/2 streams one client connection may open (a device needs one chat stream
-    /// and a few unary calls; a client over the limit waits for a free stream).
-    #[arg(long, env = "TIM_MAX_STREAMS_PER_CONNECTION", default_value_t = 32)]
+    /// Concurrent HTTP/2 streams one connection may open; a client over the limit waits for a
+    /// free stream. A device needs a few; the bound is sized for a peer node's relay calls,
+    /// which share one connection per peer (one unary call per message in flight).
+    #[arg(long, env = "TIM_MAX_STREAMS_PER_CONNECTION", default_value_t = 128)]
     pub max_streams_per_connection: u32,
     /// How long a new stream may take to send Hello.
     #[arg(long, env = "TIM_HELLO_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -93,6 +104,13 @@ pub struct Config {
     /// Treat `--redis` as a Redis Cluster.
     #[arg(long, env = "TIM_REDIS_CLUSTER", value_parser = clap::builder::BoolishValueParser::new())]
     pub redis_cluster: bool,
+    /// File holding the Redis password (ACL user's, or `requirepass`), used for every `--redis`
+    /// URL that carries none. A password in the URL itself shows in process lists.
+    #[arg(long, env = "TIM_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
+    /// The Redis password, read from `--redis-password-file`.
+    #[arg(skip)]
+    pub redis_password: Option<String>,
     /// Prefix of every Redis key tim writes (several deployments can share one Redis).
     #[arg(long, env = "TIM_REDIS_PREFIX", default_value = "im")]
     pub redis_prefix: String,
@@ -113,6 +131,9 @@ pub struct Config {
     /// Consul ACL token.
     #[arg(long, env = "TIM_CONSUL_TOKEN", hide_env_values = true)]
     pub consul_token: Option<String>,
+    /// File holding the Consul ACL token (instead of `--consul-token`).
+    #[arg(long, env = "TIM_CONSUL_TOKEN_FILE")]
+    pub consul_token_file: Option<PathBuf>,
     /// TTL of this node's Consul check; passed every third of it. A node that stops passing
     /// leaves every other node's view within about this long.
     #[arg(long, env = "TIM_CONSUL_TTL", default_value = "15s", value_parser = parse_duration)]

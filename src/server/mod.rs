@@ -11,7 +11,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, redact_url};
 use crate::discovery::Membership;
 use crate::node::{Node, Stores};
 use crate::proto::{
@@ -66,16 +66,18 @@ async fn open_store(config: &Config, tasks: &mut JoinSet<()>) -> Result<Stores, 
         tasks.spawn(async move { sweeper.sweep_every(MEMORY_SWEEP).await });
         return Ok(Stores { inbox: store.clone(), routes: store });
     }
-    let store = RedisStore::connect(
+    let shown: Vec<String> = urls.iter().map(|u| redact_url(u)).collect();
+    let store = RedisStore::connect_with_password(
         &urls,
         config.redis_cluster,
         config.redis_timeout,
+        config.redis_password.as_deref(),
         &config.redis_prefix,
         config.store_options(),
     )
     .await
-    .map_err(|e| ServeError::Store(e.to_string()))?;
-    info!(redis = %urls.join(","), cluster = config.redis_cluster, "using Redis stores");
+    .map_err(|e| ServeError::Store(format!("{}: {e}", shown.join(","))))?;
+    info!(redis = %shown.join(","), cluster = config.redis_cluster, "using Redis stores");
     let store = Arc::new(store);
     Ok(Stores { inbox: store.clone(), routes: store })
 }
@@ -86,6 +88,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let config = config.read_secret_files()?;
     config.validate()?;
     let local = listener.local_addr()?;
     let endpoint = config.advertise.clone().unwrap_or_else(|| local.to_string());

@@ -5,7 +5,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, IntoConnectionInfo as _, Pipeline, RedisFuture, Value};
 
 /// A cloneable, reconnecting Redis connection.
 #[derive(Clone)]
@@ -15,22 +15,33 @@ pub enum Conn {
 }
 
 impl Conn {
-    /// Connects to one server (`urls` has one entry) or to a cluster through its seed nodes.
-    /// Fails if Redis cannot be reached now; later outages are retried per command.
+    /// Connects to one server (`urls` has one entry) or to a cluster through its seed nodes,
+    /// with `password` where a URL carries none. Fails if Redis cannot be reached now; later
+    /// outages are retried per command.
     pub async fn open(
         urls: &[String],
         cluster: bool,
         timeout: Duration,
+        password: Option<&str>,
     ) -> redis::RedisResult<Conn> {
         if cluster || urls.len() > 1 {
-            let client = ClusterClientBuilder::new(urls.to_vec())
+            let mut builder = ClusterClientBuilder::new(urls.to_vec())
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
-                .retries(2)
-                .build()?;
-            return Ok(Conn::Cluster(client.get_async_connection().await?));
+                .retries(2);
+            if let Some(password) = password {
+                builder = builder.password(password);
+            }
+            return Ok(Conn::Cluster(builder.build()?.get_async_connection().await?));
         }
-        let client = redis::Client::open(urls[0].as_str())?;
+        let mut info = urls[0].as_str().into_connection_info()?;
+        if let Some(password) = password
+            && info.redis_settings().password().is_none()
+        {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        let client = redis::Client::open(info)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))

@@ -82,7 +82,19 @@ impl RedisStore {
         prefix: &str,
         opts: StoreOptions,
     ) -> Result<Self, StoreError> {
-        let mut conn = Conn::open(urls, cluster, timeout).await?;
+        Self::connect_with_password(urls, cluster, timeout, None, prefix, opts).await
+    }
+
+    /// [`RedisStore::connect`], authenticating with `password` where a URL carries none.
+    pub async fn connect_with_password(
+        urls: &[String],
+        cluster: bool,
+        timeout: Duration,
+        password: Option<&str>,
+        prefix: &str,
+        opts: StoreOptions,
+    ) -> Result<Self, StoreError> {
+        let mut conn = Conn::open(urls, cluster, timeout, password).await?;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(Self {
             conn,
