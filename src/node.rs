@@ -175,8 +175,9 @@ impl Node {
         Ok(appended)
     }
 
-    /// The devices of `user` that hold a stream on a live node, as (device, node id), sorted.
-    pub async fn presence(&self, user: &str) -> Result<Vec<(String, String)>, Error> {
+    /// Whether `user` holds a stream on a live node and, only when `caller` is that user, on
+    /// which devices and nodes, as (device, node id) sorted. Other users learn online or not.
+    pub async fn presence(&self, caller: &str, user: &str) -> Result<Presence, Error> {
         ids::user(user)?;
         let routes = self.routes.get(user).await?;
         let mut devices: Vec<_> = routes
@@ -185,8 +186,20 @@ impl Node {
             .map(|(device, r)| (device, r.node_id))
             .collect();
         devices.sort();
-        Ok(devices)
+        let online = !devices.is_empty();
+        if caller != user {
+            devices.clear();
+        }
+        Ok(Presence { online, devices })
     }
+}
+
+/// What Presence tells a caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    pub online: bool,
+    /// (device, node id) of each online device; empty unless the caller asked about themself.
+    pub devices: Vec<(String, String)>,
 }
 
 /// The Login pipeline: a timeout (an empty cluster is UNAVAILABLE, not a hang), a buffer (the

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, TestNode, assert_quiet, expected, next_event, next_message, take};
-use tim::client::Event;
+use tim::client::{self, Event};
 
 async fn alice_and_bob_chat_both_ways(b: &Backend) {
     let node = TestNode::start(b).await;
@@ -175,6 +175,14 @@ async fn every_device_of_a_user_receives_everything(b: &Backend) {
     let mut presence = node.presence("bob").await;
     presence.sort();
     assert_eq!(presence, ["laptop", "phone"]);
+    // Anyone else learns only that bob is online.
+    let token = node.login("alice", "web").await.token;
+    for user in ["bob", "nobody"] {
+        let req = tim::proto::PresenceRequest { user_id: user.into() };
+        let seen = node.gateway().await.presence(client::authorized(req, &token)).await.unwrap();
+        let seen = seen.into_inner();
+        assert_eq!((seen.online, seen.devices.len()), (user == "bob", 0), "{user}");
+    }
     for i in 1..=5 {
         node.send_unary("alice", &format!("d{i}"), "bob", &format!("m{i}")).await.unwrap();
     }

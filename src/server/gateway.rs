@@ -2,7 +2,8 @@
 //! translated from the wire and handed to the node's flow of the same name.
 //!
 //! Who may call: Login anyone (it is the authentication); Send and Presence only with a session
-//! token (`authorization: Bearer`), acting as the token's user.
+//! token (`authorization: Bearer`), acting as the token's user. Presence tells other users only
+//! whether someone is online; devices and nodes only to the user themself.
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -43,17 +44,16 @@ impl Gateway for GatewayService {
         &self,
         req: Request<proto::PresenceRequest>,
     ) -> Result<Response<proto::PresenceResponse>, Status> {
-        self.node.authorize(req.metadata(), TokenKind::Session)?;
+        let claims = self.node.authorize(req.metadata(), TokenKind::Session)?;
         let user = req.into_inner().user_id;
-        let devices: Vec<_> = self
-            .node
-            .presence(&user)
-            .await?
+        let presence = self.node.presence(&claims.sub, &user).await?;
+        let devices: Vec<_> = presence
+            .devices
             .into_iter()
             .map(|(device, node_id)| proto::DeviceRoute { device, node_id })
             .collect();
         Ok(Response::new(proto::PresenceResponse {
-            online: !devices.is_empty(),
+            online: presence.online,
             user_id: user,
             devices,
         }))

@@ -220,9 +220,10 @@ impl TestNode {
         self.presence_nodes(user).await.into_iter().map(|(device, _)| device).collect()
     }
 
-    /// (device, node id) of every device of `user` that Presence reports online.
+    /// (device, node id) of every device of `user` that Presence reports online, asked as
+    /// `user` (others learn only online or not).
     pub async fn presence_nodes(&self, user: &str) -> Vec<(String, String)> {
-        let token = self.login("presence-checker", "server").await.token;
+        let token = self.login(user, "presence-checker").await.token;
         let req = proto::PresenceRequest { user_id: user.into() };
         let resp = self.gateway().await.presence(client::authorized(req, &token)).await.unwrap();
         resp.into_inner().devices.into_iter().map(|d| (d.device, d.node_id)).collect()
