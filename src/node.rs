@@ -66,12 +66,14 @@ pub struct Node {
 }
 
 impl Node {
-    /// A node with id `id` over `stores`, placing logins on the nodes `membership` knows.
+    /// A node with id `id` over `stores`, authenticating logins by `login_mode` and placing
+    /// them on the nodes `membership` knows.
     /// Also returns the login placement worker, which the caller runs as one of the node's
     /// tasks: Login waits for it.
     pub fn new(
         id: &str,
         config: Config,
+        login_mode: LoginMode,
         stores: Stores,
         membership: Arc<Membership>,
     ) -> (Self, LoginWorker) {
@@ -82,7 +84,7 @@ impl Node {
             login_service(signer.clone(), config.token_ttl, config.lb, &membership);
         let node = Node {
             id: id.to_string(),
-            login_mode: config.login_mode(),
+            login_mode,
             delivery: Delivery::new(id, signer.clone(), membership, FEED_CAPACITY),
             signer,
             inbox: stores.inbox,

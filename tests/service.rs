@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use common::proxy::FreezableProxy;
 use common::{Backend, TestNode, WAIT, eventually, next_event, next_message};
-use tim::auth::sign_hs256_jwt;
+use tim::auth::sign_jwt;
 use tim::client::{self, Event, Options, Session};
 use tim::config::LoginKind;
 use tonic::Code;
@@ -15,27 +15,33 @@ fn now() -> i64 {
     tim::auth::unix_ms(SystemTime::now()) / 1000
 }
 
+const BACKEND_SECRET: &str = "app-backend-secret-of-32-bytes!!";
+
+fn hs256(claims: serde_json::Value, secret: &str) -> String {
+    sign_jwt(&claims, tim::auth::Algorithm::HS256, secret.as_bytes(), None)
+}
+
 #[tokio::test]
 async fn jwt_login_honours_signature_subject_and_expiry() {
     let node = TestNode::with(&Backend::Memory, |c| {
         c.login = LoginKind::Jwt;
-        c.jwt_secret = Some("app-backend-secret".into());
+        c.jwt_secret = Some(BACKEND_SECRET.into());
     })
     .await;
     let opts = Options::default();
     let addr = node.endpoint();
-    let good = sign_hs256_jwt(
-        &serde_json::json!({"sub": "bob", "exp": now() + 60}),
-        b"app-backend-secret",
-    );
+    let good = hs256(serde_json::json!({"sub": "bob", "exp": now() + 60}), BACKEND_SECRET);
     let login = client::login(&addr, "", "phone", &good, &opts).await.unwrap();
     assert_eq!(login.user_id, "bob");
     let bob = Session::connect(&login.endpoint, &login.token, 0, &opts).await.unwrap();
     assert_eq!(bob.welcome.user_id, "bob");
 
-    let expired =
-        sign_hs256_jwt(&serde_json::json!({"sub": "bob", "exp": now() - 5}), b"app-backend-secret");
-    let forged = sign_hs256_jwt(&serde_json::json!({"sub": "bob", "exp": now() + 60}), b"guess");
+    // Past the 30 s clock-skew leeway.
+    let expired = hs256(serde_json::json!({"sub": "bob", "exp": now() - 60}), BACKEND_SECRET);
+    let forged = hs256(
+        serde_json::json!({"sub": "bob", "exp": now() + 60}),
+        "a-guess-a-guess-a-guess-a-guess!",
+    );
     for (jwt, what) in [
         (expired.as_str(), "expired"),
         (forged.as_str(), "forged"),
@@ -47,6 +53,45 @@ async fn jwt_login_honours_signature_subject_and_expiry() {
     }
     let err = client::login(&addr, "alice", "phone", &good, &opts).await.unwrap_err();
     assert_eq!(err.code(), Some(Code::PermissionDenied), "user_id must match sub");
+}
+
+/// A backend that signs with a private key: the node holds only its public key, checks `iss`
+/// and `aud`, and refuses tokens for anyone else or signed with the key's PEM as a secret.
+#[tokio::test]
+async fn jwt_login_with_a_public_key_checks_issuer_and_audience() {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let dir = std::env::temp_dir().join(format!("tim-jwt-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let public = dir.join("backend.pub.pem");
+    std::fs::write(&public, pair.public_key_pem()).unwrap();
+    let node = TestNode::with(&Backend::Memory, |c| {
+        c.login = LoginKind::Jwt;
+        c.jwt_public_key = Some(public.clone());
+        c.jwt_issuer = Some("https://app.example".into());
+        c.jwt_audience = Some("tim".into());
+    })
+    .await;
+    let (addr, opts) = (node.endpoint(), Options::default());
+    let private = pair.serialize_pem();
+    let es256 = |claims: serde_json::Value| {
+        sign_jwt(&claims, tim::auth::Algorithm::ES256, private.as_bytes(), None)
+    };
+    let claims = |iss: &str, aud: &str| serde_json::json!({"sub": "carol", "exp": now() + 60, "iss": iss, "aud": aud});
+    let good = es256(claims("https://app.example", "tim"));
+    assert_eq!(client::login(&addr, "", "d", &good, &opts).await.unwrap().user_id, "carol");
+    let confused = sign_jwt(
+        &claims("https://app.example", "tim"),
+        tim::auth::Algorithm::HS256,
+        pair.public_key_pem().as_bytes(),
+        None,
+    );
+    for jwt in
+        [es256(claims("https://evil", "tim")), es256(claims("https://app.example", "x")), confused]
+    {
+        let err = client::login(&addr, "", "d", &jwt, &opts).await.unwrap_err();
+        assert_eq!(err.code(), Some(Code::Unauthenticated), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]

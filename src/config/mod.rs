@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
 
-use crate::auth::{LoginMode, TokenSigner};
+use crate::auth::{JwtConfigError, JwtVerifier, LoginMode, TokenSigner};
 use crate::store::StoreOptions;
 
 mod secrets;
@@ -44,12 +44,27 @@ pub struct Config {
     /// without this flag; with it, a warning is logged every minute.
     #[arg(long, env = "TIM_INSECURE_DEV_LOGIN", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure_dev_login: bool,
-    /// Secret of the HS256 JWTs accepted in `--login jwt` mode.
+    /// Shared secret of the HS256/384/512 JWTs accepted in `--login jwt` mode (≥ 32 bytes).
     #[arg(long, env = "TIM_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// File holding the JWT secret (instead of `--jwt-secret`: kept out of process lists).
     #[arg(long, env = "TIM_JWT_SECRET_FILE")]
     pub jwt_secret_file: Option<PathBuf>,
+    /// PEM public key of the backend's RS*/PS*, ES256/ES384 or EdDSA JWTs (instead of a secret).
+    #[arg(long, env = "TIM_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// JWK set file of the backend's keys; a token names its key by `kid`.
+    #[arg(long, env = "TIM_JWT_JWKS")]
+    pub jwt_jwks: Option<PathBuf>,
+    /// Required `iss` of login JWTs.
+    #[arg(long, env = "TIM_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of login JWTs.
+    #[arg(long, env = "TIM_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Clock skew allowed on a JWT's `exp` and `nbf`.
+    #[arg(long, env = "TIM_JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
+    pub jwt_leeway: Duration,
     /// Secret that signs session tokens; every node of a cluster needs the same one.
     /// Random when unset (tokens then die with the process).
     #[arg(long, env = "TIM_TOKEN_SECRET", hide_env_values = true)]
@@ -171,14 +186,38 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The login mode this config selects.
-    pub fn login_mode(&self) -> LoginMode {
-        match self.login {
-            LoginKind::Dev => LoginMode::Dev,
-            LoginKind::Jwt => {
-                LoginMode::Jwt { secret: self.jwt_secret.clone().unwrap_or_default().into_bytes() }
-            }
+    /// The login mode this config selects; with `--login jwt`, its key read and parsed.
+    pub fn login_mode(&self) -> Result<LoginMode, ConfigError> {
+        if self.login == LoginKind::Dev {
+            return Ok(LoginMode::Dev);
         }
+        let bad = |e: JwtConfigError| ConfigError(e.to_string());
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+        };
+        let verifier = match (&self.jwt_secret, &self.jwt_public_key, &self.jwt_jwks) {
+            (Some(secret), None, None) => JwtVerifier::secret(secret.as_bytes()).map_err(bad)?,
+            (None, Some(pem), None) => JwtVerifier::public_key(&read(pem)?).map_err(bad)?,
+            (None, None, Some(jwks)) => {
+                let json = String::from_utf8_lossy(&read(jwks)?).into_owned();
+                JwtVerifier::jwks(&json).map_err(bad)?
+            }
+            _ => {
+                return Err(ConfigError(
+                    "--login jwt needs exactly one of --jwt-secret (or --jwt-secret-file), \
+                     --jwt-public-key and --jwt-jwks"
+                        .into(),
+                ));
+            }
+        };
+        let mut verifier = verifier.leeway(self.jwt_leeway);
+        if let Some(issuer) = &self.jwt_issuer {
+            verifier = verifier.issuer(issuer);
+        }
+        if let Some(audience) = &self.jwt_audience {
+            verifier = verifier.audience(audience);
+        }
+        Ok(LoginMode::Jwt(std::sync::Arc::new(verifier)))
     }
 
     /// The token signer: from `--token-secret`, or random.

@@ -8,9 +8,7 @@ impl Config {
     /// Checks every value; called before any port is bound.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |m: &str| Err(ConfigError(m.to_string()));
-        if self.login == LoginKind::Jwt && self.jwt_secret.as_deref().unwrap_or("").is_empty() {
-            return fail("--login jwt needs --jwt-secret (TIM_JWT_SECRET)");
-        }
+        self.login_mode()?;
         if self.token_secret.as_ref().is_some_and(|s| s.len() < 16) {
             return fail("--token-secret must be at least 16 bytes");
         }
@@ -119,7 +117,7 @@ mod tests {
         c.validate().unwrap();
         c.login = LoginKind::Jwt;
         assert!(c.validate().is_err());
-        c.jwt_secret = Some("s".into());
+        c.jwt_secret = Some("0123456789abcdef0123456789abcdef".into());
         c.validate().unwrap();
     }
 
@@ -139,7 +137,7 @@ mod tests {
         assert!(c.dev_login_exposed());
         c.insecure_dev_login = false;
         c.login = LoginKind::Jwt;
-        c.jwt_secret = Some("s".into());
+        c.jwt_secret = Some("0123456789abcdef0123456789abcdef".into());
         c.validate().unwrap();
         assert!(!c.dev_login_exposed());
     }
@@ -148,7 +146,7 @@ mod tests {
     fn a_wildcard_address_needs_an_advertised_one() {
         let mut c = Config {
             login: LoginKind::Jwt,
-            jwt_secret: Some("s".into()),
+            jwt_secret: Some("0123456789abcdef0123456789abcdef".into()),
             addr: "0.0.0.0:50051".parse().unwrap(),
             ..Config::default()
         };

@@ -116,7 +116,8 @@ pub async fn run(
     if config.token_secret.is_none() {
         warn!("no --token-secret: tokens are signed with a random key and die with this process");
     }
-    let (node, login_worker) = Node::new(&id, config, stores, membership);
+    let login_mode = config.login_mode()?;
+    let (node, login_worker) = Node::new(&id, config, login_mode, stores, membership);
     let node = Arc::new(node);
     tasks.spawn(login_worker);
     tasks.spawn({

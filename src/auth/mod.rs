@@ -6,8 +6,9 @@
 //! to another. Identity always comes from a verified token, never from a request field.
 //!
 //! Login modes: `dev` accepts any well-formed user id (for development and tests); `jwt` accepts
-//! an HS256 JWT issued by the application's backend, whose `sub` is the user id and whose `exp`
-//! is honoured.
+//! a JWT issued by the application's backend (`jwt`: HS256 with a shared secret, or RS/PS/ES/EdDSA
+//! with its public key), whose `sub` is the user id.
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -16,6 +17,11 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tonic::metadata::MetadataMap;
+
+mod jwt;
+
+pub use jsonwebtoken::Algorithm;
+pub use jwt::{JwtConfigError, JwtVerifier, sign_jwt};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -35,7 +41,7 @@ pub enum AuthError {
     #[error("wrong kind of token for this call")]
     WrongKind,
     #[error("jwt rejected: {0}")]
-    Jwt(&'static str),
+    Jwt(String),
     #[error("{0}")]
     Forbidden(String),
 }
@@ -144,12 +150,12 @@ impl TokenSigner {
 }
 
 /// How Gateway.Login establishes who the caller is.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum LoginMode {
     /// Any well-formed user id is accepted as is.
     Dev,
-    /// An HS256 JWT signed with this secret is required.
-    Jwt { secret: Vec<u8> },
+    /// A JWT from the application's backend is required; its `sub` is the user.
+    Jwt(Arc<JwtVerifier>),
 }
 
 impl LoginMode {
@@ -158,73 +164,14 @@ impl LoginMode {
     pub fn authenticate(&self, requested: &str, jwt: &str) -> Result<String, AuthError> {
         match self {
             LoginMode::Dev => Ok(requested.to_string()),
-            LoginMode::Jwt { secret } => {
+            LoginMode::Jwt(verifier) => {
                 if jwt.is_empty() {
-                    return Err(AuthError::Jwt("login needs a jwt in this mode"));
+                    return Err(AuthError::Jwt("login needs a jwt in this mode".into()));
                 }
-                verify_hs256_jwt(jwt, secret)
+                verifier.subject(jwt)
             }
         }
     }
-}
-
-#[derive(Deserialize)]
-struct JwtHeader {
-    alg: String,
-}
-
-#[derive(Deserialize)]
-struct JwtClaims {
-    sub: Option<String>,
-    exp: Option<i64>,
-    nbf: Option<i64>,
-}
-
-/// Verifies an HS256 JWT (signature, `exp` required, `nbf` if present) and returns its `sub`.
-pub fn verify_hs256_jwt(jwt: &str, secret: &[u8]) -> Result<String, AuthError> {
-    let mut parts = jwt.split('.');
-    let (Some(h), Some(c), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(AuthError::Jwt("not a compact JWS"));
-    };
-    let header: JwtHeader = B64
-        .decode(h)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(AuthError::Jwt("bad header"))?;
-    if header.alg != "HS256" {
-        return Err(AuthError::Jwt("alg must be HS256"));
-    }
-    let sig = B64.decode(s).map_err(|_| AuthError::Jwt("bad signature encoding"))?;
-    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length");
-    mac.update(&jwt.as_bytes()[..h.len() + 1 + c.len()]);
-    mac.verify_slice(&sig).map_err(|_| AuthError::Jwt("bad signature"))?;
-    let claims: JwtClaims = B64
-        .decode(c)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(AuthError::Jwt("bad claims"))?;
-    let now = unix_ms(SystemTime::now()) / 1000;
-    match claims.exp {
-        None => return Err(AuthError::Jwt("exp is required")),
-        Some(exp) if exp <= now => return Err(AuthError::Jwt("expired")),
-        _ => {}
-    }
-    if claims.nbf.is_some_and(|nbf| nbf > now) {
-        return Err(AuthError::Jwt("not valid yet"));
-    }
-    claims.sub.ok_or(AuthError::Jwt("sub is required"))
-}
-
-/// Signs an HS256 JWT with the given claims: what an application backend does; used by tests
-/// and `tim` tooling.
-pub fn sign_hs256_jwt(claims: &serde_json::Value, secret: &[u8]) -> String {
-    let head = B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let body = B64.encode(serde_json::to_vec(claims).expect("json"));
-    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length");
-    mac.update(format!("{head}.{body}").as_bytes());
-    format!("{head}.{body}.{}", B64.encode(mac.finalize().into_bytes()))
 }
 
 /// Milliseconds since the Unix epoch.
@@ -258,17 +205,5 @@ mod tests {
         let s = TokenSigner::new(b"k".to_vec());
         let claims = Claims { sub: "a".into(), dev: "d".into(), exp: 1, kind: TokenKind::Session };
         assert!(matches!(s.verify(&s.sign(&claims), TokenKind::Session), Err(AuthError::Expired)));
-    }
-
-    #[test]
-    fn jwt_checks() {
-        let now = unix_ms(SystemTime::now()) / 1000;
-        let ok = sign_hs256_jwt(&serde_json::json!({"sub": "bob", "exp": now + 60}), b"s");
-        assert_eq!(verify_hs256_jwt(&ok, b"s").unwrap(), "bob");
-        assert!(verify_hs256_jwt(&ok, b"t").is_err());
-        let old = sign_hs256_jwt(&serde_json::json!({"sub": "bob", "exp": now - 1}), b"s");
-        assert!(matches!(verify_hs256_jwt(&old, b"s"), Err(AuthError::Jwt("expired"))));
-        let no_exp = sign_hs256_jwt(&serde_json::json!({"sub": "bob"}), b"s");
-        assert!(verify_hs256_jwt(&no_exp, b"s").is_err());
     }
 }
