@@ -371,3 +371,23 @@ async fn a_connection_is_told_its_stream_limit() {
     assert_eq!(limit, 5);
     driver.abort();
 }
+
+/// A stream lives no longer than its session token: it ends with UNAUTHENTICATED when the
+/// token expires, and the device logs in again.
+#[tokio::test]
+async fn a_stream_ends_when_its_token_expires() {
+    use tim::auth::{TokenKind, TokenSigner};
+    let node = TestNode::start(&Backend::Memory).await;
+    let signer = TokenSigner::new(common::SECRET.as_bytes().to_vec());
+    let (token, _) = signer.issue(TokenKind::Session, "bob", "phone", Duration::from_secs(2));
+    let mut bob = Session::connect(&node.endpoint(), &token, 0, &Options::default()).await.unwrap();
+    let status = loop {
+        match tokio::time::timeout(WAIT, bob.next_event()).await.unwrap() {
+            Some(Event::Closed(Some(status))) => break status,
+            Some(Event::Message(_)) => continue,
+            other => panic!("expected the stream to end with a status, got {other:?}"),
+        }
+    };
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("expired"), "{status:?}");
+}

@@ -1,5 +1,7 @@
 //! The start of a session: the `Hello` frame (who the device is, proven by its session token)
 //! and where the client says it is (its resume point), checked against the inbox it refers to.
+use std::time::Duration;
+
 use tonic::{Status, Streaming};
 use tracing::warn;
 
@@ -59,6 +61,13 @@ pub async fn hello(
     }
     ids::device(&claims.dev).map_err(|e| Some(Status::invalid_argument(e.to_string())))?;
     Ok((claims, Resume { after: h.resume_after, epoch: h.inbox_epoch }))
+}
+
+/// When a token expiring at `exp` (Unix seconds) runs out, on the runtime's clock.
+pub fn expiry(exp: i64) -> tokio::time::Instant {
+    let now = crate::auth::unix_ms(std::time::SystemTime::now());
+    let left = u64::try_from(exp.saturating_mul(1000) - now).unwrap_or(0);
+    tokio::time::Instant::now() + Duration::from_millis(left)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 
 use super::acks::AckMerge;
 use super::gate::SendGate;
-use super::hello::{Resume, hello};
+use super::hello::{self, Resume, hello};
 use super::outbound::{Gone, Outbound};
 use crate::deliver::{Feed, Phase, REPLACED, Stop};
 use crate::error::Error;
@@ -44,6 +44,7 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
             return out.finish(Status::unavailable("node is shutting down; log in again")).await;
         }
     };
+    let expires = hello::expiry(claims.exp);
     let (user, device) = (claims.sub, claims.dev);
     let session_id = new_id();
     let feed = sessions.register(&user, &device, &session_id);
@@ -74,6 +75,10 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
         r = body => r,
         () = sessions.reached(Phase::Terminated) => {
             Err(End::Abort(Status::unavailable("node shut down; log in again")))
+        }
+        // A stream lives no longer than the token it was opened with.
+        () = tokio::time::sleep_until(expires) => {
+            Err(End::Status(Status::unauthenticated("session token expired; log in again")))
         }
     };
     if let Some(up_to) = s.acks.take() {

@@ -234,8 +234,11 @@ impl Supervisor {
                         return Ended::Reconnect(Duration::from_millis(u64::from(ms)), "node draining".into());
                     }
                     Some(Event::Closed(status)) => {
+                        // An expired token: log in again at once (a refused login backs off).
+                        let expired = status.as_ref().is_some_and(|s| s.code() == Code::Unauthenticated);
                         let reason = status.map_or("stream closed".to_string(), |s| s.to_string());
-                        return Ended::Reconnect(self.next_backoff(), reason);
+                        let delay = if expired { Duration::ZERO } else { self.next_backoff() };
+                        return Ended::Reconnect(delay, reason);
                     }
                     None => return Ended::Reconnect(self.next_backoff(), "stream closed".into()),
                 },
