@@ -95,7 +95,7 @@ impl Delivery {
     /// session if it is on another live node (one on this node was kicked when the newer one
     /// registered).
     pub fn kick_replaced(&self, user: &str, device: &str, previous: &Route) {
-        if previous.node_id == self.self_id || !self.membership.contains(&previous.node_id) {
+        if !self.is_live_peer(&previous.node_id) {
             return;
         }
         let (peers, old) = (self.peers.clone(), previous.clone());
@@ -112,9 +112,14 @@ impl Delivery {
         self.sessions.kick(user, device, session_id, REPLACED)
     }
 
-    /// Whether a route still points at a live node.
+    /// Whether a route still points at a live node (this one, or a peer discovery knows).
     pub fn is_live(&self, route: &Route) -> bool {
-        route.node_id == self.self_id || self.membership.contains(&route.node_id)
+        route.node_id == self.self_id || self.is_live_peer(&route.node_id)
+    }
+
+    /// Whether `node_id` is another node that discovery counts as live.
+    fn is_live_peer(&self, node_id: &str) -> bool {
+        node_id != self.self_id && self.membership.contains(node_id)
     }
 
     /// Keeps a relay channel to every other live node; runs until the node aborts it.
@@ -142,7 +147,7 @@ impl Delivery {
         routes
             .iter()
             .map(|(_, r)| &r.node_id)
-            .filter(|id| **id != self.self_id && self.membership.contains(id))
+            .filter(|id| self.is_live_peer(id))
             .cloned()
             .collect()
     }
