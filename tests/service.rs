@@ -18,7 +18,7 @@ fn now() -> i64 {
 const BACKEND_SECRET: &str = "app-backend-secret-of-32-bytes!!";
 
 fn hs256(claims: serde_json::Value, secret: &str) -> String {
-    sign_jwt(&claims, tim::auth::Algorithm::HS256, secret.as_bytes(), None)
+    sign_jwt(&claims, tim::auth::Algorithm::HS256, secret.as_bytes(), None).unwrap()
 }
 
 #[tokio::test]
@@ -74,7 +74,7 @@ async fn jwt_login_with_a_public_key_checks_issuer_and_audience() {
     let (addr, opts) = (node.endpoint(), Options::default());
     let private = pair.serialize_pem();
     let es256 = |claims: serde_json::Value| {
-        sign_jwt(&claims, tim::auth::Algorithm::ES256, private.as_bytes(), None)
+        sign_jwt(&claims, tim::auth::Algorithm::ES256, private.as_bytes(), None).unwrap()
     };
     let claims = |iss: &str, aud: &str| serde_json::json!({"sub": "carol", "exp": now() + 60, "iss": iss, "aud": aud});
     let good = es256(claims("https://app.example", "tim"));
@@ -84,7 +84,8 @@ async fn jwt_login_with_a_public_key_checks_issuer_and_audience() {
         tim::auth::Algorithm::HS256,
         pair.public_key_pem().as_bytes(),
         None,
-    );
+    )
+    .unwrap();
     for jwt in
         [es256(claims("https://evil", "tim")), es256(claims("https://app.example", "x")), confused]
     {

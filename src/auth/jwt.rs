@@ -145,22 +145,23 @@ fn validation_for(key: &DecodingKey) -> Validation {
     v
 }
 
-/// Signs a JWT with `claims`: what an application backend does. `key` is a secret for HS256 or
+/// Signs a JWT with `claims`: what an application backend does. `key` is a secret for HS*, or
 /// a PEM private key for `alg`. Used by tests and tools.
 pub fn sign_jwt(
     claims: &serde_json::Value,
     alg: Algorithm,
     key: &[u8],
     kid: Option<&str>,
-) -> String {
+) -> Result<String, JwtConfigError> {
+    let bad = |e: jsonwebtoken::errors::Error| JwtConfigError(format!("cannot sign a JWT: {e}"));
     let key = match alg {
         Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => EncodingKey::from_secret(key),
-        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(key).expect("EC key"),
-        Algorithm::EdDSA => EncodingKey::from_ed_pem(key).expect("Ed25519 key"),
-        _ => EncodingKey::from_rsa_pem(key).expect("RSA key"),
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(key).map_err(bad)?,
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(key).map_err(bad)?,
+        _ => EncodingKey::from_rsa_pem(key).map_err(bad)?,
     };
     let header = Header { kid: kid.map(str::to_string), ..Header::new(alg) };
-    jsonwebtoken::encode(&header, claims, &key).expect("signing a JWT")
+    jsonwebtoken::encode(&header, claims, &key).map_err(bad)
 }
 
 #[cfg(test)]
@@ -176,7 +177,7 @@ mod tests {
     }
 
     fn hs(claims: serde_json::Value) -> String {
-        sign_jwt(&claims, Algorithm::HS256, SECRET, None)
+        sign_jwt(&claims, Algorithm::HS256, SECRET, None).unwrap()
     }
 
     #[test]
@@ -185,7 +186,8 @@ mod tests {
         let v = JwtVerifier::secret(SECRET).unwrap().leeway(Duration::ZERO);
         assert_eq!(v.subject(&hs(json!({"sub": "bob", "exp": now() + 60}))).unwrap(), "bob");
         let other =
-            sign_jwt(&json!({"sub": "bob", "exp": now() + 60}), Algorithm::HS256, &[7; 32], None);
+            sign_jwt(&json!({"sub": "bob", "exp": now() + 60}), Algorithm::HS256, &[7; 32], None)
+                .unwrap();
         let refusal = |jwt: &str| v.subject(jwt).unwrap_err().to_string();
         assert!(refusal(&other).contains("bad signature"));
         assert!(refusal(&hs(json!({"sub": "bob", "exp": now() - 5}))).contains("expired"));
@@ -223,10 +225,12 @@ mod tests {
         let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let v = JwtVerifier::public_key(pair.public_key_pem().as_bytes()).unwrap();
         let claims = json!({"sub": "carol", "exp": now() + 60});
-        let es = sign_jwt(&claims, Algorithm::ES256, pair.serialize_pem().as_bytes(), None);
+        let es =
+            sign_jwt(&claims, Algorithm::ES256, pair.serialize_pem().as_bytes(), None).unwrap();
         assert_eq!(v.subject(&es).unwrap(), "carol");
         // The public key used as an HMAC secret (the classic confusion): refused.
-        let confused = sign_jwt(&claims, Algorithm::HS256, pair.public_key_pem().as_bytes(), None);
+        let confused =
+            sign_jwt(&claims, Algorithm::HS256, pair.public_key_pem().as_bytes(), None).unwrap();
         assert!(v.subject(&confused).unwrap_err().to_string().contains("algorithm"));
         assert!(JwtVerifier::public_key(b"not a key").is_err());
     }

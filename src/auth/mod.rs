@@ -5,9 +5,9 @@
 //! secret accepts every other node's tokens, so a client may log in through any node and stream
 //! to another. Identity always comes from a verified token, never from a request field.
 //!
-//! Login modes: `dev` accepts any well-formed user id (for development and tests); `jwt` accepts
-//! a JWT issued by the application's backend (`jwt`: HS256 with a shared secret, or RS/PS/ES/EdDSA
-//! with its public key), whose `sub` is the user id.
+//! Login modes: `dev` accepts any well-formed user id (loopback only, unless explicitly made
+//! insecure); `jwt` accepts a JWT issued by the application's backend, whose `sub` is the user
+//! id (see `jwt`: a shared secret, a public key or a JWK set).
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -18,9 +18,9 @@ pub use secrets::redact_url;
 /// How `Gateway.Login` authenticates users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LoginKind {
-    /// Any user id is accepted (development only).
+    /// Any user id is accepted (development only; loopback addresses unless insecure).
     Dev,
-    /// An HS256 JWT from the application's backend, `sub` = user id.
+    /// A JWT from the application's backend (secret, public key or JWK set), `sub` = user id.
     Jwt,
 }
 

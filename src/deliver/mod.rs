@@ -144,12 +144,7 @@ impl Delivery {
 
     /// The live nodes other than this one that hold one of `routes`.
     fn remote_nodes(&self, routes: &[(String, Route)]) -> BTreeSet<String> {
-        routes
-            .iter()
-            .map(|(_, r)| &r.node_id)
-            .filter(|id| self.is_live_peer(id))
-            .cloned()
-            .collect()
+        routes.iter().map(|(_, r)| &r.node_id).filter(|id| self.is_live_peer(id)).cloned().collect()
     }
 
     /// Runs a peer call in the background, owned here; finished ones are reaped as new ones
