@@ -234,4 +234,31 @@ mod tests {
         assert!(v.subject(&confused).unwrap_err().to_string().contains("algorithm"));
         assert!(JwtVerifier::public_key(b"not a key").is_err());
     }
+
+    #[test]
+    fn a_jwk_set_picks_the_key_the_token_names() {
+        use jsonwebtoken::jwk::{Jwk, JwkSet};
+        let jwk = |pair: &rcgen::KeyPair, kid: &str| {
+            let key = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+            let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap();
+            jwk.common.key_id = Some(kid.into());
+            jwk
+        };
+        let (a, b) = (
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+        );
+        let set = JwkSet { keys: vec![jwk(&a, "a"), jwk(&b, "b")] };
+        let v = JwtVerifier::jwks(&serde_json::to_string(&set).unwrap()).unwrap();
+        let claims = json!({"sub": "dave", "exp": now() + 60});
+        let sign = |pair: &rcgen::KeyPair, kid: Option<&str>| {
+            sign_jwt(&claims, Algorithm::ES256, pair.serialize_pem().as_bytes(), kid).unwrap()
+        };
+        assert_eq!(v.subject(&sign(&b, Some("b"))).unwrap(), "dave");
+        let refusal = |jwt: &str| v.subject(jwt).unwrap_err().to_string();
+        assert!(refusal(&sign(&a, Some("b"))).contains("bad signature"), "a's token under b's kid");
+        assert!(refusal(&sign(&a, Some("c"))).contains("unknown kid"));
+        assert!(refusal(&sign(&a, None)).contains("kid is required"));
+        assert!(JwtVerifier::jwks(r#"{"keys": []}"#).is_err());
+    }
 }
