@@ -26,6 +26,32 @@ pub struct LoginArgs {
     /// HS256 JWT, for nodes in `--login jwt` mode.
     #[arg(long, env = "TIM_JWT", default_value = "", hide_env_values = true)]
     pub jwt: String,
+    /// PEM CA certificate(s) to trust instead of the system's roots; implies TLS for a bare
+    /// host:port. `https://host:port` alone uses the system's roots.
+    #[arg(long, env = "TIM_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for nodes that ask for one (`--tls-client-ca`).
+    #[arg(long, env = "TIM_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `--client-cert`.
+    #[arg(long, env = "TIM_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+}
+
+impl LoginArgs {
+    /// Client options with the TLS settings these arguments ask for.
+    fn options(&self) -> Result<Options> {
+        let mut opts = Options::default();
+        if self.tls_ca.is_some() || self.client_cert.is_some() {
+            let tls = client::ClientTls::from_files(
+                self.tls_ca.as_deref(),
+                self.client_cert.as_deref(),
+                self.client_key.as_deref(),
+            )?;
+            opts.tls = Some(tls);
+        }
+        Ok(opts)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -123,8 +149,8 @@ async fn shutdown_signal() {
 }
 
 pub async fn send(args: SendArgs) -> Result<()> {
-    let opts = Options::default();
     let l = &args.login;
+    let opts = l.options()?;
     let login = client::login(&l.addr, &l.user, &l.device, &l.jwt, &opts).await?;
     let mut gw = GatewayClient::new(client::channel(&l.addr, &opts).await?);
     let req =
@@ -142,6 +168,7 @@ pub async fn chat(args: ChatArgs) -> Result<()> {
     let l = &args.login;
     let mut config = Config::new(vec![l.addr.clone()], &l.user, &l.device);
     config.jwt = l.jwt.clone();
+    config.options = l.options()?;
     config.resume_after = args.resume_after;
     let mut client = Client::start(config);
     let handle = client.handle();
@@ -174,6 +201,7 @@ pub async fn chat(args: ChatArgs) -> Result<()> {
                 }
                 Some(ClientEvent::Disconnected { reason }) => eprintln!("disconnected ({reason}); reconnecting"),
                 Some(ClientEvent::Kicked(reason)) => return Err(format!("kicked: {reason}").into()),
+                Some(ClientEvent::LoggedOut(reason)) => return Err(format!("logged out: {reason}").into()),
                 None => return Err("client stopped".into()),
             },
         }

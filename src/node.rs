@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use rustls::pki_types::CertificateDer;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 use tower::buffer::Buffer;
@@ -12,13 +13,14 @@ use tower::{BoxError, Layer as _, ServiceBuilder, ServiceExt as _};
 
 use crate::auth::{AuthError, Claims, LoginMode, TokenKind, TokenSigner, unix_ms};
 use crate::config::Config;
-use crate::deliver::Delivery;
+use crate::deliver::{Delivery, Peers};
 use crate::discovery::{Membership, NodeInfo};
 use crate::error::Error;
 use crate::ids;
 use crate::lb::{NodeSelectLayer, Placed};
 use crate::proto;
 use crate::store::{Appended, Inbox, NewMessage, Outgoing, RouteStore};
+use crate::tls::{ClientTls, ServerTls};
 
 /// Device name used when Login names none.
 pub const DEFAULT_DEVICE: &str = "default";
@@ -53,12 +55,24 @@ pub struct Stores {
     pub routes: Arc<dyn RouteStore>,
 }
 
+/// How a node proves who calls it, and who it calls: login, node certificates, peer TLS.
+pub struct Security {
+    pub login_mode: LoginMode,
+    /// The node's served TLS, when on: relay callers are checked against its cluster CA.
+    pub tls: Option<Arc<ServerTls>>,
+    /// How relay calls to peers are made over TLS, when on.
+    pub peer_tls: Option<ClientTls>,
+}
+
 /// Shared state of a node; one per process, behind an `Arc`.
 pub struct Node {
     id: String,
     config: Config,
     signer: TokenSigner,
+    /// Signs and checks node tokens (relay calls); a secret of its own.
+    node_signer: TokenSigner,
     login_mode: LoginMode,
+    tls: Option<Arc<ServerTls>>,
     inbox: Arc<dyn Inbox>,
     routes: Arc<dyn RouteStore>,
     delivery: Delivery,
@@ -66,27 +80,32 @@ pub struct Node {
 }
 
 impl Node {
-    /// A node with id `id` over `stores`, authenticating logins by `login_mode` and placing
-    /// them on the nodes `membership` knows.
+    /// A node with id `id` over `stores`, authenticating callers by `security` and placing
+    /// logins on the nodes `membership` knows.
     /// Also returns the login placement worker, which the caller runs as one of the node's
     /// tasks: Login waits for it.
     pub fn new(
         id: &str,
         config: Config,
-        login_mode: LoginMode,
+        security: Security,
         stores: Stores,
         membership: Arc<Membership>,
     ) -> (Self, LoginWorker) {
         /// Live messages queued per session before it falls back to reading its inbox.
         const FEED_CAPACITY: usize = 1024;
         let signer = config.signer();
+        let node_signer = config.node_signer();
+        let scheme = if security.tls.is_some() { "https://" } else { "" };
         let (login, worker) =
-            login_service(signer.clone(), config.token_ttl, config.lb, &membership);
+            login_service(signer.clone(), config.token_ttl, config.lb, scheme, &membership);
+        let peers = Peers::new(id, node_signer.clone(), security.peer_tls);
         let node = Node {
             id: id.to_string(),
-            login_mode,
-            delivery: Delivery::new(id, signer.clone(), membership, FEED_CAPACITY),
+            login_mode: security.login_mode,
+            tls: security.tls,
+            delivery: Delivery::new(id, peers, membership, FEED_CAPACITY),
             signer,
+            node_signer,
             inbox: stores.inbox,
             routes: stores.routes,
             login,
@@ -117,14 +136,54 @@ impl Node {
         &self.delivery
     }
 
-    /// Verifies a token of `kind` (a Hello's).
-    pub fn verify(&self, token: &str, kind: TokenKind) -> Result<Claims, AuthError> {
-        self.signer.verify(token, kind)
+    /// Verifies a Hello's session token: signature, expiry, and that its device has not
+    /// logged out since it was issued.
+    pub async fn verify(&self, token: &str) -> Result<Claims, Error> {
+        let claims = self.signer.verify(token, TokenKind::Session)?;
+        self.check_revoked(&claims).await?;
+        Ok(claims)
     }
 
-    /// Verifies the `authorization: Bearer` token of a unary call.
-    pub fn authorize(&self, md: &MetadataMap, kind: TokenKind) -> Result<Claims, AuthError> {
-        self.signer.verify_metadata(md, kind)
+    /// Verifies the `authorization: Bearer` session token of a unary call, as
+    /// [`Node::verify`] does.
+    pub async fn authorize(&self, md: &MetadataMap) -> Result<Claims, Error> {
+        let claims = self.signer.verify_metadata(md, TokenKind::Session)?;
+        self.check_revoked(&claims).await?;
+        Ok(claims)
+    }
+
+    async fn check_revoked(&self, claims: &Claims) -> Result<(), Error> {
+        match self.routes.revoked(&claims.sub, &claims.dev).await? {
+            Some(at) if claims.iat_ms <= at => Err(AuthError::Revoked.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Logout: revokes every token `device` of `caller` was issued so far (kept for as long
+    /// as one could live) and ends its streams on every node. Costs one store write and one
+    /// call to each live peer.
+    pub async fn logout(&self, caller: &Claims, device: &str) -> Result<String, Error> {
+        let device = if device.is_empty() { caller.dev.clone() } else { device.to_string() };
+        ids::device(&device)?;
+        let now = unix_ms(SystemTime::now());
+        let keep = self.config.token_ttl + Duration::from_secs(60);
+        self.routes.revoke(&caller.sub, &device, now, keep).await?;
+        self.delivery.log_out(&caller.sub, &device).await;
+        tracing::info!(user = %caller.sub, %device, "logged out");
+        Ok(device)
+    }
+
+    /// Verifies that a relay call comes from a node of this cluster: its node token, and with
+    /// TLS on, its certificate (`chain`, as presented in the handshake) from the cluster CA.
+    pub fn authorize_node(
+        &self,
+        md: &MetadataMap,
+        chain: Option<&[CertificateDer<'static>]>,
+    ) -> Result<Claims, AuthError> {
+        if let Some(tls) = &self.tls {
+            tls.verify_node(chain).map_err(AuthError::Certificate)?;
+        }
+        self.node_signer.verify_metadata(md, TokenKind::Node)
     }
 
     /// Login: proves who the caller is (dev or JWT), places them on a node by strategy, and
@@ -212,6 +271,7 @@ fn login_service(
     signer: TokenSigner,
     ttl: Duration,
     strategy: crate::lb::StrategyKind,
+    scheme: &'static str,
     membership: &Membership,
 ) -> (LoginService, LoginWorker) {
     let issue = tower::service_fn(move |(grant, node): (Grant, NodeInfo)| {
@@ -225,7 +285,8 @@ fn login_service(
                 user_id: grant.user,
                 device: grant.device,
                 node_id: node.id,
-                endpoint: node.endpoint,
+                // https:// when the cluster serves TLS, so clients never dial it in plaintext.
+                endpoint: format!("{scheme}{}", node.endpoint),
             })
         }
     });

@@ -113,6 +113,7 @@ async fn bad_tokens_are_unauthenticated(b: &Backend) {
         dev: "phone".into(),
         exp: 1_000_000,
         kind: TokenKind::Session,
+        iat_ms: 0,
     });
     let (foreign, _) = TokenSigner::new(b"some-other-secret-123".to_vec()).issue(
         TokenKind::Session,
@@ -390,3 +391,41 @@ on_every_store!(
     a_client_that_stops_reading_is_cut_off_and_its_messages_kept,
     malformed_requests_are_invalid_argument,
 );
+
+#[tokio::test]
+async fn relay_takes_only_node_tokens_signed_with_the_node_secret() {
+    let node = TestNode::start(&Backend::Memory).await;
+    let bob = node.connect("bob", "phone", 0).await;
+    let session_token = node.login("mallory", "d").await.token;
+    let node_token = |secret: &str| {
+        TokenSigner::new(secret.as_bytes().to_vec())
+            .issue(TokenKind::Node, "node-x", "", Duration::from_secs(60))
+            .0
+    };
+    let message = proto::Message {
+        seq: 1,
+        from: "mallory".into(),
+        to: "bob".into(),
+        body: "forged".into(),
+        sent_at: 1,
+        msg_id: "m1".into(),
+    };
+    let deliver = |token: String| {
+        let (endpoint, message) = (node.endpoint(), message.clone());
+        async move {
+            let ch = client::channel(&endpoint, &Options::default()).await.unwrap();
+            let req = proto::DeliverRequest { user_id: "bob".into(), messages: vec![message] };
+            let mut relay = proto::relay_client::RelayClient::new(ch);
+            relay.deliver(client::authorized(req, &token)).await
+        }
+    };
+    // A session token, a node token of the token secret, garbage, none: all refused.
+    for token in [session_token, node_token(SECRET), "garbage".into(), String::new()] {
+        let err = deliver(token.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "relay with {token:?}");
+    }
+    // Only a node token of the node secret gets through.
+    let handed = deliver(node_token(common::NODE_SECRET)).await.unwrap().into_inner();
+    assert_eq!(handed.sessions, 1);
+    drop(bob);
+}

@@ -212,7 +212,56 @@ async fn a_closed_stream_clears_its_route(b: &Backend) {
     common::eventually(|| async { node.presence("bob").await.is_empty().then_some(()) }).await;
 }
 
+/// Logout as `token`'s user, of `device` (empty: the token's own).
+async fn logout(node: &TestNode, token: &str, device: &str) -> Result<String, tonic::Status> {
+    let req = tim::proto::LogoutRequest { device: device.into() };
+    let reply = node.gateway().await.logout(client::authorized(req, token)).await?;
+    Ok(reply.into_inner().device)
+}
+
+async fn logout_ends_the_devices_streams_and_refuses_its_tokens(b: &Backend) {
+    use tonic::Code;
+    let node = TestNode::start(b).await;
+    let phone_login = node.login("bob", "phone").await;
+    let mut phone = node.connect("bob", "phone", 0).await;
+    let laptop = node.login("bob", "laptop").await.token;
+    // Mallory can only log out her own devices, whatever she names.
+    let mallory = node.login("mallory", "web").await.token;
+    assert_eq!(logout(&node, &mallory, "phone").await.unwrap(), "phone");
+    node.send_unary("alice", "l1", "bob", "still here").await.unwrap();
+    assert_eq!(next_message(&mut phone).await.body, "still here");
+
+    // The lost phone, logged out from the laptop: its stream says why and ends.
+    assert_eq!(logout(&node, &laptop, "phone").await.unwrap(), "phone");
+    assert!(matches!(next_event(&mut phone).await, Event::LoggedOut(_)));
+    match next_event(&mut phone).await {
+        Event::Closed(Some(s)) => assert_eq!(s.code(), Code::Unauthenticated, "{s:?}"),
+        other => panic!("expected UNAUTHENTICATED, got {other:?}"),
+    }
+    // Its old token opens nothing and sends nothing; the laptop's still works.
+    let opts = client::Options::default();
+    let again = client::Session::connect(&node.endpoint(), &phone_login.token, 0, &opts).await;
+    assert!(matches!(again, Err(client::ClientError::LoggedOut(_))), "{:?}", again.err());
+    let req =
+        tim::proto::SendRequest { client_msg_id: "x".into(), to: "alice".into(), body: "x".into() };
+    let err = node.gateway().await.send(client::authorized(req, &phone_login.token)).await;
+    assert_eq!(err.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(node.presence_nodes("bob").await.len(), 0, "the phone's route is gone");
+    assert!(logout(&node, &laptop, "").await.is_ok(), "the laptop logs itself out");
+    let err = logout(&node, &laptop, "").await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "a logged-out token cannot log out again");
+
+    // Logging in again gives the phone a token that works.
+    let mut phone = node.connect("bob", "phone", 0).await;
+    assert_eq!(next_message(&mut phone).await.body, "still here");
+    let fresh = node.login("bob", "tablet").await.token;
+    let err = logout(&node, &fresh, "no spaces allowed").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(logout(&node, "", "phone").await.unwrap_err().code(), Code::Unauthenticated);
+}
+
 on_every_store!(
+    logout_ends_the_devices_streams_and_refuses_its_tokens,
     alice_and_bob_chat_both_ways,
     offline_messages_wait_and_arrive_in_order,
     replay_and_concurrent_live_sends_have_no_gap_and_no_duplicate,

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::consul::ConsulDouble;
-use common::{Backend, SECRET, TestNode, WAIT, eventually, next_event, next_message};
+use common::{Backend, NODE_SECRET, SECRET, TestNode, WAIT, eventually, next_event, next_message};
 use futures_util::StreamExt as _;
 use tim::client::{self, Event, Options};
 use tim::discovery::consul::ConsulClient;
@@ -159,7 +159,16 @@ async fn a_killed_node_leaves_every_view_within_the_ttl() {
     let doomed_addr = format!("127.0.0.1:{port}");
     let mut doomed = tokio::process::Command::new(env!("CARGO_BIN_EXE_tim"))
         .args(["serve", "--addr", &doomed_addr, "--redis", url, "--redis-prefix", prefix])
-        .args(["--token-secret", SECRET, "--consul", &consul.url(), "--consul-ttl", "1s"])
+        .args([
+            "--token-secret",
+            SECRET,
+            "--node-secret",
+            NODE_SECRET,
+            "--consul",
+            &consul.url(),
+            "--consul-ttl",
+            "1s",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -214,6 +223,23 @@ async fn a_newer_session_on_another_node_kicks_the_older_one() {
     nodes[0].send_unary("alice", "k1", "bob", "to the new one").await.unwrap();
     assert_eq!(next_message(&mut new).await.body, "to the new one");
     assert_eq!(nodes[0].presence("bob").await, ["phone"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_on_one_node_ends_the_devices_stream_on_another() {
+    let consul = ConsulDouble::start().await;
+    let backend = Backend::redis();
+    let nodes = cluster(2, &consul, &backend, StrategyKind::RoundRobin).await;
+    let mut phone = nodes[1].connect_here("bob", "phone", 0).await;
+    let laptop = nodes[0].login("bob", "laptop").await.token;
+    let req = tim::proto::LogoutRequest { device: "phone".into() };
+    nodes[0].gateway().await.logout(client::authorized(req, &laptop)).await.unwrap();
+    match next_event(&mut phone).await {
+        Event::LoggedOut(_) => {}
+        other => panic!("expected LoggedOut, got {other:?}"),
+    }
+    assert!(matches!(next_event(&mut phone).await, Event::Closed(Some(_))));
+    assert!(nodes[1].presence("bob").await.is_empty());
 }
 
 /// A node registered in `consul` (and seen passing there) whose drain lasts `drain_grace` when a

@@ -307,18 +307,31 @@ async fn the_binary_drains_and_exits_cleanly_on_sigterm() {
 /// a cluster silently, and says which flag fixes each.
 #[tokio::test]
 async fn unsafe_or_broken_set_ups_refuse_to_start_and_name_the_fix() {
-    let cases: [(&[&str], &str); 5] = [
+    let ca = common::tls::Ca::new("refusals");
+    let pem = ca.issue("node");
+    let (cert, key) = (pem.cert.to_str().unwrap(), pem.key.to_str().unwrap());
+    let cluster = ["--peers", "127.0.0.1:1", "--redis", "redis://127.0.0.1:1"];
+    let secrets = ["--token-secret", "0123456789abcdef", "--node-secret", "fedcba9876543210"];
+    let tls_cluster = [&cluster[..], &secrets, &["--tls-cert", cert, "--tls-key", key]].concat();
+    let cases: [(&[&str], &str); 11] = [
         (&["--addr", "0.0.0.0:0"], "--login jwt"),
         (&["--addr", "0.0.0.0:0", "--insecure-dev-login"], "--advertise"),
         (&["--peers", "127.0.0.1:1"], "--redis"),
-        (&["--peers", "127.0.0.1:1", "--redis", "redis://127.0.0.1:1"], "--token-secret"),
+        (&cluster, "--token-secret"),
         (&["--consul", "http://127.0.0.1:1", "--redis", "redis://127.0.0.1:1"], "--token-secret"),
+        (&[&cluster[..], &secrets[..2]].concat(), "--node-secret"),
+        (&[&cluster[..], &secrets[..2], &["--node-secret", secrets[1]]].concat(), "must differ"),
+        (&tls_cluster, "--tls-cluster-ca"),
+        (&["--tls-cert", cert], "--tls-key"),
+        (&["--tls-cert", key, "--tls-key", key], "no CERTIFICATE"),
+        (&["--tls-client-ca", cert], "--tls-cert"),
     ];
     for (args, fix) in cases {
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tim"))
             .arg("serve")
             .args(args)
             .env_remove("TIM_TOKEN_SECRET")
+            .env_remove("TIM_NODE_SECRET")
             .output();
         let out = tokio::time::timeout(WAIT, out).await.unwrap().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -382,13 +395,16 @@ async fn a_stream_ends_when_its_token_expires() {
     let signer = TokenSigner::new(common::SECRET.as_bytes().to_vec());
     let (token, _) = signer.issue(TokenKind::Session, "bob", "phone", Duration::from_secs(2));
     let mut bob = Session::connect(&node.endpoint(), &token, 0, &Options::default()).await.unwrap();
+    let mut said_so = false;
     let status = loop {
         match tokio::time::timeout(WAIT, bob.next_event()).await.unwrap() {
             Some(Event::Closed(Some(status))) => break status,
+            Some(Event::TokenExpired) => said_so = true,
             Some(Event::Message(_)) => continue,
             other => panic!("expected the stream to end with a status, got {other:?}"),
         }
     };
+    assert!(said_so, "SessionEnded(TOKEN_EXPIRED) came before the status");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("expired"), "{status:?}");
 }

@@ -42,7 +42,20 @@ on_every_store!(
     a_read_goes_on_past_a_page_of_expired_messages,
     the_later_hello_owns_the_route_whatever_the_write_order,
     a_lapsed_route_is_gone_for_every_call,
+    a_revocation_is_per_device_replaced_by_a_later_one_and_lapses,
 );
+
+async fn a_revocation_is_per_device_replaced_by_a_later_one_and_lapses(backend: &Backend) {
+    let store = open(backend, StoreOptions::default()).await.routes;
+    assert_eq!(store.revoked("bob", "phone").await.unwrap(), None);
+    store.revoke("bob", "phone", 1_000, Duration::from_secs(60)).await.unwrap();
+    store.revoke("bob", "phone", 2_000, Duration::from_millis(300)).await.unwrap();
+    assert_eq!(store.revoked("bob", "phone").await.unwrap(), Some(2_000));
+    assert_eq!(store.revoked("bob", "laptop").await.unwrap(), None);
+    assert_eq!(store.revoked("alice", "phone").await.unwrap(), None);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(store.revoked("bob", "phone").await.unwrap(), None, "kept only for its ttl");
+}
 
 fn message(to: &str, client_msg_id: &str, body: &str) -> NewMessage {
     NewMessage {

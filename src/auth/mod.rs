@@ -44,6 +44,12 @@ pub enum AuthError {
     Jwt(String),
     #[error("{0}")]
     Forbidden(String),
+    /// A relay caller without a node certificate of the cluster.
+    #[error("{0}")]
+    Certificate(String),
+    /// The device logged out after this token was issued.
+    #[error("token revoked: the device logged out; log in again")]
+    Revoked,
 }
 
 impl AuthError {
@@ -73,6 +79,10 @@ pub struct Claims {
     /// Expiry, Unix epoch seconds.
     pub exp: i64,
     pub kind: TokenKind,
+    /// When it was issued, Unix epoch milliseconds: a logout revokes every token of the device
+    /// issued up to then.
+    #[serde(default)]
+    pub iat_ms: i64,
 }
 
 /// Issues and verifies session tokens with one HMAC key.
@@ -112,9 +122,10 @@ impl TokenSigner {
 
     /// Issues a token for `sub`/`dev` valid for `ttl`; returns it with its expiry (Unix ms).
     pub fn issue(&self, kind: TokenKind, sub: &str, dev: &str, ttl: Duration) -> (String, i64) {
-        let exp_ms = unix_ms(SystemTime::now() + ttl);
-        let claims =
-            Claims { sub: sub.to_string(), dev: dev.to_string(), exp: exp_ms / 1000, kind };
+        let now = SystemTime::now();
+        let exp_ms = unix_ms(now + ttl);
+        let (sub, dev) = (sub.to_string(), dev.to_string());
+        let claims = Claims { sub, dev, exp: exp_ms / 1000, kind, iat_ms: unix_ms(now) };
         (self.sign(&claims), exp_ms)
     }
 
@@ -203,7 +214,13 @@ mod tests {
     #[test]
     fn expired_token_is_refused() {
         let s = TokenSigner::new(b"k".to_vec());
-        let claims = Claims { sub: "a".into(), dev: "d".into(), exp: 1, kind: TokenKind::Session };
+        let claims = Claims {
+            sub: "a".into(),
+            dev: "d".into(),
+            exp: 1,
+            kind: TokenKind::Session,
+            iat_ms: 0,
+        };
         assert!(matches!(s.verify(&s.sign(&claims), TokenKind::Session), Err(AuthError::Expired)));
     }
 }

@@ -23,6 +23,7 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+pub use crate::tls::ClientTls;
 pub use session::{Event, Sender, Session};
 
 use crate::proto::{self, gateway_client};
@@ -40,6 +41,9 @@ pub struct Options {
     /// Source address to bind outgoing connections to (None: the OS picks). Load generators use
     /// several loopback addresses to get past one address's ephemeral ports.
     pub local_address: Option<std::net::IpAddr>,
+    /// TLS settings (a private CA, a client certificate). With them a bare `host:port` means
+    /// `https://`; without them an `https://` address trusts the system's roots.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for Options {
@@ -50,6 +54,7 @@ impl Default for Options {
             connect_timeout: Duration::from_secs(5),
             event_buffer: 1024,
             local_address: None,
+            tls: None,
         }
     }
 }
@@ -57,8 +62,17 @@ impl Default for Options {
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("connect: {0}")]
+    #[error("connect: {}", chain(.0))]
     Connect(#[from] tonic::transport::Error),
+    /// The TLS handshake failed: a plaintext server, or a certificate not trusted.
+    #[error(
+        "TLS handshake with {addr} failed: {detail} (is the server serving TLS? a plaintext \
+         server needs an http:// address; a private CA needs --tls-ca)"
+    )]
+    Tls { addr: String, detail: String },
+    /// The address or the TLS settings cannot work together.
+    #[error("{0}")]
+    Address(String),
     #[error("{}: {}", .0.code(), .0.message())]
     Status(#[from] Status),
     /// The server refused one message (SendError); retry with the same id when retryable.
@@ -66,6 +80,9 @@ pub enum ClientError {
     Rejected { code: Code, reason: String },
     #[error("the session stream is closed")]
     Closed,
+    /// The token's device was logged out (SessionEnded instead of Welcome).
+    #[error("logged out: {0}")]
+    LoggedOut(String),
     #[error("protocol: {0}")]
     Protocol(String),
 }
@@ -76,23 +93,77 @@ impl ClientError {
         match self {
             ClientError::Status(s) => Some(s.code()),
             ClientError::Rejected { code, .. } => Some(*code),
+            ClientError::LoggedOut(_) => Some(Code::Unauthenticated),
             _ => None,
         }
     }
 }
 
-/// Opens a channel to `addr` (host:port or a URL) with the keepalive settings of `opts`.
+/// The URL to dial for `addr`: as given when it has a scheme, else `https://` when `opts` has
+/// TLS settings and `http://` when not. An `http://` address with TLS settings is refused: the
+/// caller asked for TLS, and nothing is downgraded silently.
+pub fn url(addr: &str, opts: &Options) -> Result<String, ClientError> {
+    match addr.split_once("://") {
+        Some(("https", _)) => Ok(addr.to_string()),
+        Some(("http", _)) if opts.tls.is_some() => Err(ClientError::Address(format!(
+            "{addr}: an http:// address with TLS settings (--tls-ca); use https://"
+        ))),
+        Some(("http", _)) => Ok(addr.to_string()),
+        Some((scheme, _)) => {
+            Err(ClientError::Address(format!("{addr}: unknown scheme {scheme:?} (http or https)")))
+        }
+        None if opts.tls.is_some() => Ok(format!("https://{addr}")),
+        None => Ok(format!("http://{addr}")),
+    }
+}
+
+/// Opens a channel to `addr` (host:port or a URL) with the keepalive and TLS settings of `opts`.
 pub async fn channel(addr: &str, opts: &Options) -> Result<Channel, ClientError> {
-    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    Ok(Endpoint::from_shared(url)?
+    let url = url(addr, opts)?;
+    let https = url.starts_with("https://");
+    let mut endpoint = Endpoint::from_shared(url.clone())?
         .connect_timeout(opts.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(opts.keepalive_interval)
         .keep_alive_timeout(opts.keepalive_timeout)
         .keep_alive_while_idle(true)
-        .local_address(opts.local_address)
-        .connect()
-        .await?)
+        .local_address(opts.local_address);
+    if https {
+        endpoint = endpoint.tls_config(opts.tls.clone().unwrap_or_default().tonic())?;
+    }
+    endpoint.connect().await.map_err(|e| match tls_failure(&e) {
+        Some(detail) if https => ClientError::Tls { addr: url, detail },
+        _ => ClientError::Connect(e),
+    })
+}
+
+/// The rustls error somewhere in `e`'s sources, in words.
+fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut source = Some(e);
+    while let Some(e) = source {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls.to_string());
+        }
+        source = e.source();
+    }
+    None
+}
+
+/// An error and its sources, joined: tonic's transport errors say little at the top.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
 }
 
 /// Logs in through the gateway at `addr`. `jwt` is only needed in `jwt` login mode.

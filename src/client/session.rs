@@ -20,6 +20,10 @@ pub enum Event {
     Kicked(String),
     /// The node is draining; reconnect (through any gateway) after this many ms.
     Drain(u32),
+    /// The session's token expired; log in again and resume.
+    TokenExpired,
+    /// The device was logged out; do not reconnect until the user logs in again.
+    LoggedOut(String),
     /// The stream ended: cleanly (None) or with a status.
     Closed(Option<Status>),
 }
@@ -194,6 +198,9 @@ impl Session {
         let mut inbound = chat.session(ReceiverStream::new(rx)).await?.into_inner();
         let welcome = match inbound.message().await? {
             Some(ServerFrame { frame: Some(Frame::Welcome(w)) }) => w,
+            Some(ServerFrame { frame: Some(Frame::SessionEnded(e)) }) => {
+                return Err(ClientError::LoggedOut(e.detail));
+            }
             Some(other) => {
                 return Err(ClientError::Protocol(format!("expected Welcome, got {other:?}")));
             }
@@ -241,6 +248,10 @@ async fn read(mut inbound: Streaming<ServerFrame>, events: mpsc::Sender<Event>, 
                 Frame::Message(m) => Event::Message(m),
                 Frame::Kicked(k) => Event::Kicked(k.reason),
                 Frame::Drain(d) => Event::Drain(d.reconnect_after_ms),
+                Frame::SessionEnded(e) => match e.reason() {
+                    proto::session_ended::Reason::LoggedOut => Event::LoggedOut(e.detail),
+                    _ => Event::TokenExpired,
+                },
                 Frame::Welcome(_) => continue,
             },
             Ok(Some(ServerFrame { frame: None })) => continue,

@@ -72,6 +72,29 @@ pub struct Config {
     /// File holding the token secret (instead of `--token-secret`).
     #[arg(long, env = "TIM_TOKEN_SECRET_FILE")]
     pub token_secret_file: Option<PathBuf>,
+    /// Secret that signs node tokens, the credential of relay calls between nodes; the same on
+    /// every node of a cluster, and not the token secret (a leaked session-token secret must not
+    /// let anyone act as a node). Needed with `--peers` or `--consul`.
+    #[arg(long, env = "TIM_NODE_SECRET", hide_env_values = true)]
+    pub node_secret: Option<String>,
+    /// File holding the node secret (instead of `--node-secret`).
+    #[arg(long, env = "TIM_NODE_SECRET_FILE")]
+    pub node_secret_file: Option<PathBuf>,
+    /// PEM certificate chain to serve TLS with (and to present to peer nodes). With it, every
+    /// connection to this node is TLS; reloaded on SIGHUP or when the file changes.
+    #[arg(long, env = "TIM_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "TIM_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): every client must present a certificate issued by one of them.
+    #[arg(long, env = "TIM_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// PEM CA certificate(s) of the cluster's node certificates: relay calls are accepted only
+    /// from a certificate they issued, and peers are verified against them. Needed with TLS in a
+    /// cluster.
+    #[arg(long, env = "TIM_TLS_CLUSTER_CA")]
+    pub tls_cluster_ca: Option<PathBuf>,
     /// Lifetime of a session token.
     #[arg(long, env = "TIM_TOKEN_TTL", default_value = "24h", value_parser = parse_duration)]
     pub token_ttl: Duration,
@@ -226,6 +249,48 @@ impl Config {
             Some(s) => TokenSigner::new(s.as_bytes().to_vec()),
             None => TokenSigner::random(),
         }
+    }
+
+    /// The signer of node tokens: from `--node-secret`, or random (a node without peers).
+    pub fn node_signer(&self) -> TokenSigner {
+        match &self.node_secret {
+            Some(s) => TokenSigner::new(s.as_bytes().to_vec()),
+            None => TokenSigner::random(),
+        }
+    }
+
+    /// Whether this node serves TLS.
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+
+    /// The server-side TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::ServerFiles> {
+        Some(crate::tls::ServerFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+            cluster_ca: self.tls_cluster_ca.clone(),
+        })
+    }
+
+    /// How this node calls its peers' Relay: over TLS with its own certificate, trusting the
+    /// cluster CA, when TLS is on.
+    pub fn peer_tls(&self) -> Result<Option<crate::tls::ClientTls>, ConfigError> {
+        if !self.tls() {
+            return Ok(None);
+        }
+        let tls = crate::tls::ClientTls::from_files(
+            self.tls_cluster_ca.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+        );
+        tls.map(Some).map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// Whether other nodes take part (`--peers` or `--consul`).
+    pub fn clustered(&self) -> bool {
+        self.peers.is_some() || self.consul.is_some()
     }
 
     pub fn store_options(&self) -> StoreOptions {

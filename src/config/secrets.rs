@@ -1,4 +1,4 @@
-//! Secrets from files (`--token-secret-file`, `--jwt-secret-file`, `--redis-password-file`,
+//! Secrets from files (`--token-secret-file`, `--node-secret-file`, `--jwt-secret-file`, `--redis-password-file`,
 //! `--consul-token-file`), so they stay out of process lists and shell history, and URLs with
 //! their passwords masked for logs.
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ impl Config {
     /// cannot be read or is empty, is an error. Running it twice changes nothing.
     pub fn read_secret_files(mut self) -> Result<Config, ConfigError> {
         read(&mut self.token_secret, self.token_secret_file.take(), "--token-secret")?;
+        read(&mut self.node_secret, self.node_secret_file.take(), "--node-secret")?;
         read(&mut self.jwt_secret, self.jwt_secret_file.take(), "--jwt-secret")?;
         read(&mut self.consul_token, self.consul_token_file.take(), "--consul-token")?;
         read(&mut self.redis_password, self.redis_password_file.take(), "--redis-password")?;

@@ -12,6 +12,16 @@ impl Config {
         if self.token_secret.as_ref().is_some_and(|s| s.len() < 16) {
             return fail("--token-secret must be at least 16 bytes");
         }
+        if self.node_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return fail("--node-secret must be at least 16 bytes");
+        }
+        if self.node_secret.is_some() && self.node_secret == self.token_secret {
+            return fail(
+                "--node-secret must differ from --token-secret: whoever holds the token secret \
+                 must not be able to act as a node",
+            );
+        }
+        self.validate_tls()?;
         if self.max_body == 0 || self.max_body > 4 * 1024 * 1024 - 1024 {
             return fail("--max-body must be between 1 byte and 4 MiB - 1 KiB");
         }
@@ -96,11 +106,49 @@ impl Config {
                  in Redis: add --redis URL (TIM_REDIS), the same on every node"
             ));
         }
-        if (self.peers.is_some() || self.consul.is_some()) && self.token_secret.is_none() {
+        if self.clustered() && self.token_secret.is_none() {
             return fail(format!(
                 "{cluster} makes this node part of a cluster, whose nodes must accept each other's \
                  tokens: give every node the same --token-secret (TIM_TOKEN_SECRET, at least 16 bytes)"
             ));
+        }
+        if self.clustered() && self.node_secret.is_none() {
+            return fail(format!(
+                "{cluster} makes this node part of a cluster, whose nodes call each other with node \
+                 tokens: give every node the same --node-secret (TIM_NODE_SECRET, at least 16 bytes, \
+                 not the token secret)"
+            ));
+        }
+        if self.clustered() && self.tls() && self.tls_cluster_ca.is_none() {
+            return fail(format!(
+                "{cluster} with TLS: nodes call each other over mutual TLS, so give every node \
+                 --tls-cluster-ca FILE (TIM_TLS_CLUSTER_CA), the CA that issued the nodes' \
+                 certificates"
+            ));
+        }
+        Ok(())
+    }
+
+    /// TLS files go together and must be usable: refused at start-up, not at the first client.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let fail = |m: &str| Err(ConfigError(m.to_string()));
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return fail("--tls-cert needs --tls-key (TIM_TLS_KEY), its private key");
+            }
+            (None, Some(_)) => {
+                return fail("--tls-key needs --tls-cert (TIM_TLS_CERT), its certificate");
+            }
+            (None, None) if self.tls_client_ca.is_some() || self.tls_cluster_ca.is_some() => {
+                return fail(
+                    "--tls-client-ca and --tls-cluster-ca need TLS on: give --tls-cert and --tls-key",
+                );
+            }
+            _ => {}
+        }
+        if let Some(files) = self.tls_files() {
+            crate::tls::ServerTls::load(files).map_err(|e| ConfigError(format!("TLS: {e}")))?;
+            self.peer_tls()?;
         }
         Ok(())
     }
@@ -156,12 +204,16 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_needs_redis_and_one_token_secret() {
+    fn a_cluster_needs_redis_a_token_secret_and_a_node_secret() {
         let mut c = Config { peers: Some("127.0.0.1:50052".into()), ..Config::default() };
         assert!(refusal(&c).contains("--redis"), "{}", refusal(&c));
         c.redis = Some("redis://127.0.0.1:6379".into());
         assert!(refusal(&c).contains("--token-secret"), "{}", refusal(&c));
         c.token_secret = Some("0123456789abcdef".into());
+        assert!(refusal(&c).contains("--node-secret"), "{}", refusal(&c));
+        c.node_secret = c.token_secret.clone();
+        assert!(refusal(&c).contains("must differ"), "{}", refusal(&c));
+        c.node_secret = Some("fedcba9876543210".into());
         c.validate().unwrap();
         c.peers = None;
         c.consul = Some("http://127.0.0.1:8500".into());

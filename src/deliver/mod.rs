@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use crate::auth::TokenSigner;
 use crate::discovery::Membership;
 use crate::store::{Route, StoredMessage};
 
@@ -52,14 +51,14 @@ impl Delivery {
     /// to reading its inbox.
     pub fn new(
         self_id: &str,
-        signer: TokenSigner,
+        peers: Peers,
         membership: Arc<Membership>,
         feed_capacity: usize,
     ) -> Self {
         Self {
             self_id: self_id.to_string(),
             sessions: Registry::new(feed_capacity),
-            peers: Peers::new(self_id, signer),
+            peers,
             membership,
             calls: Mutex::new(Calls::default()),
         }
@@ -101,7 +100,7 @@ impl Delivery {
         let (peers, old) = (self.peers.clone(), previous.clone());
         let (user, device) = (user.to_string(), device.to_string());
         self.spawn(async move {
-            if let Err(e) = peers.kick(&old.node_id, &user, &device, &old.session_id).await {
+            if let Err(e) = peers.kick(&old.node_id, &user, &device, &old.session_id, false).await {
                 warn!(%user, %device, peer = %old.node_id, error = %e, "could not kick the older session");
             }
         });
@@ -109,7 +108,26 @@ impl Delivery {
 
     /// A peer asks to end `user`'s `device` session here (only `session_id`'s, when given).
     pub fn kick_local(&self, user: &str, device: &str, session_id: Option<&str>) -> bool {
-        self.sessions.kick(user, device, session_id, REPLACED)
+        self.sessions.kick(user, device, session_id, Stop::Kicked(REPLACED.into()))
+    }
+
+    /// Ends `user`'s `device` session here because it logged out.
+    pub fn log_out_local(&self, user: &str, device: &str) -> bool {
+        self.sessions.kick(user, device, None, Stop::LoggedOut)
+    }
+
+    /// Ends `user`'s `device` sessions on every node: here at once, and through every live
+    /// peer (a route may have lapsed, so all of them, not only the route's). Waits for the
+    /// peers' answers, each within the relay call timeout.
+    pub async fn log_out(&self, user: &str, device: &str) {
+        self.log_out_local(user, device);
+        let peers = self.membership.nodes();
+        let calls = peers.iter().filter(|n| n.id != self.self_id).map(|n| async move {
+            if let Err(e) = self.peers.kick(&n.id, user, device, "", true).await {
+                warn!(%user, %device, peer = %n.id, error = %e, "could not end a logged-out session");
+            }
+        });
+        futures_util::future::join_all(calls).await;
     }
 
     /// Whether a route still points at a live node (this one, or a peer discovery knows).

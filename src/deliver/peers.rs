@@ -1,17 +1,19 @@
 //! Channels to the other nodes' Relay service, kept in step with discovery: a channel per live
-//! peer, dropped when it leaves. Calls carry a node token signed with the cluster secret.
+//! peer, dropped when it leaves. Calls carry a node token signed with the node secret, and with
+//! TLS on they run over mutual TLS: this node's certificate out, the cluster CA trusted.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::auth::{TokenKind, TokenSigner};
 use crate::discovery::NodeInfo;
 use crate::proto::{self, relay_client::RelayClient};
 use crate::store::StoredMessage;
+use crate::tls::ClientTls;
 use crate::wire::authorized;
 
 /// Lifetime of the node token peers are called with; it is re-issued at half-life.
@@ -28,18 +30,20 @@ pub struct Peers {
 struct Inner {
     self_id: String,
     signer: TokenSigner,
+    tls: Option<ClientTls>,
     /// node id → (endpoint, client).
     clients: Mutex<HashMap<String, (String, RelayClient<Channel>)>>,
     token: Mutex<(String, Instant)>,
 }
 
 impl Peers {
-    pub fn new(self_id: &str, signer: TokenSigner) -> Self {
+    pub fn new(self_id: &str, signer: TokenSigner, tls: Option<ClientTls>) -> Self {
         let (token, _) = signer.issue(TokenKind::Node, self_id, "", TOKEN_TTL);
         Peers {
             inner: Arc::new(Inner {
                 self_id: self_id.to_string(),
                 signer,
+                tls,
                 clients: Mutex::new(HashMap::new()),
                 token: Mutex::new((token, Instant::now())),
             }),
@@ -57,9 +61,20 @@ impl Peers {
             if clients.contains_key(&n.id) {
                 continue;
             }
-            let Ok(endpoint) = Endpoint::from_shared(format!("http://{}", n.endpoint)) else {
+            let scheme = if self.inner.tls.is_some() { "https" } else { "http" };
+            let Ok(mut endpoint) = Endpoint::from_shared(format!("{scheme}://{}", n.endpoint))
+            else {
                 continue;
             };
+            if let Some(tls) = &self.inner.tls {
+                match endpoint.tls_config(tls.tonic()) {
+                    Ok(e) => endpoint = e,
+                    Err(e) => {
+                        warn!(peer = %n.id, error = %e, "no TLS relay channel");
+                        continue;
+                    }
+                }
+            }
             let channel = endpoint
                 .connect_timeout(CALL_TIMEOUT)
                 .timeout(CALL_TIMEOUT)
@@ -105,18 +120,21 @@ impl Peers {
         Ok(resp.into_inner().sessions)
     }
 
-    /// Ends `user`'s `device` session `session_id` on `node_id` (a newer one took over).
+    /// Ends `user`'s `device` session on `node_id`: `session_id`'s (a newer one took over), or
+    /// any with `logged_out`.
     pub async fn kick(
         &self,
         node_id: &str,
         user: &str,
         device: &str,
         session_id: &str,
+        logged_out: bool,
     ) -> Result<bool, Status> {
         let req = proto::KickRequest {
             user_id: user.to_string(),
             device: device.to_string(),
             session_id: session_id.to_string(),
+            logged_out,
         };
         let resp = self.client(node_id)?.kick(authorized(req, &self.token())).await?;
         Ok(resp.into_inner().kicked)

@@ -18,6 +18,8 @@ pub enum Stop {
     Kicked(String),
     /// The node is shutting down; reconnect after this many ms.
     Drain(u32),
+    /// The device logged out: its tokens are revoked.
+    LoggedOut,
 }
 
 /// Where the node is in its life; sessions watch it.
@@ -153,13 +155,13 @@ impl Registry {
     }
 
     /// Ends the session of `user`'s `device` (only `session_id`'s, when given).
-    pub fn kick(&self, user: &str, device: &str, session_id: Option<&str>, reason: &str) -> bool {
+    pub fn kick(&self, user: &str, device: &str, session_id: Option<&str>, stop: Stop) -> bool {
         let users = self.users();
         let Some(h) = users.get(user).and_then(|d| d.get(device)) else { return false };
         if session_id.is_some_and(|s| s != h.session_id) {
             return false;
         }
-        h.stop.send_replace(Some(Stop::Kicked(reason.to_string())));
+        h.stop.send_replace(Some(stop));
         true
     }
 

@@ -90,6 +90,11 @@ impl Membership {
         self.nodes.borrow().iter().any(|n| n.id == id)
     }
 
+    /// The current set.
+    pub fn nodes(&self) -> Arc<Vec<NodeInfo>> {
+        self.nodes.borrow().clone()
+    }
+
     /// The current set, then every change.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Vec<NodeInfo>>> {
         self.nodes.subscribe()

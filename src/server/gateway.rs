@@ -1,14 +1,14 @@
 //! Gateway: Login (any node), unary Send for server-side callers, and Presence. Each call is
 //! translated from the wire and handed to the node's flow of the same name.
 //!
-//! Who may call: Login anyone (it is the authentication); Send and Presence only with a session
-//! token (`authorization: Bearer`), acting as the token's user. Presence tells other users only
+//! Who may call: Login anyone (it is the authentication); Send, Presence and Logout only with a
+//! session token (`authorization: Bearer`) whose device has not logged out, acting as the
+//! token's user. Logout acts on the caller's own devices only. Presence tells other users only
 //! whether someone is online; devices and nodes only to the user themself.
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::auth::TokenKind;
 use crate::node::Node;
 use crate::proto::{self, gateway_server::Gateway};
 
@@ -35,7 +35,7 @@ impl Gateway for GatewayService {
         &self,
         req: Request<proto::SendRequest>,
     ) -> Result<Response<proto::SendResponse>, Status> {
-        let claims = self.node.authorize(req.metadata(), TokenKind::Session)?;
+        let claims = self.node.authorize(req.metadata()).await?;
         let appended = self.node.send(&claims.sub, req.into_inner().into()).await?;
         Ok(Response::new(appended.into()))
     }
@@ -44,7 +44,7 @@ impl Gateway for GatewayService {
         &self,
         req: Request<proto::PresenceRequest>,
     ) -> Result<Response<proto::PresenceResponse>, Status> {
-        let claims = self.node.authorize(req.metadata(), TokenKind::Session)?;
+        let claims = self.node.authorize(req.metadata()).await?;
         let user = req.into_inner().user_id;
         let presence = self.node.presence(&claims.sub, &user).await?;
         let devices: Vec<_> = presence
@@ -57,5 +57,14 @@ impl Gateway for GatewayService {
             user_id: user,
             devices,
         }))
+    }
+
+    async fn logout(
+        &self,
+        req: Request<proto::LogoutRequest>,
+    ) -> Result<Response<proto::LogoutResponse>, Status> {
+        let claims = self.node.authorize(req.metadata()).await?;
+        let device = self.node.logout(&claims, &req.into_inner().device).await?;
+        Ok(Response::new(proto::LogoutResponse { device }))
     }
 }

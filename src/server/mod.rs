@@ -1,6 +1,7 @@
 //! The gRPC server of one node: Gateway, Chat and Relay, plus gRPC health and reflection, and
 //! the ordered shutdown (NOT_SERVING, Drain every stream, bounded grace).
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,12 +14,13 @@ use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError, redact_url};
 use crate::discovery::Membership;
-use crate::node::{Node, Stores};
+use crate::node::{Node, Security, Stores};
 use crate::proto::{
     FILE_DESCRIPTOR_SET, chat_server::ChatServer, gateway_server::GatewayServer,
     relay_server::RelayServer,
 };
 use crate::store::{MemoryStore, RedisStore};
+use crate::tls::ServerTls;
 
 mod cluster;
 
@@ -88,6 +90,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    crate::tls::install_default_provider();
     let config = config.read_secret_files()?;
     config.validate()?;
     let local = listener.local_addr()?;
@@ -116,15 +119,33 @@ pub async fn run(
     if config.token_secret.is_none() {
         warn!("no --token-secret: tokens are signed with a random key and die with this process");
     }
-    let login_mode = config.login_mode()?;
-    let (node, login_worker) = Node::new(&id, config, login_mode, stores, membership);
+    let tls = match config.tls_files() {
+        Some(files) => {
+            let tls = Arc::new(ServerTls::load(files).map_err(|e| ConfigError(e.to_string()))?);
+            tasks.spawn(tls.clone().watch());
+            Some(tls)
+        }
+        None => {
+            if !config.addr.ip().is_loopback() {
+                warn!(addr = %config.addr, "serving without TLS on an address other hosts can reach: \
+                    tokens and messages cross the network in clear (give --tls-cert and --tls-key)");
+            }
+            None
+        }
+    };
+    let security = Security {
+        login_mode: config.login_mode()?,
+        tls: tls.clone(),
+        peer_tls: config.peer_tls()?,
+    };
+    let (node, login_worker) = Node::new(&id, config, security, stores, membership);
     let node = Arc::new(node);
     tasks.spawn(login_worker);
     tasks.spawn({
         let node = node.clone();
         async move { node.delivery().follow_membership().await }
     });
-    let result = serve(listener, &node, registration, shutdown).await;
+    let result = serve(listener, &node, tls, registration, shutdown).await;
     // Whatever ended the server: sessions still running end now, peer calls are abandoned
     // (the inbox has every message) and the background tasks stop with `tasks`.
     node.delivery().sessions().terminate();
@@ -138,6 +159,7 @@ pub async fn run(
 async fn serve(
     listener: TcpListener,
     node: &Arc<Node>,
+    tls: Option<Arc<ServerTls>>,
     registration: Option<crate::discovery::ConsulRegistration>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
@@ -161,7 +183,10 @@ async fn serve(
         .with_nodelay(Some(true))
         .with_keepalive(Some(config.keepalive_interval));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = Server::builder()
+    let stopped = async {
+        let _ = stop_rx.await;
+    };
+    let router = Server::builder()
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         // What one connection may cost: a few streams, bounded headers, and a GOAWAY for a
@@ -180,12 +205,17 @@ async fn serve(
             ChatServer::new(chat::ChatService::new(node.clone()))
                 .max_decoding_message_size(max_frame),
         )
-        .add_service(RelayServer::new(relay::RelayService::new(node.clone())))
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = stop_rx.await;
-        });
-    tokio::pin!(server);
-    info!(node = %node.id(), addr = %local, "serving");
+        .add_service(RelayServer::new(relay::RelayService::new(node.clone())));
+    let mut server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match &tls {
+            Some(tls) => {
+                // An unauthenticated connection lives no longer than a stream without Hello.
+                let incoming = tls.clone().accept(incoming, config.hello_timeout);
+                Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
+            }
+            None => Box::pin(router.serve_with_incoming_shutdown(incoming, stopped)),
+        };
+    info!(node = %node.id(), addr = %local, tls = tls.is_some(), "serving");
     let heartbeat =
         registration.as_ref().map(|r| AbortOnDrop(cluster::keep_registered(node, r.clone())));
 

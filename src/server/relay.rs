@@ -1,11 +1,11 @@
 //! Relay: node-to-node calls, handed to the node's [`crate::deliver::Delivery`]. Only callers
-//! with a node token (signed with the cluster's token secret) are accepted; anyone else gets
-//! UNAUTHENTICATED. A call costs one registry lookup, and a queue push per message and session.
+//! with a node token (signed with the cluster's node secret) and, with TLS on, a certificate of
+//! the cluster CA are accepted; anyone else gets UNAUTHENTICATED before anything is read. A call
+//! costs one registry lookup, and a queue push per message and session.
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::auth::TokenKind;
 use crate::node::Node;
 use crate::proto::{self, relay_server::Relay};
 use crate::store::StoredMessage;
@@ -20,7 +20,8 @@ impl RelayService {
     }
 
     fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        self.node.authorize(req.metadata(), TokenKind::Node)?;
+        let chain = req.peer_certs();
+        self.node.authorize_node(req.metadata(), chain.as_deref().map(Vec::as_slice))?;
         Ok(())
     }
 }
@@ -44,8 +45,12 @@ impl Relay for RelayService {
     ) -> Result<Response<proto::KickResponse>, Status> {
         self.authorize(&req)?;
         let r = req.into_inner();
-        let session = (!r.session_id.is_empty()).then_some(r.session_id.as_str());
-        let kicked = self.node.delivery().kick_local(&r.user_id, &r.device, session);
+        let kicked = if r.logged_out {
+            self.node.delivery().log_out_local(&r.user_id, &r.device)
+        } else {
+            let session = (!r.session_id.is_empty()).then_some(r.session_id.as_str());
+            self.node.delivery().kick_local(&r.user_id, &r.device, session)
+        };
         Ok(Response::new(proto::KickResponse { kicked }))
     }
 }

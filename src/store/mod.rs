@@ -157,6 +157,19 @@ pub trait RouteStore: Send + Sync + 'static {
 
     /// All unexpired routes of `user` as (device, route).
     async fn get(&self, user: &str) -> Result<Vec<(String, Route)>, StoreError>;
+
+    /// Revokes the tokens of `user`'s `device` issued up to `at_ms` (Unix ms), remembered for
+    /// `ttl` (as long as such a token could live). A later revocation replaces an earlier one.
+    async fn revoke(
+        &self,
+        user: &str,
+        device: &str,
+        at_ms: i64,
+        ttl: std::time::Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Up to when (Unix ms) the tokens of `user`'s `device` are revoked, if they are.
+    async fn revoked(&self, user: &str, device: &str) -> Result<Option<i64>, StoreError>;
 }
 
 /// Limits every backend applies.

@@ -5,7 +5,8 @@ use std::time::Duration;
 use tonic::{Status, Streaming};
 use tracing::warn;
 
-use crate::auth::{Claims, TokenKind};
+use crate::auth::{AuthError, Claims};
+use crate::error::Error;
 use crate::ids;
 use crate::node::Node;
 use crate::proto::{ClientFrame, client_frame};
@@ -34,32 +35,53 @@ impl Resume {
     }
 }
 
-/// Waits for Hello and verifies it. `Err(None)`: the client left without one.
+/// Why a stream ends before its session starts.
+#[derive(Debug)]
+pub enum Refused {
+    /// The client left without a Hello.
+    Gone,
+    /// End the stream with this status.
+    Status(Status),
+    /// The token's device logged out after the token was issued.
+    LoggedOut(Status),
+}
+
+impl From<Status> for Refused {
+    fn from(status: Status) -> Self {
+        Refused::Status(status)
+    }
+}
+
+/// Waits for Hello and verifies it.
 ///
 /// Refusals: no Hello within the hello timeout → DEADLINE_EXCEEDED; another frame first →
-/// FAILED_PRECONDITION; a bad token → UNAUTHENTICATED; a device other than the token's →
+/// FAILED_PRECONDITION; a bad, expired or revoked token → UNAUTHENTICATED (a store failure
+/// while checking → UNAVAILABLE); a device other than the token's →
 /// PERMISSION_DENIED.
 pub async fn hello(
     node: &Node,
     inbound: &mut Streaming<ClientFrame>,
-) -> Result<(Claims, Resume), Option<Status>> {
+) -> Result<(Claims, Resume), Refused> {
     let first = tokio::time::timeout(node.config().hello_timeout, inbound.message()).await;
     let frame = match first {
-        Err(_) => return Err(Some(Status::deadline_exceeded("no Hello within the hello timeout"))),
+        Err(_) => return Err(Status::deadline_exceeded("no Hello within the hello timeout").into()),
         Ok(Ok(Some(f))) => f,
-        Ok(Ok(None)) => return Err(None),
-        Ok(Err(status)) => return Err(Some(status)),
+        Ok(Ok(None)) => return Err(Refused::Gone),
+        Ok(Err(status)) => return Err(status.into()),
     };
     let Some(client_frame::Frame::Hello(h)) = frame.frame else {
-        return Err(Some(Status::failed_precondition("the first frame must be Hello")));
+        return Err(Status::failed_precondition("the first frame must be Hello").into());
     };
-    let claims = node.verify(&h.token, TokenKind::Session).map_err(|e| Some(e.into()))?;
+    let claims = node.verify(&h.token).await.map_err(|e| match e {
+        Error::Auth(AuthError::Revoked) => Refused::LoggedOut(e.into()),
+        e => Refused::Status(e.into()),
+    })?;
     if !h.device.is_empty() && h.device != claims.dev {
-        return Err(Some(Status::permission_denied(
+        return Err(Refused::Status(Status::permission_denied(
             "Hello.device differs from the token's device; log in with that device",
         )));
     }
-    ids::device(&claims.dev).map_err(|e| Some(Status::invalid_argument(e.to_string())))?;
+    ids::device(&claims.dev).map_err(|e| Status::invalid_argument(e.to_string()))?;
     Ok((claims, Resume { after: h.resume_after, epoch: h.inbox_epoch }))
 }
 

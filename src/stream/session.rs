@@ -14,13 +14,13 @@ use tracing::{debug, warn};
 
 use super::acks::AckMerge;
 use super::gate::SendGate;
-use super::hello::{self, Resume, hello};
+use super::hello::{self, Refused, Resume, hello};
 use super::outbound::{Gone, Outbound};
 use crate::deliver::{Feed, Phase, REPLACED, Stop};
 use crate::error::Error;
 use crate::ids::new_id;
 use crate::node::Node;
-use crate::proto::{self, ClientFrame, client_frame, server_frame::Frame};
+use crate::proto::{self, ClientFrame, client_frame, server_frame::Frame, session_ended::Reason};
 use crate::store::{PutRoute, Route, StoreError, StoredMessage};
 use crate::wire;
 
@@ -37,8 +37,14 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
     let (claims, resume) = tokio::select! {
         hello = hello(&node, &mut inbound) => match hello {
             Ok(h) => h,
-            Err(Some(status)) => return out.finish(status).await,
-            Err(None) => return,
+            Err(Refused::Status(status)) => return out.finish(status).await,
+            Err(Refused::LoggedOut(status)) => {
+                if out.send(ended(Reason::LoggedOut, status.message())).await.is_ok() {
+                    out.finish(status).await;
+                }
+                return;
+            }
+            Err(Refused::Gone) => return,
         },
         () = sessions.reached(Phase::Draining) => {
             return out.finish(Status::unavailable("node is shutting down; log in again")).await;
@@ -77,9 +83,7 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
             Err(End::Abort(Status::unavailable("node shut down; log in again")))
         }
         // A stream lives no longer than the token it was opened with.
-        () = tokio::time::sleep_until(expires) => {
-            Err(End::Status(Status::unauthenticated("session token expired; log in again")))
-        }
+        () = tokio::time::sleep_until(expires) => Err(End::Expired),
     };
     if let Some(up_to) = s.acks.take() {
         s.store_ack(up_to).await;
@@ -89,6 +93,13 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
         Err(End::Gone(why)) => debug!(%user, %device, ?why, "client gone"),
         Err(End::Status(status)) => out.finish(status).await,
         Err(End::Abort(status)) => out.abort(status),
+        Err(End::Expired) => {
+            let detail = "session token expired; log in again";
+            let ended = ended(Reason::TokenExpired, detail);
+            if out.send(ended).await.is_ok() {
+                out.finish(Status::unauthenticated(detail)).await;
+            }
+        }
     }
     sessions.remove(&user, &device, &session_id);
     if let Err(e) = node.routes().remove_if(&user, &device, &session_id).await {
@@ -105,6 +116,13 @@ enum End {
     Status(Status),
     /// End the stream with this status now.
     Abort(Status),
+    /// The token ran out: SessionEnded(TOKEN_EXPIRED), then UNAUTHENTICATED.
+    Expired,
+}
+
+/// The SessionEnded frame.
+fn ended(reason: Reason, detail: &str) -> Frame {
+    Frame::SessionEnded(proto::SessionEnded { reason: reason as i32, detail: detail.into() })
 }
 
 impl From<Gone> for End {
@@ -219,6 +237,11 @@ impl Session {
             Some(Stop::Kicked(reason)) => out.send(Frame::Kicked(proto::Kicked { reason })).await?,
             Some(Stop::Drain(ms)) => {
                 out.send(Frame::Drain(proto::Drain { reconnect_after_ms: ms })).await?
+            }
+            Some(Stop::LoggedOut) => {
+                let detail = "this device logged out; log in again";
+                out.send(ended(Reason::LoggedOut, detail)).await?;
+                return Err(End::Status(Status::unauthenticated(detail)));
             }
             None => {}
         }

@@ -16,6 +16,7 @@ pub mod consul;
 pub mod process;
 pub mod proxy;
 pub mod redis;
+pub mod tls;
 
 /// Where a test node keeps inboxes and routes.
 #[derive(Debug, Clone)]
@@ -90,6 +91,8 @@ macro_rules! on_every_store {
 
 /// The token secret every test node uses, so tests can mint their own tokens.
 pub const SECRET: &str = "test-token-secret-0123456789";
+/// The node secret every test node uses.
+pub const NODE_SECRET: &str = "test-node-secret-0123456789";
 
 /// How long a test waits for something that should happen promptly.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -99,6 +102,7 @@ pub fn config() -> Config {
     Config {
         addr: "127.0.0.1:0".parse().unwrap(),
         token_secret: Some(SECRET.to_string()),
+        node_secret: Some(NODE_SECRET.to_string()),
         ..Config::default()
     }
 }
@@ -106,6 +110,8 @@ pub fn config() -> Config {
 /// A running node.
 pub struct TestNode {
     pub addr: SocketAddr,
+    /// How this test's clients reach the node (TLS settings when it serves TLS).
+    pub opts: Options,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
 }
@@ -117,6 +123,15 @@ impl TestNode {
 
     /// Starts a node on `backend` with [`config`] changed by `f`.
     pub async fn with(backend: &Backend, f: impl FnOnce(&mut Config)) -> Self {
+        Self::with_options(backend, Options::default(), f).await
+    }
+
+    /// Starts a node as [`TestNode::with`] does, reached by clients with `opts`.
+    pub async fn with_options(
+        backend: &Backend,
+        opts: Options,
+        f: impl FnOnce(&mut Config),
+    ) -> Self {
         let mut c = config();
         backend.apply(&mut c);
         f(&mut c);
@@ -126,10 +141,10 @@ impl TestNode {
         let task = tokio::spawn(tim::run(listener, c, async {
             let _ = stopped.await;
         }));
-        let node = TestNode { addr, stop: Some(stop), task: Some(task) };
+        let node = TestNode { addr, opts, stop: Some(stop), task: Some(task) };
         // Ready once health answers.
         eventually(|| async {
-            let ch = client::channel(&node.endpoint(), &Options::default()).await.ok()?;
+            let ch = client::channel(&node.endpoint(), &node.opts).await.ok()?;
             let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
             h.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.ok()
         })
@@ -148,23 +163,19 @@ impl TestNode {
     }
 
     pub async fn login(&self, user: &str, device: &str) -> proto::LoginResponse {
-        client::login(&self.endpoint(), user, device, "", &Options::default()).await.unwrap()
+        client::login(&self.endpoint(), user, device, "", &self.opts).await.unwrap()
     }
 
     /// Logs in and opens a session resuming after `resume_after`.
     pub async fn connect(&self, user: &str, device: &str, resume_after: u64) -> Session {
         let login = self.login(user, device).await;
-        Session::connect(&login.endpoint, &login.token, resume_after, &Options::default())
-            .await
-            .unwrap()
+        Session::connect(&login.endpoint, &login.token, resume_after, &self.opts).await.unwrap()
     }
 
     /// Logs in here and opens the session on this node, whatever node Login picked.
     pub async fn connect_here(&self, user: &str, device: &str, resume_after: u64) -> Session {
         let login = self.login(user, device).await;
-        Session::connect(&self.endpoint(), &login.token, resume_after, &Options::default())
-            .await
-            .unwrap()
+        Session::connect(&self.endpoint(), &login.token, resume_after, &self.opts).await.unwrap()
     }
 
     /// Opens `user`'s session and fills it with ~6 MiB it never reads: more than HTTP/2 flow
@@ -178,7 +189,7 @@ impl TestNode {
         tonic::Response<tonic::Streaming<proto::ServerFrame>>,
     ) {
         let token = self.login(user, "d").await.token;
-        let ch = client::channel(&self.endpoint(), &Options::default()).await.unwrap();
+        let ch = client::channel(&self.endpoint(), &self.opts).await.unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let hello = proto::Hello { token, ..Default::default() };
         let frame = proto::ClientFrame { frame: Some(proto::client_frame::Frame::Hello(hello)) };
@@ -195,7 +206,7 @@ impl TestNode {
     }
 
     pub async fn gateway(&self) -> GatewayClient<Channel> {
-        GatewayClient::new(client::channel(&self.endpoint(), &Options::default()).await.unwrap())
+        GatewayClient::new(client::channel(&self.endpoint(), &self.opts).await.unwrap())
     }
 
     /// Unary Gateway.Send as `from`.

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use tim_tools::harness::{self, Probe, Server};
 
-use super::{Backend, SECRET};
+use super::{Backend, NODE_SECRET, SECRET};
 
 /// A `tim serve` child process on a fixed port.
 pub struct NodeProcess {
@@ -21,7 +21,12 @@ impl NodeProcess {
     /// Starts `tim serve` on `addr` with the test secret, `backend` and `extra` flags, and waits
     /// until it answers.
     pub async fn start(addr: &str, backend: &Backend, extra: &[String]) -> NodeProcess {
-        let mut flags: Vec<String> = vec!["--token-secret".into(), SECRET.into()];
+        let mut flags: Vec<String> = vec![
+            "--token-secret".into(),
+            SECRET.into(),
+            "--node-secret".into(),
+            NODE_SECRET.into(),
+        ];
         if let Backend::Redis { url, prefix, cluster } = backend {
             flags.extend(["--redis".into(), url.clone(), "--redis-prefix".into(), prefix.clone()]);
             if *cluster {
@@ -30,8 +35,18 @@ impl NodeProcess {
         }
         flags.extend(extra.iter().cloned());
         let tim = Path::new(env!("CARGO_BIN_EXE_tim"));
-        let server = Server::start(harness::tim_serve(tim, addr, &flags), addr, Probe::Health);
+        // The harness probes health in plaintext; a TLS node is up once it accepts.
+        let probe =
+            if flags.iter().any(|f| f == "--tls-cert") { Probe::Tcp } else { Probe::Health };
+        let server = Server::start(harness::tim_serve(tim, addr, &flags), addr, probe);
         NodeProcess { addr: addr.to_string(), server: server.await.unwrap() }
+    }
+
+    /// SIGHUP (a TLS node reloads its certificates).
+    pub fn hang_up(&self) {
+        let pid = self.server.pid().expect("running").to_string();
+        let status = std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+        assert!(status.success());
     }
 
     /// SIGKILL: no drain, no cleanup.

@@ -61,6 +61,9 @@ pub enum ClientEvent {
     Disconnected { reason: String },
     /// Another session of this device took over: the client has stopped.
     Kicked(String),
+    /// The device was logged out (by this user, maybe from another device): the client has
+    /// stopped.
+    LoggedOut(String),
 }
 
 /// What a [`Handle`] asks of the supervisor task.

@@ -230,6 +230,14 @@ impl Supervisor {
                         let _ = self.events.send(ClientEvent::Kicked(reason)).await;
                         return Ended::Stop;
                     }
+                    Some(Event::LoggedOut(reason)) => {
+                        let _ = self.events.send(ClientEvent::LoggedOut(reason)).await;
+                        return Ended::Stop;
+                    }
+                    // Log in again at once: the stream closes with UNAUTHENTICATED next.
+                    Some(Event::TokenExpired) => {
+                        return Ended::Reconnect(Duration::ZERO, "session token expired".into());
+                    }
                     Some(Event::Drain(ms)) => {
                         return Ended::Reconnect(Duration::from_millis(u64::from(ms)), "node draining".into());
                     }

@@ -36,6 +36,8 @@ struct UserState {
     cursors: HashMap<String, u64>,
     /// device → (route, when it lapses).
     routes: HashMap<String, (Route, Instant)>,
+    /// device → (tokens issued up to this Unix ms are revoked, until when that is kept).
+    revoked: HashMap<String, (i64, Instant)>,
     /// (from, client_msg_id) → seq of the stored copy.
     dedup: HashMap<(String, String), DedupEntry>,
     /// Dedup keys in expiry order, for cheap expiry.
@@ -130,10 +132,12 @@ impl MemoryStore {
             map.retain(|_, u| {
                 u.expire(&self.opts, now);
                 u.live_routes(now);
+                u.revoked.retain(|_, (_, until)| *until > now);
                 // last_seq must survive while cursors refer to it.
                 !(u.messages.is_empty()
                     && u.dedup.is_empty()
                     && u.routes.is_empty()
+                    && u.revoked.is_empty()
                     && u.cursors.is_empty()
                     && u.last_seq == 0)
             });
@@ -285,5 +289,24 @@ impl RouteStore for MemoryStore {
 
     async fn get(&self, user: &str) -> Result<Vec<(String, Route)>, StoreError> {
         Ok(self.peek(user, |u| u.live_routes(Instant::now())))
+    }
+
+    async fn revoke(
+        &self,
+        user: &str,
+        device: &str,
+        at_ms: i64,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let until = Instant::now() + ttl;
+        self.with_user(user, |u| u.revoked.insert(device.to_string(), (at_ms, until)));
+        Ok(())
+    }
+
+    async fn revoked(&self, user: &str, device: &str) -> Result<Option<i64>, StoreError> {
+        let now = Instant::now();
+        Ok(self.peek(user, |u| {
+            u.revoked.get(device).filter(|(_, until)| *until > now).map(|(at, _)| *at)
+        }))
     }
 }

@@ -10,6 +10,8 @@
 //! - `<p>:ack:{uid}`: hash device → highest acked seq
 //! - `<p>:route:{uid}`: hash device → `node_id|session_id|started_at_ms|lapses_at_ms`, key
 //!   TTL = the longest route TTL
+//! - `<p>:revoked:{uid}:<device>`: Unix ms up to which the device's tokens are revoked (it
+//!   logged out), with a TTL of the token lifetime
 //!
 //! The Lua scripts sit beside this file and run by EVALSHA (reloaded after NOSCRIPT, e.g. after
 //! a Redis restart); `values` writes and reads the values of these keys; `conn` is the
@@ -294,5 +296,23 @@ impl RouteStore for RedisStore {
             .query_async(&mut self.conn.clone())
             .await?;
         Ok(live_routes(flat, now_ms()))
+    }
+
+    async fn revoke(
+        &self,
+        user: &str,
+        device: &str,
+        at_ms: i64,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let key = format!("{}:{device}", self.key("revoked", user));
+        let () = self.conn.clone().pset_ex(key, at_ms, ttl_ms).await?;
+        Ok(())
+    }
+
+    async fn revoked(&self, user: &str, device: &str) -> Result<Option<i64>, StoreError> {
+        let key = format!("{}:{device}", self.key("revoked", user));
+        Ok(self.conn.clone().get(key).await?)
     }
 }

@@ -17,6 +17,8 @@ pub struct NodeSpec {
     pub prefix: String,
     /// Shared by every node of a run, so a token from one node is valid on the other.
     pub token_secret: String,
+    /// Shared by every node of a run: the credential of relay calls.
+    pub node_secret: String,
     /// Static peers (`--peers`) of the node to start: where it relays to.
     pub peers: Option<String>,
     /// `--tim`: the tim executable to start nodes from.
@@ -26,8 +28,9 @@ pub struct NodeSpec {
 impl NodeSpec {
     pub fn new(args: &BenchArgs, prefix: &str) -> Self {
         let token_secret = format!("bench-{:032x}", rand::random::<u128>());
+        let node_secret = format!("bench-node-{:032x}", rand::random::<u128>());
         let (redis, tim) = (args.redis.clone(), args.tim.clone());
-        Self { redis, prefix: prefix.to_string(), token_secret, peers: None, tim }
+        Self { redis, prefix: prefix.to_string(), token_secret, node_secret, peers: None, tim }
     }
 
     /// `tim serve` flags after `--addr`: no per-stream send limit, the run's Redis prefix.
@@ -47,6 +50,7 @@ impl NodeSpec {
             addr: "127.0.0.1:0".parse().expect("a socket address"),
             send_rate: 0,
             token_secret: Some(self.token_secret.clone()),
+            node_secret: Some(self.node_secret.clone()),
             redis: self.redis.clone(),
             redis_prefix: self.prefix.clone(),
             peers: self.peers.clone(),
@@ -144,6 +148,7 @@ pub async fn node(spec: &NodeSpec, in_process: bool) -> Result<Running, BenchErr
     let command = |addr: SocketAddr| {
         harness::tim_serve(&tim, &addr.to_string(), &spec.serve_flags())
             .env("TIM_TOKEN_SECRET", &spec.token_secret)
+            .env("TIM_NODE_SECRET", &spec.node_secret)
             .inherit_stderr()
     };
     Ok(Running::child(Server::start_on_free_port(Probe::Health, command).await?))

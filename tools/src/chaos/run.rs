@@ -83,6 +83,7 @@ async fn scenario(opts: &ChaosOptions, tim: &Path) -> Result<Report, ChaosError>
     let mut redis = start_redis(&opts.redis_server).await?;
     let redis_url = redis.url();
     let secret = tim::ids::new_id();
+    let node_secret = tim::ids::new_id();
     let addrs: Vec<String> = (0..opts.nodes)
         .map(|_| harness::free_port().map(|p| format!("127.0.0.1:{p}")))
         .collect::<Result<_, _>>()
@@ -91,7 +92,8 @@ async fn scenario(opts: &ChaosOptions, tim: &Path) -> Result<Report, ChaosError>
     for addr in &addrs {
         let peers: Vec<&str> = addrs.iter().filter(|a| *a != addr).map(String::as_str).collect();
         let flags = ["--peers", &peers.join(","), "--redis", &redis_url, "--token-secret", &secret];
-        let flags = [&flags[..], &["--drain-grace", "2s", "--send-rate", "0"]].concat();
+        let more = ["--node-secret", &node_secret, "--drain-grace", "2s", "--send-rate", "0"];
+        let flags = [&flags[..], &more[..]].concat();
         let process = harness::tim_serve(tim, addr, &flags).env("RUST_LOG", "error");
         nodes.push(Server::start(process, addr, Probe::Health).await?);
     }
@@ -213,7 +215,7 @@ pub async fn record(mut client: Client, user: String, ledger: Arc<Ledger>) {
                     ledger.reconnected(t.elapsed().as_millis() as u64);
                 }
             }
-            ClientEvent::Kicked(_) => return,
+            ClientEvent::Kicked(_) | ClientEvent::LoggedOut(_) => return,
         }
     }
 }
