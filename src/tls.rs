@@ -293,6 +293,17 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// A rustls client configuration that trusts the CA certificate(s) in the PEM file `ca`
+/// (for HTTPS clients other than tonic's: the Consul agent).
+pub fn client_config(ca: &Path) -> Result<rustls::ClientConfig, TlsError> {
+    let config = rustls::ClientConfig::builder_with_provider(crypto())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(e.to_string()))?
+        .with_root_certificates(roots(&[ca])?)
+        .with_no_client_auth();
+    Ok(config)
+}
+
 /// What a client trusts and presents over TLS: a private CA instead of the system roots, and a
 /// client certificate for servers that ask for one. PEM bytes, read once.
 #[derive(Debug, Clone, Default)]

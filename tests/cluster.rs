@@ -377,6 +377,43 @@ async fn watch_lifecycle(url: &str, service: &str) {
     }
 }
 
+/// Consul with ACLs over HTTPS: the node registers with its token through the CA it was given;
+/// a wrong token, no token, the system roots or plaintext get nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_uses_consul_over_https_with_its_acl_token() {
+    let ca = common::tls::Ca::new("consul");
+    let token = "consul-acl-token-1234";
+    let consul = ConsulDouble::secured(token, &ca.issue("consul")).await;
+    let node = TestNode::with(&Backend::redis(), |c| {
+        c.consul = Some(consul.url());
+        c.consul_ca = Some(ca.cert.clone());
+        c.consul_token = Some(token.into());
+        c.consul_ttl = TTL;
+    })
+    .await;
+    eventually(|| async { (consul.passing() == [node.endpoint()]).then_some(()) }).await;
+    assert_eq!(consul.denied(), 0);
+
+    // Passing an unknown check: 404 for the right token, 403 for any other.
+    let pass = |client: ConsulClient| async move { client.pass("nobody:ttl").await.unwrap_err() };
+    let right = ConsulClient::with_ca(&consul.url(), Some(token.into()), Some(&ca.cert)).unwrap();
+    assert!(pass(right).await.to_string().contains("404"));
+    for wrong in [Some("not-the-token".to_string()), None] {
+        let client = ConsulClient::with_ca(&consul.url(), wrong, Some(&ca.cert)).unwrap();
+        let err = pass(client).await.to_string();
+        assert!(err.contains("403"), "{err}");
+    }
+    assert_eq!(consul.denied(), 2);
+    // The system roots do not know the CA; plaintext gets no answer from an HTTPS agent.
+    let untrusted = ConsulClient::new(&consul.url(), Some(token.into())).unwrap();
+    assert!(pass(untrusted).await.to_string().contains("unreachable"));
+    let plaintext = consul.url().replace("https://", "http://");
+    let plaintext = ConsulClient::new(&plaintext, Some(token.into())).unwrap();
+    assert!(!pass(plaintext).await.to_string().contains("404"));
+    assert_eq!(consul.denied(), 2);
+    assert_eq!(consul.passing(), [node.endpoint()]);
+}
+
 #[tokio::test]
 async fn a_check_that_is_not_passed_turns_critical_and_leaves_the_watch() {
     let consul = ConsulDouble::start().await;

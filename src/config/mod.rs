@@ -159,16 +159,20 @@ pub struct Config {
     /// `id=host:port` (ids default to the endpoint, as `--node-id` does).
     #[arg(long, env = "TIM_PEERS", conflicts_with = "consul")]
     pub peers: Option<String>,
-    /// Consul agent URL (`http://127.0.0.1:8500`): register this node there and discover the
-    /// others from it.
+    /// Consul agent URL (`http://127.0.0.1:8500`, or `https://…`): register this node there and
+    /// discover the others from it.
     #[arg(long, env = "TIM_CONSUL")]
     pub consul: Option<String>,
     /// Service name nodes register under in Consul.
     #[arg(long, env = "TIM_CONSUL_SERVICE", default_value = "tim")]
     pub consul_service: String,
-    /// Consul ACL token.
+    /// Consul ACL token, sent as `X-Consul-Token` (Consul's own `CONSUL_HTTP_TOKEN` is read
+    /// when neither this nor `--consul-token-file` is given).
     #[arg(long, env = "TIM_CONSUL_TOKEN", hide_env_values = true)]
     pub consul_token: Option<String>,
+    /// PEM CA certificate(s) of an `https://` Consul agent, instead of the system's roots.
+    #[arg(long, env = "TIM_CONSUL_CA")]
+    pub consul_ca: Option<PathBuf>,
     /// File holding the Consul ACL token (instead of `--consul-token`).
     #[arg(long, env = "TIM_CONSUL_TOKEN_FILE")]
     pub consul_token_file: Option<PathBuf>,

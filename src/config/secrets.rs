@@ -13,6 +13,10 @@ impl Config {
         read(&mut self.node_secret, self.node_secret_file.take(), "--node-secret")?;
         read(&mut self.jwt_secret, self.jwt_secret_file.take(), "--jwt-secret")?;
         read(&mut self.consul_token, self.consul_token_file.take(), "--consul-token")?;
+        if self.consul.is_some() && self.consul_token.is_none() {
+            // Consul's own variable, as its CLI reads it.
+            self.consul_token = std::env::var("CONSUL_HTTP_TOKEN").ok().filter(|t| !t.is_empty());
+        }
         read(&mut self.redis_password, self.redis_password_file.take(), "--redis-password")?;
         Ok(self)
     }

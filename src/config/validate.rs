@@ -63,8 +63,17 @@ impl Config {
         if let Some(peers) = &self.peers {
             crate::discovery::StaticDiscovery::parse_peers(peers).map_err(ConfigError)?;
         }
-        if self.consul.as_deref().is_some_and(|c| !c.starts_with("http://")) {
-            return fail("--consul must be an http:// URL of the local agent");
+        if self
+            .consul
+            .as_deref()
+            .is_some_and(|c| !c.starts_with("http://") && !c.starts_with("https://"))
+        {
+            return fail("--consul must be the http:// or https:// URL of the local agent");
+        }
+        if self.consul_ca.is_some()
+            && !self.consul.as_deref().is_some_and(|c| c.starts_with("https://"))
+        {
+            return fail("--consul-ca is for an https:// --consul agent");
         }
         if self.consul_ttl < Duration::from_secs(1) {
             return fail("--consul-ttl must be at least 1s");

@@ -22,7 +22,8 @@ pub fn discovery(
 ) -> Result<(Box<dyn Discovery>, Option<ConsulRegistration>), ServeError> {
     let err = |e: crate::discovery::consul::ConsulError| ServeError::Discovery(e.to_string());
     if let Some(url) = &config.consul {
-        let client = ConsulClient::new(url, config.consul_token.clone()).map_err(err)?;
+        let token = config.consul_token.clone();
+        let client = ConsulClient::with_ca(url, token, config.consul_ca.as_deref()).map_err(err)?;
         let registration = ConsulRegistration::new(
             client.clone(),
             &config.consul_service,

@@ -9,6 +9,10 @@
 //!   holds the request until the index moves past it or `wait` passes; the reply carries
 //!   `X-Consul-Index`)
 //!
+//! A secured double (`ConsulDouble::secured`) serves HTTPS and wants an ACL token: a call
+//! without `X-Consul-Token`, or with another token, gets 403 "ACL not found", as Consul answers
+//! with ACLs on and `default_policy = deny`.
+//!
 //! A TTL check that is not passed within its TTL turns critical; a service critical for longer
 //! than its DeregisterCriticalServiceAfter is removed. Unlike real Consul, the double applies
 //! these durations exactly (no 1-minute minimum, no 30-second reaper), so tests stay short.
@@ -53,6 +57,10 @@ struct Shared {
     index: watch::Sender<u64>,
     /// Health queries (watch calls) received so far.
     health_queries: std::sync::atomic::AtomicU64,
+    /// The ACL token every call must carry, when set.
+    token: Option<String>,
+    /// Calls refused for their token.
+    denied: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -64,28 +72,61 @@ impl Shared {
 /// A running double.
 pub struct ConsulDouble {
     pub addr: SocketAddr,
+    https: bool,
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl ConsulDouble {
     pub async fn start() -> ConsulDouble {
+        Self::serve(None, None).await
+    }
+
+    /// A double that serves HTTPS with `pem` and refuses calls without `token`.
+    pub async fn secured(token: &str, pem: &super::tls::Pem) -> ConsulDouble {
+        let certs = tim::tls::load_certs(&pem.cert).unwrap();
+        let key = tim::tls::load_key(&pem.key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::serve(Some(token.to_string()), Some(acceptor)).await
+    }
+
+    async fn serve(token: Option<String>, tls: Option<tokio_rustls::TlsAcceptor>) -> ConsulDouble {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             index: watch::Sender::new(1),
             health_queries: Default::default(),
+            token,
+            denied: Default::default(),
         });
         let s = shared.clone();
+        let https = tls.is_some();
         let server = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let s = s.clone();
+                let (s, tls) = (s.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let io = hyper_util::rt::TokioIo::new(stream);
                     let svc = hyper::service::service_fn(move |req| handle(s.clone(), req));
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        Some(tls) => {
+                            let Ok(stream) = tls.accept(stream).await else { return };
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let _ = http.serve_connection(io, svc).await;
+                        }
+                        None => {
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let _ = http.serve_connection(io, svc).await;
+                        }
+                    }
                 });
             }
         });
@@ -96,12 +137,18 @@ impl ConsulDouble {
                 reap(&s);
             }
         });
-        ConsulDouble { addr, shared, tasks: vec![server, reaper] }
+        ConsulDouble { addr, https, shared, tasks: vec![server, reaper] }
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`, or `https://…` for a secured double.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// How many calls were refused for a missing or wrong token.
+    pub fn denied(&self) -> u64 {
+        self.shared.denied.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Makes every call fail (true) or work again (false).
@@ -198,6 +245,13 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if shared.state.lock().unwrap().down {
         return Ok(reply(StatusCode::INTERNAL_SERVER_ERROR, "No cluster leader", None));
+    }
+    if let Some(token) = &shared.token {
+        let given = req.headers().get("X-Consul-Token").and_then(|v| v.to_str().ok());
+        if given != Some(token.as_str()) {
+            shared.denied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(reply(StatusCode::FORBIDDEN, "ACL not found", None));
+        }
     }
     let method = req.method().clone();
     let path = req.uri().path().to_string();

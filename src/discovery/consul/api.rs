@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -82,21 +83,43 @@ pub struct EntryService {
 pub struct ConsulClient {
     base: String,
     token: Option<String>,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl ConsulClient {
-    /// `base` is the agent's URL, e.g. `http://127.0.0.1:8500`.
+    /// `base` is the agent's URL: `http://127.0.0.1:8500`, or `https://…` verified against the
+    /// system's roots. `token` is sent as `X-Consul-Token` on every call.
     pub fn new(base: &str, token: Option<String>) -> Result<Self, ConsulError> {
+        Self::with_ca(base, token, None)
+    }
+
+    /// As [`ConsulClient::new`], with an `https://` agent verified against the CA
+    /// certificate(s) in the PEM file `ca` instead of the system's roots.
+    pub fn with_ca(
+        base: &str,
+        token: Option<String>,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Self, ConsulError> {
         let base = base.trim_end_matches('/').to_string();
-        if !base.starts_with("http://") {
+        if !base.starts_with("http://") && !base.starts_with("https://") {
             return Err(ConsulError::Address(format!(
-                "{base:?}: only http:// agents are supported"
+                "{base:?}: give the agent's http:// or https:// URL"
             )));
         }
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let tls = match ca {
+            Some(ca) => HttpsConnectorBuilder::new().with_tls_config(
+                crate::tls::client_config(ca).map_err(|e| ConsulError::Address(e.to_string()))?,
+            ),
+            None => HttpsConnectorBuilder::new()
+                .with_provider_and_native_roots(provider)
+                .map_err(|e| ConsulError::Address(format!("system roots: {e}")))?,
+        };
+        let connector = tls.https_or_http().enable_http1().wrap_connector(connector);
         let http = Client::builder(TokioExecutor::new()).build(connector);
         Ok(Self { base, token, http })
     }
