@@ -296,3 +296,46 @@ async fn a_redis_password_comes_from_a_file_and_never_shows() {
     assert!(!err.contains("wrong-pw"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Redis over TLS, as a user of the ACL: `rediss://app@host:port` with the password from a file
+/// and the server's CA from `--redis-ca`. Without the CA (system roots) or in plaintext on the
+/// TLS port, the node refuses to start.
+#[tokio::test]
+async fn a_node_uses_redis_over_tls_as_an_acl_user() {
+    let ca = common::tls::Ca::new("redis");
+    let (server, tls_port) = RedisServer::start_tls(&ca.issue("redis"), &ca);
+    let user = "ACL SETUSER app on >app-s3cret ~* &* +@all";
+    let set = tim_tools::harness::redis_command(server.port, user);
+    assert!(set.starts_with("+OK"), "{set}");
+    let dir = std::env::temp_dir().join(format!("tim-redis-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let password = dir.join("password");
+    std::fs::write(&password, "app-s3cret\n").unwrap();
+    let url = format!("rediss://app@127.0.0.1:{tls_port}");
+    let backend = Backend::Redis { url: url.clone(), prefix: "tls".into(), cluster: false };
+    let node = TestNode::with(&backend, |c| {
+        c.redis_password_file = Some(password.clone());
+        c.redis_ca = Some(ca.cert.clone());
+    })
+    .await;
+    let mut bob = node.connect("bob", "phone", 0).await;
+    node.send_unary("alice", "c1", "bob", "m1").await.unwrap();
+    assert_eq!(take(&mut bob, 1).await, expected("m", 1, 1));
+    drop((bob, node));
+    let stored = tim_tools::harness::redis_command(server.port, "XLEN tls:inbox:{bob}");
+    assert!(stored.starts_with(":1"), "the message is in that Redis: {stored}");
+
+    let plaintext = url.replace("rediss://", "redis://");
+    for (url, why) in [(url.clone(), "UnknownIssuer"), (plaintext, "")] {
+        let mut config = common::config();
+        config.redis = Some(url.clone());
+        config.redis_password_file = Some(password.clone());
+        config.redis_timeout = Duration::from_secs(1);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let run = tim::run(listener, config, std::future::pending());
+        let err = tokio::time::timeout(WAIT, run).await.expect("gave up in time").unwrap_err();
+        let err = err.to_string();
+        assert!(err.contains(&format!("@127.0.0.1:{tls_port}")) && err.contains(why), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

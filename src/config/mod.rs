@@ -135,7 +135,8 @@ pub struct Config {
     /// bounds how long a node that died keeps attracting deliveries.
     #[arg(long, env = "TIM_ROUTE_TTL", default_value = "60s", value_parser = parse_duration)]
     pub route_ttl: Duration,
-    /// Redis URL(s) for durable, shared inboxes and routes (`redis://host:port`); comma-separated
+    /// Redis URL(s) for durable, shared inboxes and routes (`redis://host:port`, or
+    /// `rediss://host:port` for TLS; an ACL user as `redis://user@host:port`); comma-separated
     /// seed nodes with `--redis-cluster`. Without it the node keeps everything in memory.
     #[arg(long, env = "TIM_REDIS")]
     pub redis: Option<String>,
@@ -149,6 +150,9 @@ pub struct Config {
     /// The Redis password, read from `--redis-password-file`.
     #[arg(skip)]
     pub redis_password: Option<String>,
+    /// PEM CA certificate(s) of a `rediss://` Redis, instead of the system's roots.
+    #[arg(long, env = "TIM_REDIS_CA")]
+    pub redis_ca: Option<PathBuf>,
     /// Prefix of every Redis key tim writes (several deployments can share one Redis).
     #[arg(long, env = "TIM_REDIS_PREFIX", default_value = "im")]
     pub redis_prefix: String,

@@ -57,6 +57,12 @@ impl Config {
         if self.redis.as_deref().is_some_and(|r| r.trim().is_empty()) {
             return fail("--redis is empty");
         }
+        if self.redis_ca.is_some() && !self.redis_urls().iter().all(|u| u.starts_with("rediss://"))
+        {
+            return fail(
+                "--redis-ca is for rediss:// (TLS) URLs; give every --redis URL as rediss://",
+            );
+        }
         if self.peers.is_some() && self.consul.is_some() {
             return fail("use either --peers or --consul, not both");
         }

@@ -19,7 +19,7 @@ use crate::proto::{
     FILE_DESCRIPTOR_SET, chat_server::ChatServer, gateway_server::GatewayServer,
     relay_server::RelayServer,
 };
-use crate::store::{MemoryStore, RedisStore};
+use crate::store::{MemoryStore, RedisAccess, RedisStore};
 use crate::tls::ServerTls;
 
 mod cluster;
@@ -69,11 +69,19 @@ async fn open_store(config: &Config, tasks: &mut JoinSet<()>) -> Result<Stores, 
         return Ok(Stores { inbox: store.clone(), routes: store });
     }
     let shown: Vec<String> = urls.iter().map(|u| redact_url(u)).collect();
-    let store = RedisStore::connect_with_password(
+    let tls_ca = match &config.redis_ca {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| ServeError::Store(format!("--redis-ca {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    let access = RedisAccess { password: config.redis_password.clone(), tls_ca };
+    let store = RedisStore::connect_with(
         &urls,
         config.redis_cluster,
         config.redis_timeout,
-        config.redis_password.as_deref(),
+        &access,
         &config.redis_prefix,
         config.store_options(),
     )

@@ -13,7 +13,7 @@ pub mod memory;
 pub mod redis;
 
 pub use memory::MemoryStore;
-pub use redis::RedisStore;
+pub use redis::{Access as RedisAccess, RedisStore};
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]

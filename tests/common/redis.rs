@@ -74,6 +74,31 @@ impl RedisServer {
         })
     }
 
+    /// Starts a server that also serves TLS with `pem`, on the returned port (clients need no
+    /// certificate of their own). The plaintext port stays for the harness and admin commands.
+    pub fn start_tls(pem: &super::tls::Pem, ca: &super::tls::Ca) -> (RedisServer, u16) {
+        let tls_port = std::sync::Mutex::new(0);
+        let server = Self::start_with(false, || {
+            let port = harness::free_port().unwrap();
+            *tls_port.lock().unwrap() = port;
+            let file = |p: &std::path::Path| p.display().to_string();
+            vec![
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                file(&pem.cert),
+                "--tls-key-file".into(),
+                file(&pem.key),
+                "--tls-ca-cert-file".into(),
+                file(&ca.cert),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ]
+        });
+        let port = *tls_port.lock().unwrap();
+        (server, port)
+    }
+
     fn start_with(aof: bool, extra: impl Fn() -> Vec<String>) -> RedisServer {
         let server = harness::RedisServer::start("redis-server", aof, extra)
             .unwrap_or_else(|e| panic!("{e}: is redis-server installed? scripts/test installs it"));

@@ -5,7 +5,32 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, IntoConnectionInfo as _, Pipeline, RedisFuture, Value};
+use redis::{Cmd, IntoConnectionInfo as _, Pipeline, RedisFuture, TlsCertificates, Value};
+
+/// How to reach Redis beyond its URLs: a password for URLs that carry none, and the CA of a
+/// `rediss://` server (the system's roots when none).
+#[derive(Clone, Default)]
+pub struct Access {
+    pub password: Option<String>,
+    /// PEM CA certificate(s).
+    pub tls_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("tls_ca", &self.tls_ca.is_some())
+            .finish()
+    }
+}
+
+impl Access {
+    fn certificates(&self) -> Option<TlsCertificates> {
+        let root_cert = self.tls_ca.clone()?;
+        Some(TlsCertificates { client_tls: None, root_cert: Some(root_cert) })
+    }
+}
 
 /// A cloneable, reconnecting Redis connection.
 #[derive(Clone)]
@@ -16,32 +41,38 @@ pub enum Conn {
 
 impl Conn {
     /// Connects to one server (`urls` has one entry) or to a cluster through its seed nodes,
-    /// with `password` where a URL carries none. Fails if Redis cannot be reached now; later
-    /// outages are retried per command.
+    /// as `access` says. Fails if Redis cannot be reached now; later outages are retried per
+    /// command. `rediss://` URLs connect over TLS.
     pub async fn open(
         urls: &[String],
         cluster: bool,
         timeout: Duration,
-        password: Option<&str>,
+        access: &Access,
     ) -> redis::RedisResult<Conn> {
         if cluster || urls.len() > 1 {
             let mut builder = ClusterClientBuilder::new(urls.to_vec())
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
                 .retries(2);
-            if let Some(password) = password {
-                builder = builder.password(password);
+            if let Some(password) = &access.password {
+                builder = builder.password(password.clone());
+            }
+            if let Some(certs) = access.certificates() {
+                builder = builder.certs(certs);
             }
             return Ok(Conn::Cluster(builder.build()?.get_async_connection().await?));
         }
         let mut info = urls[0].as_str().into_connection_info()?;
-        if let Some(password) = password
+        if let Some(password) = &access.password
             && info.redis_settings().password().is_none()
         {
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
         }
-        let client = redis::Client::open(info)?;
+        let client = match access.certificates() {
+            Some(certs) => redis::Client::build_with_tls(info, certs)?,
+            None => redis::Client::open(info)?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))

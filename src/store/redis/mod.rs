@@ -30,6 +30,8 @@ use super::{
 mod conn;
 mod values;
 
+pub use conn::Access;
+
 pub use conn::Conn;
 use values::{bad, live_routes, now_ms, parse_route, parse_stored, route_value, stored_message};
 
@@ -84,19 +86,20 @@ impl RedisStore {
         prefix: &str,
         opts: StoreOptions,
     ) -> Result<Self, StoreError> {
-        Self::connect_with_password(urls, cluster, timeout, None, prefix, opts).await
+        Self::connect_with(urls, cluster, timeout, &Access::default(), prefix, opts).await
     }
 
-    /// [`RedisStore::connect`], authenticating with `password` where a URL carries none.
-    pub async fn connect_with_password(
+    /// [`RedisStore::connect`] with a password for URLs that carry none, or a private CA for
+    /// `rediss://`.
+    pub async fn connect_with(
         urls: &[String],
         cluster: bool,
         timeout: Duration,
-        password: Option<&str>,
+        access: &Access,
         prefix: &str,
         opts: StoreOptions,
     ) -> Result<Self, StoreError> {
-        let mut conn = Conn::open(urls, cluster, timeout, password).await?;
+        let mut conn = Conn::open(urls, cluster, timeout, access).await?;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(Self {
             conn,
