@@ -236,8 +236,9 @@ impl Node {
         Ok(appended)
     }
 
-    /// Whether `user` holds a stream on a live node and, only when `caller` is that user, on
-    /// which devices and nodes, as (device, node id) sorted. Other users learn online or not.
+    /// Whether `user` holds a stream on a live node (or, if not, when last seen) and, only when
+    /// `caller` is that user, on which devices and nodes, as (device, node id) sorted. Other
+    /// users learn online or last seen, nothing more.
     pub async fn presence(&self, caller: &str, user: &str) -> Result<Presence, Error> {
         ids::user(user)?;
         let routes = self.routes.get(user).await?;
@@ -251,7 +252,8 @@ impl Node {
         if caller != user {
             devices.clear();
         }
-        Ok(Presence { online, devices })
+        let last_seen = if online { None } else { self.routes.last_seen(user).await? };
+        Ok(Presence { online, devices, last_seen })
     }
 }
 
@@ -261,6 +263,8 @@ pub struct Presence {
     pub online: bool,
     /// (device, node id) of each online device; empty unless the caller asked about themself.
     pub devices: Vec<(String, String)>,
+    /// While offline: when the user's last stream ended (Unix ms), if known.
+    pub last_seen: Option<i64>,
 }
 
 /// The Login pipeline: a timeout (an empty cluster is UNAVAILABLE, not a hang), a buffer (the

@@ -204,12 +204,28 @@ async fn messages_carry_the_token_identity(b: &Backend) {
     assert_eq!(next_message(&mut bob).await.from, "mallory");
 }
 
-async fn a_closed_stream_clears_its_route(b: &Backend) {
+async fn a_closed_stream_clears_its_route_and_others_see_when_it_was_last_seen(b: &Backend) {
     let node = TestNode::start(b).await;
+    let alice = node.login("alice", "web").await.token;
+    let ask = || async {
+        let req = tim::proto::PresenceRequest { user_id: "bob".into() };
+        let reply = node.gateway().await.presence(client::authorized(req, &alice)).await;
+        reply.unwrap().into_inner()
+    };
+    let unknown = ask().await;
+    assert_eq!((unknown.online, unknown.last_seen_at), (false, 0), "never seen");
     let bob = node.connect("bob", "phone", 0).await;
     assert_eq!(node.presence("bob").await, ["phone"]);
+    let online = ask().await;
+    assert_eq!((online.online, online.last_seen_at, online.devices.len()), (true, 0, 0));
+    let before = tim::auth::unix_ms(std::time::SystemTime::now());
     drop(bob);
     common::eventually(|| async { node.presence("bob").await.is_empty().then_some(()) }).await;
+    let gone = common::eventually(|| async { Some(ask().await).filter(|p| p.last_seen_at > 0) });
+    let gone = gone.await;
+    let after = tim::auth::unix_ms(std::time::SystemTime::now());
+    assert!(!gone.online && (before..=after).contains(&gone.last_seen_at), "{gone:?}");
+    assert!(gone.devices.is_empty());
 }
 
 /// Logout as `token`'s user, of `device` (empty: the token's own).
@@ -270,5 +286,5 @@ on_every_store!(
     second_login_on_the_same_device_kicks_the_older_stream,
     every_device_of_a_user_receives_everything,
     messages_carry_the_token_identity,
-    a_closed_stream_clears_its_route,
+    a_closed_stream_clears_its_route_and_others_see_when_it_was_last_seen,
 );

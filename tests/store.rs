@@ -43,7 +43,19 @@ on_every_store!(
     the_later_hello_owns_the_route_whatever_the_write_order,
     a_lapsed_route_is_gone_for_every_call,
     a_revocation_is_per_device_replaced_by_a_later_one_and_lapses,
+    last_seen_is_per_user_and_lapses,
 );
+
+async fn last_seen_is_per_user_and_lapses(backend: &Backend) {
+    let store = open(backend, StoreOptions::default()).await.routes;
+    assert_eq!(store.last_seen("bob").await.unwrap(), None);
+    store.seen("bob", 1_000, Duration::from_secs(60)).await.unwrap();
+    store.seen("bob", 2_000, Duration::from_millis(300)).await.unwrap();
+    assert_eq!(store.last_seen("bob").await.unwrap(), Some(2_000));
+    assert_eq!(store.last_seen("alice").await.unwrap(), None);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(store.last_seen("bob").await.unwrap(), None);
+}
 
 async fn a_revocation_is_per_device_replaced_by_a_later_one_and_lapses(backend: &Backend) {
     let store = open(backend, StoreOptions::default()).await.routes;

@@ -1,10 +1,10 @@
-//! Gateway: Login (any node), unary Send for server-side callers, and Presence. Each call is
-//! translated from the wire and handed to the node's flow of the same name.
+//! Gateway: Login (any node), unary Send for server-side callers, Presence and Logout. Each call
+//! is translated from the wire and handed to the node's flow of the same name.
 //!
 //! Who may call: Login anyone (it is the authentication); Send, Presence and Logout only with a
 //! session token (`authorization: Bearer`) whose device has not logged out, acting as the
 //! token's user. Logout acts on the caller's own devices only. Presence tells other users only
-//! whether someone is online; devices and nodes only to the user themself.
+//! online, or when last seen; devices and nodes only to the user themself.
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -56,6 +56,7 @@ impl Gateway for GatewayService {
             online: presence.online,
             user_id: user,
             devices,
+            last_seen_at: presence.last_seen.unwrap_or(0),
         }))
     }
 

@@ -170,6 +170,17 @@ pub trait RouteStore: Send + Sync + 'static {
 
     /// Up to when (Unix ms) the tokens of `user`'s `device` are revoked, if they are.
     async fn revoked(&self, user: &str, device: &str) -> Result<Option<i64>, StoreError>;
+
+    /// Records that a stream of `user` ended at `at_ms` (Unix ms), remembered for `ttl`.
+    async fn seen(
+        &self,
+        user: &str,
+        at_ms: i64,
+        ttl: std::time::Duration,
+    ) -> Result<(), StoreError>;
+
+    /// When a stream of `user` last ended, if remembered.
+    async fn last_seen(&self, user: &str) -> Result<Option<i64>, StoreError>;
 }
 
 /// Limits every backend applies.

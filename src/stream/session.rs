@@ -28,6 +28,8 @@ use crate::wire;
 const PAGE: usize = 256;
 /// Acks that follow a stored one within this are merged into one store call.
 const ACK_DELAY: Duration = Duration::from_millis(50);
+/// How long a user's last-seen time is kept for Presence.
+const LAST_SEEN_KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How soon a failed inbox read is retried.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -104,6 +106,10 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
     sessions.remove(&user, &device, &session_id);
     if let Err(e) = node.routes().remove_if(&user, &device, &session_id).await {
         warn!(%user, %device, error = %e, "could not clear route");
+    }
+    let now = crate::auth::unix_ms(std::time::SystemTime::now());
+    if let Err(e) = node.routes().seen(&user, now, LAST_SEEN_KEEP).await {
+        debug!(%user, error = %e, "could not record last seen");
     }
     debug!(%user, %device, %session_id, "session ended");
 }

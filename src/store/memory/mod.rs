@@ -38,6 +38,8 @@ struct UserState {
     routes: HashMap<String, (Route, Instant)>,
     /// device → (tokens issued up to this Unix ms are revoked, until when that is kept).
     revoked: HashMap<String, (i64, Instant)>,
+    /// When a stream of the user last ended (Unix ms), and until when that is kept.
+    last_seen: Option<(i64, Instant)>,
     /// (from, client_msg_id) → seq of the stored copy.
     dedup: HashMap<(String, String), DedupEntry>,
     /// Dedup keys in expiry order, for cheap expiry.
@@ -133,11 +135,13 @@ impl MemoryStore {
                 u.expire(&self.opts, now);
                 u.live_routes(now);
                 u.revoked.retain(|_, (_, until)| *until > now);
+                u.last_seen = u.last_seen.filter(|(_, until)| *until > now);
                 // last_seq must survive while cursors refer to it.
                 !(u.messages.is_empty()
                     && u.dedup.is_empty()
                     && u.routes.is_empty()
                     && u.revoked.is_empty()
+                    && u.last_seen.is_none()
                     && u.cursors.is_empty()
                     && u.last_seq == 0)
             });
@@ -301,6 +305,17 @@ impl RouteStore for MemoryStore {
         let until = Instant::now() + ttl;
         self.with_user(user, |u| u.revoked.insert(device.to_string(), (at_ms, until)));
         Ok(())
+    }
+
+    async fn seen(&self, user: &str, at_ms: i64, ttl: Duration) -> Result<(), StoreError> {
+        let until = Instant::now() + ttl;
+        self.with_user(user, |u| u.last_seen = Some((at_ms, until)));
+        Ok(())
+    }
+
+    async fn last_seen(&self, user: &str) -> Result<Option<i64>, StoreError> {
+        let now = Instant::now();
+        Ok(self.peek(user, |u| u.last_seen.filter(|(_, until)| *until > now).map(|(at, _)| at)))
     }
 
     async fn revoked(&self, user: &str, device: &str) -> Result<Option<i64>, StoreError> {

@@ -10,6 +10,7 @@
 //! - `<p>:ack:{uid}`: hash device → highest acked seq
 //! - `<p>:route:{uid}`: hash device → `node_id|session_id|started_at_ms|lapses_at_ms`, key
 //!   TTL = the longest route TTL
+//! - `<p>:seen:{uid}`: Unix ms at which a stream of the user last ended, with a TTL
 //! - `<p>:revoked:{uid}:<device>`: Unix ms up to which the device's tokens are revoked (it
 //!   logged out), with a TTL of the token lifetime
 //!
@@ -312,6 +313,16 @@ impl RouteStore for RedisStore {
         let key = format!("{}:{device}", self.key("revoked", user));
         let () = self.conn.clone().pset_ex(key, at_ms, ttl_ms).await?;
         Ok(())
+    }
+
+    async fn seen(&self, user: &str, at_ms: i64, ttl: Duration) -> Result<(), StoreError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let () = self.conn.clone().pset_ex(self.key("seen", user), at_ms, ttl_ms).await?;
+        Ok(())
+    }
+
+    async fn last_seen(&self, user: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.conn.clone().get(self.key("seen", user)).await?)
     }
 
     async fn revoked(&self, user: &str, device: &str) -> Result<Option<i64>, StoreError> {
