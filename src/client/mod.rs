@@ -180,7 +180,25 @@ pub async fn login(
         device: device.to_string(),
         jwt: jwt.to_string(),
     };
-    Ok(gw.login(req).await?.into_inner())
+    match gw.login(req).await {
+        Ok(reply) => Ok(reply.into_inner()),
+        Err(status) => Err(plaintext_hint(status, &url(addr, opts)?).into()),
+    }
+}
+
+/// A plaintext call that broke at the transport, the way a TLS server answers: says so.
+fn plaintext_hint(status: Status, url: &str) -> Status {
+    let transport = ["transport error", "h2 protocol error", "http2 error"];
+    let broken = matches!(status.code(), Code::Unknown | Code::Unavailable | Code::Internal)
+        && transport.iter().any(|t| status.message().contains(t));
+    if !url.starts_with("http://") || !broken {
+        return status;
+    }
+    let hint = format!(
+        "{} (plaintext to {url}: if the server serves TLS, use https:// or --tls-ca)",
+        status.message()
+    );
+    Status::new(status.code(), hint)
 }
 
 /// Attaches `authorization: Bearer <token>` to a unary request.
