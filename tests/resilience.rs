@@ -317,3 +317,56 @@ async fn a_lost_inbox_is_noticed_and_nothing_new_is_skipped() {
         (1..=5).map(|i| format!("old{i}")).chain((1..=7).map(|i| format!("new{i}"))).collect();
     assert_eq!(got, want);
 }
+
+/// A session token runs out under a connected client: the node says so and ends the stream, the
+/// client logs in again at once and resumes; nothing is lost or seen twice, and a logged-out
+/// device stops instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_is_replaced_by_a_new_login_and_a_logout_stops_the_client() {
+    let node = TestNode::with(&Backend::Memory, |c| c.token_ttl = Duration::from_secs(5)).await;
+    let mut cfg = config(&[node.endpoint()], "bob");
+    cfg.backoff_min = Duration::from_secs(5);
+    let mut bob = Client::start(cfg);
+    let handle = bob.handle();
+    let mut connected = 0;
+    let mut got = Vec::new();
+    let mut expired_at = None;
+    let started = Instant::now();
+    while connected < 2 || got.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(15), bob.next_event()).await;
+        match event.expect("events keep coming").expect("client runs") {
+            ClientEvent::Connected { .. } => {
+                connected += 1;
+                node.send_unary("alice", &format!("c{connected}"), "bob", &format!("m{connected}"))
+                    .await
+                    .unwrap();
+            }
+            ClientEvent::Disconnected { reason } => {
+                assert!(reason.contains("expired"), "{reason}");
+                expired_at = Some(Instant::now());
+            }
+            ClientEvent::Message(m) => {
+                handle.ack(m.seq).await.unwrap();
+                got.push(m.body);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, ["m1", "m2"]);
+    let expired_at = expired_at.expect("the first token expired");
+    assert!(expired_at - started >= Duration::from_secs(4), "not before the token's end");
+    // Logged in again at once, not after the 5 s backoff.
+    assert!(started.elapsed() < Duration::from_secs(9), "{:?}", started.elapsed());
+
+    let token = node.login("bob", "laptop").await.token;
+    let req = tim::proto::LogoutRequest { device: "phone".into() };
+    node.gateway().await.logout(tim::client::authorized(req, &token)).await.unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, bob.next_event()).await.expect("told in time") {
+            Some(ClientEvent::LoggedOut(_)) => break,
+            Some(ClientEvent::Message(_)) => continue,
+            other => panic!("expected LoggedOut, got {other:?}"),
+        }
+    }
+    assert!(bob.next_event().await.is_none(), "the client stopped");
+}

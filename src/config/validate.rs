@@ -37,8 +37,8 @@ impl Config {
         if self.hello_timeout.is_zero() || self.slow_client_timeout.is_zero() {
             return fail("--hello-timeout and --slow-client-timeout must be positive");
         }
-        if self.token_ttl < Duration::from_secs(60) {
-            return fail("--token-ttl must be at least 60s");
+        if self.token_ttl < Duration::from_secs(5) {
+            return fail("--token-ttl must be at least 5s");
         }
         if let Some(id) = &self.node_id
             && (id.is_empty()
