@@ -230,9 +230,19 @@ impl Node {
                 sent_at: unix_ms(SystemTime::now()),
             })
             .await?;
-        // Also for a duplicate: the first attempt may have been stored but never pushed (its
-        // caller gave up between the two). Sessions drop seqs they already sent.
-        self.delivery.fan_out(&appended.message, &appended.routes);
+        if !appended.duplicate {
+            self.delivery.fan_out(&appended.message, &appended.routes);
+            return Ok(appended);
+        }
+        // A retry: the first attempt may have been stored but never pushed (its caller gave up
+        // between the two), so push again, but the copy the inbox holds, never the retry's
+        // body. Gone from the inbox means every device acked it (or it expired): nothing to do.
+        // Sessions drop seqs they already sent.
+        let stored = &appended.message;
+        let held = self.inbox.read(&stored.to, stored.seq.saturating_sub(1), 1).await?;
+        if let Some(first) = held.into_iter().next().filter(|m| m.seq == stored.seq) {
+            self.delivery.fan_out(&first, &appended.routes);
+        }
         Ok(appended)
     }
 

@@ -339,3 +339,18 @@ async fn a_node_uses_redis_over_tls_as_an_acl_user() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A retry of a stored message with another body: the retry's body is never shown. Two nodes
+/// share one Redis but not a cluster view, so the first copy's push never reaches bob's node;
+/// the retry through bob's node pushes the copy the inbox holds.
+#[tokio::test]
+async fn a_retry_with_another_body_pushes_the_stored_copy() {
+    let backend = Backend::redis();
+    let (a, b) = (TestNode::start(&backend).await, TestNode::start(&backend).await);
+    let mut bob = b.connect_here("bob", "phone", 0).await;
+    let first = a.send_unary("alice", "c1", "bob", "first").await.unwrap();
+    let retry = b.send_unary("alice", "c1", "bob", "RETRY").await.unwrap();
+    assert!(retry.duplicate && retry.seq == first.seq);
+    let m = next_message(&mut bob).await;
+    assert_eq!((m.seq, m.body.as_str()), (first.seq, "first"));
+}
