@@ -14,9 +14,9 @@ pub enum Error {
     /// The request itself is wrong (empty recipient, body over the limit, bad id, ...).
     #[error("{0}")]
     InvalidArgument(String),
-    /// The caller sent more than its allowance; retry later.
-    #[error("{0}")]
-    ResourceExhausted(String),
+    /// The caller sent more than its allowance; retry after `retry_after`.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: std::time::Duration },
     /// Token missing, invalid or expired; or identity not allowed for this call.
     #[error(transparent)]
     Auth(#[from] AuthError),
@@ -35,21 +35,30 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::RateLimited { .. } => Code::ResourceExhausted,
             Error::Auth(e) if e.is_permission() => Code::PermissionDenied,
             Error::Auth(_) => Code::Unauthenticated,
             Error::Store(StoreError::Unavailable(_)) => Code::Unavailable,
             Error::Store(StoreError::Internal(_)) => Code::Internal,
+            Error::Store(StoreError::InboxRate { .. }) => Code::ResourceExhausted,
+        }
+    }
+
+    /// How long the caller should wait before retrying, when the refusal says.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::RateLimited { retry_after, .. }
+            | Error::Store(StoreError::InboxRate { retry_after, .. }) => Some(*retry_after),
+            _ => None,
         }
     }
 
     /// The text a client may see: never a backend's own error message.
     pub fn public_message(&self) -> String {
         match self {
-            Error::Store(StoreError::Unavailable(_)) => {
-                "message store unavailable; not acknowledged: retry with the same client_msg_id"
-                    .to_string()
-            }
+            Error::Store(StoreError::Unavailable(_)) => "message store unavailable; not \
+                acknowledged (it may have been stored): retry with the same client_msg_id"
+                .to_string(),
             Error::Store(StoreError::Internal(_)) => "internal error".to_string(),
             other => other.to_string(),
         }
@@ -62,12 +71,23 @@ impl From<crate::ids::IdError> for Error {
     }
 }
 
+/// The metadata key of a refusal's retry hint, in milliseconds (unary calls; stream refusals
+/// carry it in `SendError.retry_after_ms`).
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
-        if let Error::Store(e) = &err {
+        if let Error::Store(e @ (StoreError::Unavailable(_) | StoreError::Internal(_))) = &err {
             tracing::warn!(error = %e, "store error");
         }
-        Status::new(err.code(), err.public_message())
+        let mut status = Status::new(err.code(), err.public_message());
+        if let Some(wait) = err.retry_after() {
+            let ms = wait.as_millis().max(1).to_string();
+            if let Ok(v) = ms.parse() {
+                status.metadata_mut().insert(RETRY_AFTER_MS, v);
+            }
+        }
+        status
     }
 }
 

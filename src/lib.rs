@@ -16,6 +16,7 @@
 //! - [`deliver`]: cluster delivery: local sessions, relay to the nodes holding a recipient's
 //!   devices, remote kick, route liveness.
 //! - [`lb`]: node-selection strategies and the tower layer Login places users with.
+//! - [`limit`]: the per-user send allowance of a node.
 //! - [`discovery`]: node-set updates (`Add`, `Remove`, `Reset`) from static or Consul backends,
 //!   folded into the live `Membership`.
 //! - [`store`]: the Inbox and RouteStore traits; memory and Redis backends that answer alike.
@@ -42,6 +43,7 @@ pub mod discovery;
 pub mod error;
 pub mod ids;
 pub mod lb;
+pub mod limit;
 pub mod node;
 pub mod server;
 pub mod store;

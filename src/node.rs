@@ -18,6 +18,7 @@ use crate::discovery::{Membership, NodeInfo};
 use crate::error::Error;
 use crate::ids;
 use crate::lb::{NodeSelectLayer, Placed};
+use crate::limit::SendLimits;
 use crate::proto;
 use crate::store::{Appended, Inbox, NewMessage, Outgoing, RouteStore};
 use crate::tls::{ClientTls, ServerTls};
@@ -73,6 +74,7 @@ pub struct Node {
     node_signer: TokenSigner,
     login_mode: LoginMode,
     tls: Option<Arc<ServerTls>>,
+    limits: SendLimits,
     inbox: Arc<dyn Inbox>,
     routes: Arc<dyn RouteStore>,
     delivery: Delivery,
@@ -103,6 +105,7 @@ impl Node {
             id: id.to_string(),
             login_mode: security.login_mode,
             tls: security.tls,
+            limits: SendLimits::new(config.send_rate, config.send_burst),
             delivery: Delivery::new(id, peers, membership, FEED_CAPACITY),
             signer,
             node_signer,
@@ -129,6 +132,11 @@ impl Node {
 
     pub fn routes(&self) -> &dyn RouteStore {
         self.routes.as_ref()
+    }
+
+    /// The per-user send allowance (swept by the node's tasks).
+    pub fn limits(&self) -> &SendLimits {
+        &self.limits
     }
 
     /// Local sessions, relays and kicks.
@@ -205,8 +213,17 @@ impl Node {
     }
 
     /// Validates, stores and pushes one message from `from`. Returns only after the message is
-    /// in the recipient's inbox; a store failure means nothing was stored or acked.
+    /// in the recipient's inbox. Refused (RESOURCE_EXHAUSTED, with a retry hint) when `from` is
+    /// over its send allowance on this node or the recipient's inbox over its rate.
     pub async fn send(&self, from: &str, msg: Outgoing) -> Result<Appended, Error> {
+        if let Err(retry_after) = self.limits.take(from, std::time::Instant::now()) {
+            let (rate, burst) = (self.limits.rate(), self.limits.burst());
+            let message = format!(
+                "send rate limit: {rate} messages/s per user (bursts of {burst}); retry with the \
+                 same client_msg_id"
+            );
+            return Err(Error::RateLimited { message, retry_after });
+        }
         ids::client_msg_id(&msg.client_msg_id)?;
         ids::user(&msg.to).map_err(|e| Error::invalid(format!("recipient: {e}")))?;
         if msg.body.is_empty() {

@@ -67,8 +67,15 @@ pub fn send_reply(
             client_msg_id,
             code: status.code() as i32,
             reason: status.message().to_string(),
+            retry_after_ms: retry_after_ms(status.metadata()),
         }),
     }
+}
+
+/// The retry hint a refusal carries (`retry-after-ms`), 0 when none.
+pub fn retry_after_ms(md: &tonic::metadata::MetadataMap) -> u32 {
+    let hint = md.get(crate::error::RETRY_AFTER_MS).and_then(|v| v.to_str().ok());
+    hint.and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 /// Wraps a unary request with `authorization: Bearer <token>` (session or node token).

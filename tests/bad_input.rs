@@ -214,7 +214,7 @@ async fn a_flood_is_rate_limited_and_loses_nothing_acked(b: &Backend) {
         let id = format!("c{i}");
         match alice.sender().send_with_id(&id, "bob", &format!("m{i}")).await {
             Ok(ack) => acked.push((ack.seq, format!("m{i}"))),
-            Err(ClientError::Rejected { code: Code::ResourceExhausted, reason }) => {
+            Err(ClientError::Rejected { code: Code::ResourceExhausted, reason, .. }) => {
                 // The first over the limit says why; later ones wait behind it.
                 let why = if refused.is_empty() { "rate limit" } else { "send it again first" };
                 assert!(reason.contains(why), "{reason}");
@@ -379,7 +379,78 @@ async fn invalid_configuration_is_refused_before_serving() {
     assert!(err.to_string().contains("outbound-queue"), "{err}");
 }
 
+/// A user's streams and unary sends draw on one allowance; a refusal says how long to wait, and
+/// another user is not affected. Nothing refused is stored.
+async fn a_users_streams_and_unary_sends_share_one_allowance(b: &Backend) {
+    let node = TestNode::with(b, |c| {
+        c.send_rate = 2;
+        c.send_burst = 4;
+    })
+    .await;
+    let phone = node.connect("alice", "phone", 0).await;
+    let laptop = node.connect("alice", "laptop", 0).await;
+    phone.sender().send("bob", "p1").await.unwrap();
+    phone.sender().send("bob", "p2").await.unwrap();
+    laptop.sender().send("bob", "l1").await.unwrap();
+    node.send_unary("alice", "u1", "bob", "u1").await.unwrap();
+    // The allowance of 4 is spent, whichever way alice sends next.
+    let err = laptop.sender().send("bob", "l2").await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::ResourceExhausted), "{err}");
+    let wait = err.retry_after().expect("a retry hint");
+    assert!(wait > Duration::ZERO && wait <= Duration::from_millis(500), "{wait:?}");
+    let err = node.send_unary("alice", "u2", "bob", "u2").await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    let hint = ClientError::from(err).retry_after().expect("unary carries the hint");
+    assert!(hint <= Duration::from_millis(500), "{hint:?}");
+    // Carol has her own allowance.
+    node.send_unary("carol", "c1", "bob", "c1").await.unwrap();
+    assert_eq!(stored(&node, "bob").await, 5);
+    // After the hint, alice's retry goes through.
+    tokio::time::sleep(hint).await;
+    node.send_unary("alice", "u2", "bob", "u2").await.unwrap();
+    assert_eq!(stored(&node, "bob").await, 6);
+}
+
+/// An inbox takes at most `inbox_rate` new messages a second from everyone together; the rest
+/// are refused with a hint, stored only when retried, and retries of stored ones still answer.
+async fn an_inbox_over_its_rate_refuses_new_messages_with_a_hint(b: &Backend) {
+    let node = TestNode::with(b, |c| c.inbox_rate = 3).await;
+    // Logged in first, then sent at once: well inside one second.
+    let (mut sends, mut ids) = (Vec::new(), Vec::new());
+    for sender in ["s1", "s2", "s3"] {
+        let token = node.login(sender, "server").await.token;
+        for i in 0..2 {
+            let id = format!("{sender}-{i}");
+            ids.push((sender, id.clone()));
+            let req = proto::SendRequest { client_msg_id: id, to: "bob".into(), body: "x".into() };
+            let mut gateway = node.gateway().await;
+            let token = token.clone();
+            sends.push(async move { gateway.send(client::authorized(req, &token)).await });
+        }
+    }
+    let outcomes = futures_util::future::join_all(sends).await;
+    let refused: Vec<_> = outcomes.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(refused.len(), 3, "{outcomes:?}");
+    for status in &refused {
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.message().contains("3 messages/s"), "{}", status.message());
+    }
+    let outcome = |ok: bool| ids.iter().zip(&outcomes).find(|(_, r)| r.is_ok() == ok).unwrap().0;
+    let (sender, id) = outcome(true);
+    let retry = node.send_unary(sender, id, "bob", "x").await.unwrap();
+    assert!(retry.duplicate, "a retry of a stored message is answered, not refused");
+    assert_eq!(stored(&node, "bob").await, 3);
+    let wait = ClientError::from(refused[0].clone()).retry_after().expect("a hint");
+    tokio::time::sleep(wait).await;
+    let (sender, id) = outcome(false);
+    assert!(!node.send_unary(sender, id, "bob", "x").await.unwrap().duplicate);
+    node.send_unary("s3", "other", "alice", "x").await.unwrap();
+    assert_eq!(stored(&node, "bob").await, 4);
+}
+
 on_every_store!(
+    a_users_streams_and_unary_sends_share_one_allowance,
+    an_inbox_over_its_rate_refuses_new_messages_with_a_hint,
     after_a_retryable_refusal_later_sends_wait_so_order_is_kept,
     oversize_or_empty_fields_are_invalid_argument_and_store_nothing,
     bad_tokens_are_unauthenticated,

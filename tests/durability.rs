@@ -155,6 +155,7 @@ async fn the_redis_key_layout_matches_the_design() {
         format!("{prefix}:dedup:{{bob}}:5:alice:c1"),
         format!("{prefix}:epoch:{{bob}}"),
         format!("{prefix}:inbox:{{bob}}"),
+        format!("{prefix}:inrate:{{bob}}"),
         format!("{prefix}:route:{{bob}}"),
         format!("{prefix}:seq:{{bob}}"),
     ]
@@ -353,4 +354,27 @@ async fn a_retry_with_another_body_pushes_the_stored_copy() {
     assert!(retry.duplicate && retry.seq == first.seq);
     let m = next_message(&mut bob).await;
     assert_eq!((m.seq, m.body.as_str()), (first.seq, "first"));
+}
+
+/// The inbox rate is counted in Redis, so it holds across nodes: two nodes on one Redis share
+/// bob's allowance.
+#[tokio::test]
+async fn the_inbox_rate_holds_across_nodes() {
+    let backend = Backend::redis();
+    let limited = |c: &mut tim::Config| c.inbox_rate = 2;
+    let a = TestNode::with(&backend, limited).await;
+    let b = TestNode::with(&backend, limited).await;
+    let (ta, tb) = (a.login("s1", "d").await.token, b.login("s2", "d").await.token);
+    let send = async |node: &TestNode, token: &str, id: &str| {
+        let req = tim::proto::SendRequest {
+            client_msg_id: id.into(),
+            to: "bob".into(),
+            body: "x".into(),
+        };
+        node.gateway().await.send(client::authorized(req, token)).await
+    };
+    let (r1, r2, r3) = tokio::join!(send(&a, &ta, "a1"), send(&a, &ta, "a2"), send(&b, &tb, "b1"));
+    let refused: Vec<_> = [r1, r2, r3].into_iter().filter_map(Result::err).collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].code(), Code::ResourceExhausted);
 }

@@ -75,9 +75,10 @@ pub enum ClientError {
     Address(String),
     #[error("{}: {}", .0.code(), .0.message())]
     Status(#[from] Status),
-    /// The server refused one message (SendError); retry with the same id when retryable.
+    /// The server refused one message (SendError); retry with the same id when retryable, no
+    /// sooner than `retry_after` (zero: no hint).
     #[error("send rejected ({code:?}): {reason}")]
-    Rejected { code: Code, reason: String },
+    Rejected { code: Code, reason: String, retry_after: Duration },
     #[error("the session stream is closed")]
     Closed,
     /// The token's device was logged out (SessionEnded instead of Welcome).
@@ -88,6 +89,20 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// How long the server asked to wait before a retry (a rate refusal), if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Rejected { retry_after, .. } if !retry_after.is_zero() => {
+                Some(*retry_after)
+            }
+            ClientError::Status(s) => {
+                let ms = crate::wire::retry_after_ms(s.metadata());
+                (ms > 0).then(|| Duration::from_millis(ms.into()))
+            }
+            _ => None,
+        }
+    }
+
     /// The gRPC code behind this error, if any.
     pub fn code(&self) -> Option<Code> {
         match self {

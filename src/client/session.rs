@@ -2,6 +2,7 @@
 //! the server's pushes as [`Event`]s.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -241,7 +242,9 @@ async fn read(mut inbound: Streaming<ServerFrame>, events: mpsc::Sender<Event>, 
                     continue;
                 }
                 Frame::SendError(e) => {
-                    let err = ClientError::Rejected { code: Code::from(e.code), reason: e.reason };
+                    let retry_after = Duration::from_millis(e.retry_after_ms.into());
+                    let code = Code::from(e.code);
+                    let err = ClientError::Rejected { code, reason: e.reason, retry_after };
                     resolve(&e.client_msg_id, Err(err));
                     continue;
                 }

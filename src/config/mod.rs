@@ -108,12 +108,18 @@ pub struct Config {
     /// RESOURCE_EXHAUSTED (its messages stay in the inbox).
     #[arg(long, env = "TIM_SLOW_CLIENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub slow_client_timeout: Duration,
-    /// Sustained sends per second allowed on one stream (0 = unlimited).
-    #[arg(long, env = "TIM_SEND_RATE", default_value_t = 500)]
+    /// Sustained sends per second allowed to one user on this node, shared by all their streams
+    /// and unary Sends (0 = unlimited). Ample for a person; a bot that sends more gets its own
+    /// deployment setting.
+    #[arg(long, env = "TIM_SEND_RATE", default_value_t = 100)]
     pub send_rate: u32,
-    /// Burst of sends allowed on one stream above the sustained rate.
-    #[arg(long, env = "TIM_SEND_BURST", default_value_t = 1000)]
+    /// Burst of sends allowed to one user above the sustained rate.
+    #[arg(long, env = "TIM_SEND_BURST", default_value_t = 500)]
     pub send_burst: u32,
+    /// New messages one inbox takes per second from all senders on all nodes (counted in Redis
+    /// when shared; 0 = unlimited).
+    #[arg(long, env = "TIM_INBOX_RATE", default_value_t = 500)]
+    pub inbox_rate: u32,
     /// HTTP/2 keepalive PING interval towards clients.
     #[arg(long, env = "TIM_KEEPALIVE_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     pub keepalive_interval: Duration,
@@ -302,7 +308,11 @@ impl Config {
     }
 
     pub fn store_options(&self) -> StoreOptions {
-        StoreOptions { retention: self.retention, dedup_ttl: self.dedup_ttl }
+        StoreOptions {
+            retention: self.retention,
+            dedup_ttl: self.dedup_ttl,
+            inbox_rate: self.inbox_rate,
+        }
     }
 
     /// The `--redis` URLs, one per comma-separated entry.

@@ -40,6 +40,8 @@ const MAX_PENDING_RESETS: usize = 20;
 const INSECURE_WARNING_EVERY: Duration = Duration::from_secs(60);
 /// How often the in-memory store drops what expired in inboxes nobody touches.
 const MEMORY_SWEEP: Duration = Duration::from_secs(60);
+/// How often idle senders' rate buckets are dropped.
+const LIMITS_SWEEP: Duration = Duration::from_secs(10);
 
 /// Why a node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +151,16 @@ pub async fn run(
     let (node, login_worker) = Node::new(&id, config, security, stores, membership);
     let node = Arc::new(node);
     tasks.spawn(login_worker);
+    tasks.spawn({
+        // Forget the send allowance of users who stopped sending.
+        let node = node.clone();
+        async move {
+            loop {
+                tokio::time::sleep(LIMITS_SWEEP).await;
+                node.limits().sweep(std::time::Instant::now());
+            }
+        }
+    });
     tasks.spawn({
         let node = node.clone();
         async move { node.delivery().follow_membership().await }

@@ -24,6 +24,12 @@ pub enum StoreError {
     /// The backend answered something we do not understand.
     #[error("store error: {0}")]
     Internal(String),
+    /// The recipient's inbox takes no more this second (`StoreOptions::inbox_rate`); nothing
+    /// was written. Retry after `retry_after`.
+    #[error(
+        "the recipient's inbox takes at most {rate} messages/s; retry with the same client_msg_id"
+    )]
+    InboxRate { rate: u32, retry_after: std::time::Duration },
 }
 
 /// A message as its sender submitted it (stream `Send` or unary `Gateway.Send`), before the
@@ -94,7 +100,8 @@ pub struct Appended {
 /// Per-user durable message queues with per-device ack cursors.
 #[async_trait]
 pub trait Inbox: Send + Sync + 'static {
-    /// Dedup + next seq + append + route read, atomically.
+    /// Dedup + inbox rate + next seq + append + route read, atomically. A retry of a stored
+    /// message is answered as a duplicate even when the inbox is over its rate.
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError>;
 
     /// Up to `limit` messages of `user` with seq > `after`, in seq order. Messages acked by
@@ -190,6 +197,9 @@ pub struct StoreOptions {
     pub retention: std::time::Duration,
     /// How long a (sender, client_msg_id) is remembered for deduplication.
     pub dedup_ttl: std::time::Duration,
+    /// New messages one inbox takes per second, from all senders on all nodes together
+    /// (0 = unlimited). Retries of stored messages do not count.
+    pub inbox_rate: u32,
 }
 
 impl Default for StoreOptions {
@@ -197,6 +207,7 @@ impl Default for StoreOptions {
         Self {
             retention: std::time::Duration::from_secs(7 * 24 * 3600),
             dedup_ttl: std::time::Duration::from_secs(24 * 3600),
+            inbox_rate: 0,
         }
     }
 }

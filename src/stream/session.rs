@@ -56,7 +56,6 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
     let (user, device) = (claims.sub, claims.dev);
     let session_id = new_id();
     let feed = sessions.register(&user, &device, &session_id);
-    let config = node.config();
     let mut s = Session {
         route: Route {
             node_id: node.id().to_string(),
@@ -70,7 +69,7 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
         more: false,
         retry_at: None,
         acks: AckMerge::new(ACK_DELAY),
-        gate: SendGate::new(config.send_rate, config.send_burst),
+        gate: SendGate::new(),
     };
     let body = async {
         // A session told to stop before it started (drain) skips straight to saying so.
@@ -336,7 +335,7 @@ impl Session {
     /// Stores one message if the gate lets it through; the frame to answer with.
     async fn send(&mut self, m: proto::SendMessage) -> Frame {
         let id = m.client_msg_id.clone();
-        let result = match self.gate.admit(&id, std::time::Instant::now()) {
+        let result = match self.gate.admit(&id) {
             Ok(()) => self.node.send(&self.user, m.into()).await.map_err(Status::from),
             Err(refused) => Err(refused),
         };

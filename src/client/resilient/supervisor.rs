@@ -279,11 +279,14 @@ impl Supervisor {
                     let _ = reply.send(Ok(ack));
                 }
             }
-            Err(ClientError::Rejected {
-                code: Code::Unavailable | Code::ResourceExhausted,
-                ..
-            }) => {
-                let (retry, delay) = (self.retry.clone(), self.config.retry_delay);
+            Err(
+                e @ ClientError::Rejected {
+                    code: Code::Unavailable | Code::ResourceExhausted, ..
+                },
+            ) => {
+                // No sooner than the server asked (a rate refusal says when).
+                let delay = self.config.retry_delay.max(e.retry_after().unwrap_or_default());
+                let retry = self.retry.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
                     if let Some(cmds) = retry.upgrade() {

@@ -17,6 +17,8 @@ use super::{
 use crate::auth::unix_ms;
 
 const SHARDS: usize = 64;
+/// The window of the inbox rate (`StoreOptions::inbox_rate`).
+const WINDOW: Duration = Duration::from_secs(1);
 
 /// In-memory [`Inbox`] and [`RouteStore`].
 #[derive(Debug)]
@@ -40,6 +42,8 @@ struct UserState {
     revoked: HashMap<String, (i64, Instant)>,
     /// When a stream of the user last ended (Unix ms), and until when that is kept.
     last_seen: Option<(i64, Instant)>,
+    /// The inbox rate window: when it started, and new messages taken in it.
+    window: Option<(Instant, u32)>,
     /// (from, client_msg_id) → seq of the stored copy.
     dedup: HashMap<(String, String), DedupEntry>,
     /// Dedup keys in expiry order, for cheap expiry.
@@ -154,7 +158,7 @@ impl Inbox for MemoryStore {
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
         let now = Instant::now();
         let dedup_ttl: Duration = self.opts.dedup_ttl;
-        Ok(self.with_user(&msg.to.clone(), |u| {
+        self.with_user(&msg.to.clone(), |u| {
             u.expire(&self.opts, now);
             let routes = u.live_routes(now);
             let key = (msg.from.clone(), msg.client_msg_id.clone());
@@ -167,7 +171,17 @@ impl Inbox for MemoryStore {
                     body: msg.body,
                     sent_at: e.sent_at,
                 };
-                return Appended { message, duplicate: true, routes };
+                return Ok(Appended { message, duplicate: true, routes });
+            }
+            let rate = self.opts.inbox_rate;
+            if rate > 0 {
+                let (start, taken) =
+                    u.window.filter(|(s, _)| now < *s + WINDOW).unwrap_or((now, 0));
+                if taken >= rate {
+                    let retry_after = (start + WINDOW).saturating_duration_since(now);
+                    return Err(StoreError::InboxRate { rate, retry_after });
+                }
+                u.window = Some((start, taken + 1));
             }
             u.last_seq += 1;
             let stored = StoredMessage {
@@ -188,8 +202,8 @@ impl Inbox for MemoryStore {
             u.dedup.insert(key.clone(), entry);
             u.dedup_expiry.push_back((expires, key));
             u.messages.push_back(stored.clone());
-            Appended { message: stored, duplicate: false, routes }
-        }))
+            Ok(Appended { message: stored, duplicate: false, routes })
+        })
     }
 
     async fn read(

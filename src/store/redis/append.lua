@@ -1,9 +1,11 @@
 -- Appends one message to a user's inbox, at most once per (sender, client_msg_id), and reads
 -- the user's live routes: one atomic round trip per message.
--- KEYS: 1 seq counter, 2 inbox stream, 3 dedup key, 4 route hash
+-- KEYS: 1 seq counter, 2 inbox stream, 3 dedup key, 4 route hash, 5 inbox rate counter
 -- ARGV: 1 from, 2 to, 3 client_msg_id, 4 body, 5 msg_id, 6 sent_at (ms),
---       7 dedup ttl (ms), 8 now (ms), 9 retention cut-off (ms: older entries are dropped)
--- Returns { duplicate (0|1), "seq|msg_id|sent_at", { device, route, device, route, ... } }
+--       7 dedup ttl (ms), 8 now (ms), 9 retention cut-off (ms: older entries are dropped),
+--       10 new messages the inbox takes per second (0: no limit)
+-- Returns { duplicate (0|1), "seq|msg_id|sent_at", { device, route, device, route, ... } },
+-- or { 2, ms until the inbox takes more, {} } when the inbox is over its rate (nothing written)
 
 local function live_routes()
   local flat = redis.call('HGETALL', KEYS[4])
@@ -54,6 +56,21 @@ end
 local dup = redis.call('GET', KEYS[3])
 if dup then
   return { 1, dup, live_routes() }
+end
+-- A fixed one-second window per inbox, shared by every node.
+local rate = tonumber(ARGV[10])
+if rate > 0 then
+  local n = redis.call('INCR', KEYS[5])
+  if n == 1 then
+    redis.call('PEXPIRE', KEYS[5], 1000)
+  end
+  if n > rate then
+    local wait = redis.call('PTTL', KEYS[5])
+    if wait <= 0 then
+      wait = 1000
+    end
+    return { 2, tostring(wait), {} }
+  end
 end
 local seq = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[2], seq .. '-0',

@@ -10,6 +10,7 @@
 //! - `<p>:ack:{uid}`: hash device → highest acked seq
 //! - `<p>:route:{uid}`: hash device → `node_id|session_id|started_at_ms|lapses_at_ms`, key
 //!   TTL = the longest route TTL
+//! - `<p>:inrate:{uid}`: new messages taken this second (`--inbox-rate`), expiring after it
 //! - `<p>:seen:{uid}`: Unix ms at which a stream of the user last ended, with a TTL
 //! - `<p>:revoked:{uid}:<device>`: Unix ms up to which the device's tokens are revoked (it
 //!   logged out), with a TTL of the token lifetime
@@ -135,6 +136,7 @@ impl Inbox for RedisStore {
             .key(self.key("inbox", &msg.to))
             .key(self.dedup_key(&msg.to, &msg.from, &msg.client_msg_id))
             .key(self.key("route", &msg.to))
+            .key(self.key("inrate", &msg.to))
             .arg(&msg.from)
             .arg(&msg.to)
             .arg(&msg.client_msg_id)
@@ -144,9 +146,15 @@ impl Inbox for RedisStore {
             .arg(self.opts.dedup_ttl.as_millis() as u64)
             .arg(now)
             .arg(cut)
+            .arg(self.opts.inbox_rate)
             .invoke_async(&mut self.conn.clone())
             .await?;
         let (duplicate, stored, routes) = reply;
+        if duplicate == 2 {
+            let ms = stored.parse().map_err(|_| StoreError::Internal(format!("rate: {stored}")))?;
+            let retry_after = Duration::from_millis(ms);
+            return Err(StoreError::InboxRate { rate: self.opts.inbox_rate, retry_after });
+        }
         let (seq, msg_id, sent_at) = parse_stored(&stored)?;
         let duplicate = duplicate == 1;
         // For a duplicate: the first copy's seq, id and time (the body is the caller's; same

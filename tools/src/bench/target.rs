@@ -33,9 +33,10 @@ impl NodeSpec {
         Self { redis, prefix: prefix.to_string(), token_secret, node_secret, peers: None, tim }
     }
 
-    /// `tim serve` flags after `--addr`: no per-stream send limit, the run's Redis prefix.
+    /// `tim serve` flags after `--addr`: no per-user send or per-inbox limit, the run's Redis
+    /// prefix.
     fn serve_flags(&self) -> Vec<String> {
-        let mut a = vec!["--send-rate".into(), "0".into()];
+        let mut a = vec!["--send-rate".into(), "0".into(), "--inbox-rate".into(), "0".into()];
         if let Some(url) = &self.redis {
             a.extend(["--redis".into(), url.clone(), "--redis-prefix".into(), self.prefix.clone()]);
         }
@@ -49,6 +50,7 @@ impl NodeSpec {
         tim::Config {
             addr: "127.0.0.1:0".parse().expect("a socket address"),
             send_rate: 0,
+            inbox_rate: 0,
             token_secret: Some(self.token_secret.clone()),
             node_secret: Some(self.node_secret.clone()),
             redis: self.redis.clone(),

@@ -1,0 +1,143 @@
+//! Per-user send allowance on one node: a token bucket per sender, shared by every stream and
+//! every unary Send of that user here. A cluster enforces it per node: a user whose devices sit
+//! on k nodes may send k times the rate (with `--lb consistent-hash` a user's devices share a
+//! node). Buckets of users who stopped sending are dropped by [`SendLimits::sweep`].
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const SHARDS: usize = 16;
+
+/// The allowance of every sender on this node.
+#[derive(Debug)]
+pub struct SendLimits {
+    rate: u32,
+    burst: u32,
+    shards: Vec<Mutex<HashMap<String, TokenBucket>>>,
+    hasher: RandomState,
+}
+
+impl SendLimits {
+    /// `rate` sends per second per user, `burst` at once; rate 0 = unlimited.
+    pub fn new(rate: u32, burst: u32) -> Self {
+        let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
+        Self { rate, burst: burst.max(1), shards, hasher: RandomState::new() }
+    }
+
+    pub fn rate(&self) -> u32 {
+        self.rate
+    }
+
+    pub fn burst(&self) -> u32 {
+        self.burst
+    }
+
+    fn shard(&self, user: &str) -> std::sync::MutexGuard<'_, HashMap<String, TokenBucket>> {
+        let shard = &self.shards[self.hasher.hash_one(user) as usize % SHARDS];
+        shard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes one send from `user`'s allowance; if none is left, how long until one is back.
+    pub fn take(&self, user: &str, now: Instant) -> Result<(), Duration> {
+        if self.rate == 0 {
+            return Ok(());
+        }
+        let mut shard = self.shard(user);
+        let bucket = match shard.get_mut(user) {
+            Some(b) => b,
+            None => shard.entry(user.to_string()).or_insert(TokenBucket::full(self.burst, now)),
+        };
+        bucket.take(self.rate, self.burst, now)
+    }
+
+    /// Drops the buckets that are full again at `now` (their users stopped sending): what is
+    /// kept is bounded by the users who sent within the last `burst / rate` seconds.
+    pub fn sweep(&self, now: Instant) {
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            shard.retain(|_, b| !b.is_full(self.rate, self.burst, now));
+        }
+    }
+
+    /// Senders with a bucket now.
+    pub fn tracked(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len()).sum()
+    }
+}
+
+/// Tokens refilled at `rate` per second up to `burst`.
+#[derive(Debug, Clone, Copy)]
+struct TokenBucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn full(burst: u32, now: Instant) -> Self {
+        Self { tokens: f64::from(burst), at: now }
+    }
+
+    fn refill(&mut self, rate: u32, burst: u32, now: Instant) {
+        let since = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + since * f64::from(rate)).min(f64::from(burst));
+        self.at = now;
+    }
+
+    fn take(&mut self, rate: u32, burst: u32, now: Instant) -> Result<(), Duration> {
+        self.refill(rate, burst, now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(());
+        }
+        Err(Duration::from_secs_f64((1.0 - self.tokens) / f64::from(rate)))
+    }
+
+    fn is_full(&self, rate: u32, burst: u32, now: Instant) -> bool {
+        let mut b = *self;
+        b.refill(rate, burst, now);
+        b.tokens >= f64::from(burst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_then_the_rate_per_user_with_the_wait_until_the_next() {
+        let t0 = Instant::now();
+        let limits = SendLimits::new(10, 3);
+        for _ in 0..3 {
+            assert!(limits.take("alice", t0).is_ok());
+        }
+        let wait = limits.take("alice", t0).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(100));
+        assert!(limits.take("bob", t0).is_ok(), "bob has his own allowance");
+        assert!(limits.take("alice", t0 + Duration::from_millis(100)).is_ok());
+        assert!(limits.take("alice", t0 + Duration::from_millis(100)).is_err());
+    }
+
+    #[test]
+    fn idle_senders_are_forgotten() {
+        let t0 = Instant::now();
+        let limits = SendLimits::new(10, 5);
+        limits.take("alice", t0).unwrap();
+        limits.take("bob", t0).unwrap();
+        limits.sweep(t0 + Duration::from_millis(50));
+        assert_eq!(limits.tracked(), 2, "not refilled yet");
+        limits.take("bob", t0 + Duration::from_millis(90)).unwrap();
+        limits.sweep(t0 + Duration::from_millis(150));
+        assert_eq!(limits.tracked(), 1, "alice is full again; bob is not");
+    }
+
+    #[test]
+    fn rate_zero_is_unlimited_and_keeps_nothing() {
+        let t0 = Instant::now();
+        let limits = SendLimits::new(0, 1);
+        for _ in 0..10_000 {
+            assert!(limits.take("alice", t0).is_ok());
+        }
+        assert_eq!(limits.tracked(), 0);
+    }
+}
