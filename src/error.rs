@@ -40,7 +40,9 @@ impl Error {
             Error::Auth(_) => Code::Unauthenticated,
             Error::Store(StoreError::Unavailable(_)) => Code::Unavailable,
             Error::Store(StoreError::Internal(_)) => Code::Internal,
-            Error::Store(StoreError::InboxRate { .. }) => Code::ResourceExhausted,
+            Error::Store(StoreError::InboxRate { .. } | StoreError::TooManyDevices { .. }) => {
+                Code::ResourceExhausted
+            }
         }
     }
 

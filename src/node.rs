@@ -177,6 +177,8 @@ impl Node {
         let keep = self.config.token_ttl + Duration::from_secs(60);
         self.routes.revoke(&caller.sub, &device, now, keep).await?;
         self.delivery.log_out(&caller.sub, &device).await;
+        // Its place among the user's devices is free again (its cursor goes with it).
+        self.inbox.forget(&caller.sub, &device).await?;
         tracing::info!(user = %caller.sub, %device, "logged out");
         Ok(device)
     }

@@ -448,7 +448,29 @@ async fn an_inbox_over_its_rate_refuses_new_messages_with_a_hint(b: &Backend) {
     assert_eq!(stored(&node, "bob").await, 4);
 }
 
+/// One device more than `max_devices` is refused at Hello, clearly, before it takes a route;
+/// a logout frees a place.
+async fn one_device_too_many_is_refused_until_one_logs_out(b: &Backend) {
+    let node = TestNode::with(b, |c| c.max_devices = 2).await;
+    let _phone = node.connect("bob", "phone", 0).await;
+    let _laptop = node.connect("bob", "laptop", 0).await;
+    let token = node.login("bob", "tablet").await.token;
+    let mut raw = Raw::open(&node, hello(&token, 0)).await;
+    let status = raw.status().await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("2 devices"), "{}", status.message());
+    let mut online = node.presence("bob").await;
+    online.sort();
+    assert_eq!(online, ["laptop", "phone"], "the refused device took no route");
+    // Messages still reach the two devices; the laptop logs itself out, and the tablet fits.
+    let laptop = node.login("bob", "laptop").await.token;
+    let req = proto::LogoutRequest { device: String::new() };
+    node.gateway().await.logout(client::authorized(req, &laptop)).await.unwrap();
+    node.connect("bob", "tablet", 0).await;
+}
+
 on_every_store!(
+    one_device_too_many_is_refused_until_one_logs_out,
     a_users_streams_and_unary_sends_share_one_allowance,
     an_inbox_over_its_rate_refuses_new_messages_with_a_hint,
     after_a_retryable_refusal_later_sends_wait_so_order_is_kept,

@@ -153,9 +153,11 @@ async fn the_redis_key_layout_matches_the_design() {
     let want: Vec<String> = [
         format!("{prefix}:ack:{{bob}}"),
         format!("{prefix}:dedup:{{bob}}:5:alice:c1"),
+        format!("{prefix}:devices:{{bob}}"),
         format!("{prefix}:epoch:{{bob}}"),
         format!("{prefix}:inbox:{{bob}}"),
         format!("{prefix}:inrate:{{bob}}"),
+        format!("{prefix}:low:{{bob}}"),
         format!("{prefix}:route:{{bob}}"),
         format!("{prefix}:seq:{{bob}}"),
     ]
@@ -377,4 +379,45 @@ async fn the_inbox_rate_holds_across_nodes() {
     let refused: Vec<_> = [r1, r2, r3].into_iter().filter_map(Result::err).collect();
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert_eq!(refused[0].code(), Code::ResourceExhausted);
+}
+
+/// Cursors written before the lowest-cursor sorted set existed (or by an older node during a
+/// rolling upgrade) still hold the inbox: nothing a listed device has not acked is trimmed.
+#[tokio::test]
+async fn cursors_from_before_the_sorted_set_still_hold_the_inbox() {
+    let backend = Backend::redis();
+    let Backend::Redis { url, prefix, .. } = &backend else { unreachable!() };
+    let node = TestNode::start(&backend).await;
+    for i in 1..=3 {
+        node.send_unary("alice", &format!("c{i}"), "bob", &format!("m{i}")).await.unwrap();
+    }
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let old: i64 = ::redis::cmd("HSET")
+        .arg(format!("{prefix}:ack:{{bob}}"))
+        .arg(&["laptop", "0", "phone", "0"][..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(old, 2);
+    let mut phone = node.connect("bob", "phone", 0).await;
+    assert_eq!(take(&mut phone, 3).await, expected("m", 1, 3));
+    phone.sender().ack(3).await.unwrap();
+    let cursor = format!("{prefix}:ack:{{bob}}");
+    eventually(|| {
+        let (mut conn, cursor) = (conn.clone(), cursor.clone());
+        async move {
+            let stored: Option<u64> = ::redis::cmd("HGET")
+                .arg(&cursor)
+                .arg("phone")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            (stored == Some(3)).then_some(())
+        }
+    })
+    .await;
+    drop(phone);
+    let mut laptop = node.connect("bob", "laptop", 0).await;
+    assert_eq!(take(&mut laptop, 3).await, expected("m", 1, 3), "the laptop's cursor held them");
 }

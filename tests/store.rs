@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime};
 use common::Backend;
 use tim::auth::unix_ms;
 use tim::store::{
-    Inbox, MemoryStore, NewMessage, PutRoute, RedisStore, Route, RouteStore, StoreOptions,
+    Inbox, MemoryStore, NewMessage, PutRoute, RedisStore, Route, RouteStore, StoreError,
+    StoreOptions,
 };
 
 /// The two halves of one backend.
@@ -44,7 +45,44 @@ on_every_store!(
     a_lapsed_route_is_gone_for_every_call,
     a_revocation_is_per_device_replaced_by_a_later_one_and_lapses,
     last_seen_is_per_user_and_lapses,
+    devices_are_bounded_forgotten_when_unseen_and_then_hold_nothing_back,
 );
+
+async fn devices_are_bounded_forgotten_when_unseen_and_then_hold_nothing_back(backend: &Backend) {
+    let opts = StoreOptions {
+        max_devices: 2,
+        device_ttl: Duration::from_millis(600),
+        ..StoreOptions::default()
+    };
+    let s = open(backend, opts).await;
+    for i in 1..=3 {
+        s.inbox.append(message("bob", &format!("c{i}"), &format!("m{i}"))).await.unwrap();
+    }
+    s.inbox.enroll("bob", "phone").await.unwrap();
+    s.inbox.enroll("bob", "laptop").await.unwrap();
+    s.inbox.enroll("bob", "phone").await.unwrap();
+    let full = s.inbox.enroll("bob", "tablet").await.unwrap_err();
+    assert!(matches!(full, StoreError::TooManyDevices { max: 2 }), "{full:?}");
+    s.inbox.enroll("alice", "tablet").await.unwrap();
+    // The laptop never acks; the phone keeps acking (and so stays seen).
+    assert_eq!(s.inbox.ack("bob", "laptop", 0).await.unwrap(), 0);
+    assert_eq!(s.inbox.ack("bob", "phone", 3).await.unwrap(), 3);
+    assert_eq!(s.inbox.read("bob", 0, 10).await.unwrap().len(), 3, "the laptop holds them");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.inbox.ack("bob", "phone", 3).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The laptop was away too long: forgotten at the next Hello, so the tablet fits, and its
+    // cursor no longer holds the inbox.
+    s.inbox.enroll("bob", "tablet").await.unwrap();
+    s.inbox.ack("bob", "tablet", 3).await.unwrap();
+    s.inbox.ack("bob", "phone", 3).await.unwrap();
+    assert!(s.inbox.read("bob", 0, 10).await.unwrap().is_empty());
+    // A forgotten device (logged out) frees its place; its late ack stores nothing.
+    s.inbox.forget("bob", "tablet").await.unwrap();
+    assert_eq!(s.inbox.ack("bob", "tablet", 1).await.unwrap(), 1);
+    s.inbox.enroll("bob", "watch").await.unwrap();
+    assert!(s.inbox.enroll("bob", "tablet").await.is_err(), "phone and watch: full again");
+}
 
 async fn last_seen_is_per_user_and_lapses(backend: &Backend) {
     let store = open(backend, StoreOptions::default()).await.routes;
@@ -119,6 +157,9 @@ async fn cursors_only_move_forward_and_the_inbox_keeps_what_a_device_still_needs
     let s = open(backend, StoreOptions::default()).await;
     for i in 1..=3 {
         s.inbox.append(message("bob", &format!("c{i}"), &format!("m{i}"))).await.unwrap();
+    }
+    for (user, device) in [("bob", "laptop"), ("bob", "phone"), ("carol", "phone")] {
+        s.inbox.enroll(user, device).await.unwrap();
     }
     // A device seen for the first time is registered at what it asks for.
     assert_eq!(s.inbox.ack("bob", "laptop", 0).await.unwrap(), 0);

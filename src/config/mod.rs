@@ -116,6 +116,13 @@ pub struct Config {
     /// Burst of sends allowed to one user above the sustained rate.
     #[arg(long, env = "TIM_SEND_BURST", default_value_t = 500)]
     pub send_burst: u32,
+    /// Devices one user may have; a Hello from one more is refused (RESOURCE_EXHAUSTED) until
+    /// one logs out or stays away for `--device-ttl`.
+    #[arg(long, env = "TIM_MAX_DEVICES", default_value_t = 20)]
+    pub max_devices: u32,
+    /// A device not seen (no Hello, no ack) this long is forgotten with its ack cursor.
+    #[arg(long, env = "TIM_DEVICE_TTL", default_value = "30d", value_parser = parse_duration)]
+    pub device_ttl: Duration,
     /// New messages one inbox takes per second from all senders on all nodes (counted in Redis
     /// when shared; 0 = unlimited).
     #[arg(long, env = "TIM_INBOX_RATE", default_value_t = 500)]
@@ -312,6 +319,8 @@ impl Config {
             retention: self.retention,
             dedup_ttl: self.dedup_ttl,
             inbox_rate: self.inbox_rate,
+            max_devices: self.max_devices,
+            device_ttl: self.device_ttl,
         }
     }
 

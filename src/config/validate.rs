@@ -46,6 +46,14 @@ impl Config {
         {
             return fail("--node-id must be non-empty, without whitespace or '|'");
         }
+        if !(1..=10_000).contains(&self.max_devices) {
+            return fail("--max-devices must be between 1 and 10000");
+        }
+        if self.device_ttl < self.token_ttl {
+            return fail(
+                "--device-ttl must be at least --token-ttl (a device is kept while its token lives)",
+            );
+        }
         if self.route_ttl < Duration::from_secs(1) {
             return fail("--route-ttl must be at least 1s");
         }

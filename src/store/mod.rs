@@ -24,6 +24,12 @@ pub enum StoreError {
     /// The backend answered something we do not understand.
     #[error("store error: {0}")]
     Internal(String),
+    /// The user has `max` devices already; a new one is refused until one logs out or stays
+    /// away for the device keep time.
+    #[error(
+        "this user already has {max} devices; log one out (Gateway.Logout) or wait until one has been away for the device keep time"
+    )]
+    TooManyDevices { max: u32 },
     /// The recipient's inbox takes no more this second (`StoreOptions::inbox_rate`); nothing
     /// was written. Retry after `retry_after`.
     #[error(
@@ -121,10 +127,20 @@ pub trait Inbox: Send + Sync + 'static {
     /// The highest seq ever assigned in `user`'s inbox (0 if none).
     async fn last_seq(&self, user: &str) -> Result<u64, StoreError>;
 
-    /// Moves `device`'s cursor to `max(cursor, min(up_to, last_seq))` and returns it. Also
-    /// registers a device that has none, so trimming waits for it. Messages at or below every
-    /// device's cursor may be trimmed.
+    /// Moves the enrolled `device`'s cursor to `max(cursor, min(up_to, last_seq))` and returns
+    /// it. Also registers the cursor of an enrolled device that has none, so trimming waits for
+    /// it; a device not enrolled (logged out, forgotten) stores nothing and gets
+    /// `min(up_to, last_seq)` back. Messages at or below every device's cursor may be trimmed,
+    /// and the lowest is found without scanning every device.
     async fn ack(&self, user: &str, device: &str, up_to: u64) -> Result<u64, StoreError>;
+
+    /// Admits `device` of `user` (at Hello): forgets the user's devices unseen for
+    /// `device_ttl` with their cursors, refuses a device not yet known when the user has
+    /// `max_devices` ([`StoreError::TooManyDevices`]), and marks this one seen.
+    async fn enroll(&self, user: &str, device: &str) -> Result<(), StoreError>;
+
+    /// Forgets `device` of `user` and its cursor (it logged out), freeing its place.
+    async fn forget(&self, user: &str, device: &str) -> Result<(), StoreError>;
 }
 
 /// Which node holds each device stream of a user.
@@ -200,6 +216,10 @@ pub struct StoreOptions {
     /// New messages one inbox takes per second, from all senders on all nodes together
     /// (0 = unlimited). Retries of stored messages do not count.
     pub inbox_rate: u32,
+    /// Devices one user may have (a cursor each).
+    pub max_devices: u32,
+    /// A device unseen (no Hello, no ack) this long is forgotten with its cursor.
+    pub device_ttl: std::time::Duration,
 }
 
 impl Default for StoreOptions {
@@ -208,6 +228,8 @@ impl Default for StoreOptions {
             retention: std::time::Duration::from_secs(7 * 24 * 3600),
             dedup_ttl: std::time::Duration::from_secs(24 * 3600),
             inbox_rate: 0,
+            max_devices: 20,
+            device_ttl: std::time::Duration::from_secs(30 * 24 * 3600),
         }
     }
 }

@@ -159,11 +159,13 @@ struct Session {
 }
 
 impl Session {
-    /// Takes the device's route (ending its older session, wherever it is), registers the
-    /// device's cursor, sends Welcome and starts the replay. Returns false (after sending
+    /// Admits the device (`--max-devices`), takes its route (ending its older session,
+    /// wherever it is), registers its cursor, sends Welcome and starts the replay. Returns false (after sending
     /// Kicked) when a later session of the device holds the route.
     async fn start(&mut self, out: &mut Outbound, resume: Resume) -> Result<bool, End> {
         let node = self.node.clone();
+        // One device more than the user may have is refused before it takes anything.
+        node.inbox().enroll(&self.user, &self.device).await?;
         let ttl = node.config().route_ttl;
         match node.routes().put(&self.user, &self.device, &self.route, ttl).await? {
             PutRoute::Took(Some(previous)) => {

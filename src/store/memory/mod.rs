@@ -44,6 +44,8 @@ struct UserState {
     last_seen: Option<(i64, Instant)>,
     /// The inbox rate window: when it started, and new messages taken in it.
     window: Option<(Instant, u32)>,
+    /// device → when it was last seen (Hello or ack); at most `max_devices` of them.
+    devices: HashMap<String, Instant>,
     /// (from, client_msg_id) → seq of the stored copy.
     dedup: HashMap<(String, String), DedupEntry>,
     /// Dedup keys in expiry order, for cheap expiry.
@@ -60,6 +62,19 @@ struct DedupEntry {
 }
 
 impl UserState {
+    /// Forgets the devices unseen for `ttl`, with their cursors (no longer holding back
+    /// trimming).
+    fn forget_unseen(&mut self, ttl: Duration, now: Instant) {
+        let cursors = &mut self.cursors;
+        self.devices.retain(|device, seen| {
+            let keep = now.saturating_duration_since(*seen) < ttl;
+            if !keep {
+                cursors.remove(device);
+            }
+            keep
+        });
+    }
+
     fn live_routes(&mut self, now: Instant) -> Vec<(String, Route)> {
         self.routes.retain(|_, (_, lapses)| *lapses > now);
         self.routes.iter().map(|(d, (r, _))| (d.clone(), r.clone())).collect()
@@ -139,6 +154,7 @@ impl MemoryStore {
                 u.expire(&self.opts, now);
                 u.live_routes(now);
                 u.revoked.retain(|_, (_, until)| *until > now);
+                u.forget_unseen(self.opts.device_ttl, now);
                 u.last_seen = u.last_seen.filter(|(_, until)| *until > now);
                 // last_seq must survive while cursors refer to it.
                 !(u.messages.is_empty()
@@ -238,9 +254,33 @@ impl Inbox for MemoryStore {
         Ok(self.peek(user, |u| u.last_seq))
     }
 
+    async fn enroll(&self, user: &str, device: &str) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let max = self.opts.max_devices;
+        self.with_user(user, |u| {
+            u.forget_unseen(self.opts.device_ttl, now);
+            if !u.devices.contains_key(device) && u.devices.len() >= max as usize {
+                return Err(StoreError::TooManyDevices { max });
+            }
+            u.devices.insert(device.to_string(), now);
+            Ok(())
+        })
+    }
+
+    async fn forget(&self, user: &str, device: &str) -> Result<(), StoreError> {
+        self.peek(user, |u| {
+            u.devices.remove(device);
+            u.cursors.remove(device);
+        });
+        Ok(())
+    }
+
     async fn ack(&self, user: &str, device: &str, up_to: u64) -> Result<u64, StoreError> {
         Ok(self.with_user(user, |u| {
             let target = up_to.min(u.last_seq);
+            // Not (or no longer) one of the user's devices: nothing is stored.
+            let Some(seen) = u.devices.get_mut(device) else { return target };
+            *seen = Instant::now();
             let cursor = u.cursors.entry(device.to_string()).or_insert(0);
             *cursor = (*cursor).max(target);
             let cursor = *cursor;

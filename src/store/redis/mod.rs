@@ -7,7 +7,9 @@
 //! - `<p>:inbox:{uid}`: stream, entry id `<seq>-0`, fields from, to, client_msg_id, body,
 //!   msg_id, sent_at
 //! - `<p>:dedup:{uid}:<len(from)>:<from>:<client_msg_id>`: `seq|msg_id|sent_at`, with a TTL
-//! - `<p>:ack:{uid}`: hash device → highest acked seq
+//! - `<p>:ack:{uid}`: hash device → highest acked seq; `<p>:low:{uid}`: the same as a sorted
+//!   set (the lowest cursor in O(log n)); `<p>:devices:{uid}`: sorted set device → last seen
+//!   (ms), for `--max-devices` and `--device-ttl`. All three expire after the device TTL.
 //! - `<p>:route:{uid}`: hash device → `node_id|session_id|started_at_ms|lapses_at_ms`, key
 //!   TTL = the longest route TTL
 //! - `<p>:inrate:{uid}`: new messages taken this second (`--inbox-rate`), expiring after it
@@ -50,6 +52,8 @@ pub struct RedisStore {
     route_put: Script,
     route_remove: Script,
     trim: Script,
+    enroll: Script,
+    forget: Script,
     route_refresh: Script,
 }
 
@@ -112,6 +116,8 @@ impl RedisStore {
             route_put: Script::new(include_str!("route_put.lua")),
             route_remove: Script::new(include_str!("route_remove.lua")),
             trim: Script::new(include_str!("trim.lua")),
+            enroll: Script::new(include_str!("enroll.lua")),
+            forget: Script::new(include_str!("forget.lua")),
             route_refresh: Script::new(include_str!("route_refresh.lua")),
         })
     }
@@ -230,10 +236,44 @@ impl Inbox for RedisStore {
             .key(self.key("ack", user))
             .key(self.key("seq", user))
             .key(self.key("inbox", user))
+            .key(self.key("low", user))
+            .key(self.key("devices", user))
             .arg(device)
             .arg(up_to)
+            .arg(now_ms())
+            .arg(self.opts.device_ttl.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await?)
+    }
+
+    async fn enroll(&self, user: &str, device: &str) -> Result<(), StoreError> {
+        let (admitted, _known): (i64, i64) = self
+            .enroll
+            .key(self.key("ack", user))
+            .key(self.key("low", user))
+            .key(self.key("devices", user))
+            .arg(device)
+            .arg(now_ms())
+            .arg(self.opts.device_ttl.as_millis() as u64)
+            .arg(self.opts.max_devices)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        match admitted {
+            1 => Ok(()),
+            _ => Err(StoreError::TooManyDevices { max: self.opts.max_devices }),
+        }
+    }
+
+    async fn forget(&self, user: &str, device: &str) -> Result<(), StoreError> {
+        let _: i64 = self
+            .forget
+            .key(self.key("ack", user))
+            .key(self.key("low", user))
+            .key(self.key("devices", user))
+            .arg(device)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
     }
 }
 
