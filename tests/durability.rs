@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::redis::RedisServer;
-use common::{Backend, TestNode, WAIT, eventually, expected, next_message, take};
+use common::{Backend, TestNode, WAIT, eventually, expected, next_event, next_message, take};
 use tim::client::{self, ClientError, Event, Options, Session};
 use tonic::Code;
 
@@ -420,4 +420,80 @@ async fn cursors_from_before_the_sorted_set_still_hold_the_inbox() {
     drop(phone);
     let mut laptop = node.connect("bob", "laptop", 0).await;
     assert_eq!(take(&mut laptop, 3).await, expected("m", 1, 3), "the laptop's cursor held them");
+}
+
+/// Redis rolled back under the clients (a restore, a failover, a lost fsync) that kept the
+/// epoch: seqs 4 and 5 are given out again to new, acked messages. A device that saw the old 4
+/// and 5 names message 5's id at Hello; the node notices the inbox holds another message 5,
+/// starts a new epoch and resumes from the stored cursor, so the new 4 and 5 arrive. A device
+/// connected throughout is told to reconnect as soon as a reused seq reaches it.
+#[tokio::test]
+async fn a_rolled_back_inbox_is_noticed_and_no_acked_message_is_skipped() {
+    let backend = Backend::redis();
+    let Backend::Redis { url, prefix, .. } = &backend else { unreachable!() };
+    let node = TestNode::start(&backend).await;
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for i in 1..=3 {
+        node.send_unary("alice", &format!("c{i}"), "bob", &format!("m{i}")).await.unwrap();
+    }
+    let mut phone = node.connect("bob", "phone", 0).await;
+    assert_eq!(take(&mut phone, 3).await, expected("m", 1, 3));
+    phone.sender().ack(3).await.unwrap();
+    let mut laptop = node.connect("bob", "laptop", 3).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The backup: every key of bob's, as it is now.
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{prefix}:*{{bob}}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut backup = Vec::new();
+    for key in &keys {
+        let dump: Vec<u8> = ::redis::cmd("DUMP").arg(key).query_async(&mut conn).await.unwrap();
+        backup.push((key.clone(), dump));
+    }
+    for i in 4..=5 {
+        node.send_unary("alice", &format!("c{i}"), "bob", &format!("m{i}")).await.unwrap();
+    }
+    let seen = [next_message(&mut phone).await, next_message(&mut phone).await];
+    assert_eq!(take(&mut laptop, 2).await, expected("m", 4, 5));
+    phone.sender().ack(5).await.unwrap();
+    let epoch = phone.welcome.inbox_epoch.clone();
+    drop(phone);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The restore.
+    for (key, dump) in &backup {
+        let () = ::redis::cmd("RESTORE")
+            .arg(key)
+            .arg(0)
+            .arg(dump.as_slice())
+            .arg("REPLACE")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let six = node.send_unary("alice", "c6", "bob", "m6").await.unwrap();
+    let seven = node.send_unary("alice", "c7", "bob", "m7").await.unwrap();
+    assert_eq!((six.seq, seven.seq), (4, 5), "the rolled-back inbox gave 4 and 5 out again");
+
+    // The laptop, connected throughout, is told to reconnect.
+    match next_event(&mut laptop).await {
+        Event::Closed(Some(s)) => {
+            assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+            assert!(s.message().contains("rolled back"), "{s:?}");
+        }
+        other => panic!("expected the stream to end, got {other:?}"),
+    }
+    // The phone resumes after 5, naming the message 5 it saw.
+    let token = node.login("bob", "phone").await.token;
+    let mut phone =
+        Session::resume(&node.endpoint(), &token, 5, &epoch, &seen[1].msg_id, &Options::default())
+            .await
+            .unwrap();
+    assert_ne!(phone.welcome.inbox_epoch, epoch, "a new epoch: old seqs mean nothing");
+    assert_eq!(phone.welcome.resume_from, 3, "from the stored cursor");
+    let got = take(&mut phone, 2).await;
+    assert_eq!(got, vec![(4, "m6".to_string()), (5, "m7".to_string())], "nothing acked skipped");
 }

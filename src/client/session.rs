@@ -173,16 +173,19 @@ impl Session {
         resume_after: u64,
         opts: &Options,
     ) -> Result<Session, ClientError> {
-        Self::resume(endpoint, token, resume_after, "", opts).await
+        Self::resume(endpoint, token, resume_after, "", "", opts).await
     }
 
     /// Like [`Session::connect`], naming the inbox epoch (from an earlier Welcome) that
-    /// `resume_after` refers to, so that a lost and restarted inbox is not skipped into.
+    /// `resume_after` refers to, so that a lost and restarted inbox is not skipped into, and
+    /// the msg_id of message `resume_after` as received, so that a rolled-back inbox (one that
+    /// gave that seq to another message) is noticed too.
     pub async fn resume(
         endpoint: &str,
         token: &str,
         resume_after: u64,
         inbox_epoch: &str,
+        resume_msg_id: &str,
         opts: &Options,
     ) -> Result<Session, ClientError> {
         let mut chat =
@@ -193,6 +196,7 @@ impl Session {
             device: String::new(),
             resume_after,
             inbox_epoch: inbox_epoch.to_string(),
+            resume_msg_id: resume_msg_id.to_string(),
         };
         let hello = ClientFrame { frame: Some(client_frame::Frame::Hello(hello)) };
         frames.send(hello).await.map_err(|_| ClientError::Closed)?;

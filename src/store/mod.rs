@@ -124,6 +124,10 @@ pub trait Inbox: Send + Sync + 'static {
     /// restarted memory store, a Redis that lost its data) comes back with another one.
     async fn epoch(&self, user: &str) -> Result<String, StoreError>;
 
+    /// Gives `user`'s inbox a new epoch and returns it: its seqs were given out again (a rolled
+    /// back store), so no client's seq from before may be trusted.
+    async fn renew_epoch(&self, user: &str) -> Result<String, StoreError>;
+
     /// The highest seq ever assigned in `user`'s inbox (0 if none).
     async fn last_seq(&self, user: &str) -> Result<u64, StoreError>;
 

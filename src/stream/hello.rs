@@ -18,6 +18,8 @@ pub struct Resume {
     pub after: u64,
     /// The inbox epoch `after` refers to; empty if the client has none.
     pub epoch: String,
+    /// The msg_id of message `after` as the client has it; empty if it sent none.
+    pub msg_id: String,
 }
 
 impl Resume {
@@ -82,7 +84,7 @@ pub async fn hello(
         )));
     }
     ids::device(&claims.dev).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    Ok((claims, Resume { after: h.resume_after, epoch: h.inbox_epoch }))
+    Ok((claims, Resume { after: h.resume_after, epoch: h.inbox_epoch, msg_id: h.resume_msg_id }))
 }
 
 /// When a token expiring at `exp` (Unix seconds) runs out, on the runtime's clock.
@@ -97,7 +99,7 @@ mod tests {
     use super::*;
 
     fn resume(after: u64, epoch: &str) -> Resume {
-        Resume { after, epoch: epoch.into() }
+        Resume { after, epoch: epoch.into(), msg_id: String::new() }
     }
 
     #[test]

@@ -28,6 +28,8 @@ use crate::wire;
 const PAGE: usize = 256;
 /// Acks that follow a stored one within this are merged into one store call.
 const ACK_DELAY: Duration = Duration::from_millis(50);
+/// Pushed messages remembered per stream to notice a rolled-back store.
+const SENT_KEPT: usize = 64;
 /// How long a user's last-seen time is kept for Presence.
 const LAST_SEEN_KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How soon a failed inbox read is retried.
@@ -70,6 +72,7 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
         retry_at: None,
         acks: AckMerge::new(ACK_DELAY),
         gate: SendGate::new(),
+        sent: std::collections::VecDeque::with_capacity(SENT_KEPT),
     };
     let body = async {
         // A session told to stop before it started (drain) skips straight to saying so.
@@ -156,6 +159,16 @@ struct Session {
     retry_at: Option<tokio::time::Instant>,
     acks: AckMerge,
     gate: SendGate,
+    /// (seq, msg_id) of the last messages pushed, to tell a retry's push from a seq that a
+    /// rolled-back store gave out again.
+    sent: std::collections::VecDeque<(u64, String)>,
+}
+
+/// The stream ends so that the client resumes with Hello, where the rollback is handled.
+fn rolled_back(seq: u64) -> End {
+    End::Status(Status::unavailable(format!(
+        "the inbox was rolled back (seq {seq} was given out again); reconnect and resume"
+    )))
 }
 
 impl Session {
@@ -177,9 +190,17 @@ impl Session {
                 return Ok(false);
             }
         }
-        let epoch = node.inbox().epoch(&self.user).await?;
+        let mut epoch = node.inbox().epoch(&self.user).await?;
         let last_seq = node.inbox().last_seq(&self.user).await?;
-        let after = resume.point(&self.user, &epoch, last_seq);
+        let mut after = resume.point(&self.user, &epoch, last_seq);
+        if self.rolled_back(after, &resume.msg_id).await? {
+            // Its seqs were given out again: as good as a lost inbox. The device's stored
+            // cursor (as old as the store's state) decides where delivery starts.
+            warn!(user = %self.user, device = %self.device, after, "inbox rolled back under the \
+                client's resume point: new epoch, resuming from the stored cursor");
+            epoch = node.inbox().renew_epoch(&self.user).await?;
+            after = 0;
+        }
         let cursor = node.inbox().ack(&self.user, &self.device, after).await?;
         self.acks.set_stored(cursor);
         self.next = cursor + 1;
@@ -195,6 +216,16 @@ impl Session {
         .await?;
         self.fill(out).await?;
         Ok(true)
+    }
+
+    /// Whether the inbox's message `after` is another one than the client's `msg_id` (the store
+    /// was rolled back and gave that seq out again). A message no longer held cannot tell.
+    async fn rolled_back(&self, after: u64, msg_id: &str) -> Result<bool, End> {
+        if after == 0 || msg_id.is_empty() {
+            return Ok(false);
+        }
+        let page = self.node.inbox().read(&self.user, after - 1, 1).await?;
+        Ok(page.first().is_some_and(|m| m.seq == after && m.msg_id != msg_id))
     }
 
     async fn serve(
@@ -272,6 +303,7 @@ impl Session {
     /// the latest, without waiting for the next message.
     async fn catch_up(&mut self, out: &mut Outbound) -> Result<(), End> {
         match self.node.inbox().last_seq(&self.user).await {
+            Ok(last) if last + 1 < self.next => Err(rolled_back(last)),
             Ok(last) if last >= self.next && !self.more => self.fill(out).await,
             _ => Ok(()),
         }
@@ -279,6 +311,10 @@ impl Session {
 
     async fn on_live(&mut self, msg: StoredMessage, out: &mut Outbound) -> Result<(), End> {
         if msg.seq < self.next {
+            // Sent already, or a seq given out again by a rolled-back store.
+            if self.sent.iter().any(|(seq, id)| *seq == msg.seq && *id != msg.msg_id) {
+                return Err(rolled_back(msg.seq));
+            }
             return Ok(());
         }
         if msg.seq > self.next || self.more {
@@ -289,6 +325,10 @@ impl Session {
 
     async fn push(&mut self, msg: StoredMessage, out: &mut Outbound) -> Result<(), End> {
         self.next = msg.seq + 1;
+        if self.sent.len() == SENT_KEPT {
+            self.sent.pop_front();
+        }
+        self.sent.push_back((msg.seq, msg.msg_id.clone()));
         out.send(Frame::Message(msg.into())).await?;
         Ok(())
     }

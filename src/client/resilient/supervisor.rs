@@ -38,6 +38,9 @@ pub(super) struct Supervisor {
     acked: u64,
     /// The inbox epoch `delivered` and `acked` refer to (empty before the first Welcome).
     epoch: String,
+    /// msg_id of each message handed to the application above `acked`, and of `acked` itself:
+    /// Hello names it so that a rolled-back inbox is noticed.
+    ids: std::collections::BTreeMap<u64, String>,
     /// Unacked sends in submission order (key: order number), with their client_msg_id.
     pending: BTreeMap<u64, (String, Outgoing)>,
     next_order: u64,
@@ -58,6 +61,7 @@ impl Supervisor {
             delivered: config.resume_after,
             acked: config.resume_after,
             epoch: String::new(),
+            ids: std::collections::BTreeMap::new(),
             config,
             events,
             retry,
@@ -101,6 +105,14 @@ impl Supervisor {
         }
     }
 
+    /// The application processed everything up to `seq`.
+    fn ack(&mut self, seq: u64) {
+        self.acked = self.acked.max(seq.min(self.delivered));
+        // Keep the acked message's id (the resume point), forget those below it.
+        let kept = self.ids.split_off(&self.acked);
+        self.ids = kept;
+    }
+
     /// Full jitter over an exponential backoff.
     fn next_backoff(&mut self) -> Duration {
         let current = self.backoff;
@@ -111,7 +123,7 @@ impl Supervisor {
     fn offline(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Send { to, body, reply } => self.queue(to, body, reply),
-            Cmd::Ack(seq) => self.acked = self.acked.max(seq.min(self.delivered)),
+            Cmd::Ack(seq) => self.ack(seq),
             Cmd::Retry(_) => {} // re-sent on reconnect anyway
             Cmd::Flush(done) => {
                 let _ = done.send(());
@@ -141,9 +153,10 @@ impl Supervisor {
         self.gateway += 1;
         let c = &self.config;
         let login = login(&gateway, &c.user, &c.device, &c.jwt, &c.options).await?;
+        let acked_id = self.ids.get(&self.acked).map_or("", String::as_str);
+        let (endpoint, token) = (&login.endpoint, &login.token);
         let session =
-            Session::resume(&login.endpoint, &login.token, self.acked, &self.epoch, &c.options)
-                .await?;
+            Session::resume(endpoint, token, self.acked, &self.epoch, acked_id, &c.options).await?;
         let w = &session.welcome;
         let new_epoch = !self.epoch.is_empty() && w.inbox_epoch != self.epoch;
         if new_epoch || w.last_seq < self.delivered {
@@ -151,6 +164,7 @@ impl Supervisor {
             // seqs started again, so ours mean nothing there. Start over with it.
             self.delivered = w.resume_from;
             self.acked = w.resume_from;
+            self.ids.clear();
         }
         self.epoch = w.inbox_epoch.clone();
         self.backoff = self.config.backoff_min;
@@ -194,7 +208,7 @@ impl Supervisor {
                             Err(e) => return Ended::Reconnect(self.next_backoff(), e.to_string()),
                         }
                     }
-                    Some(Cmd::Ack(seq)) => self.acked = self.acked.max(seq.min(self.delivered)),
+                    Some(Cmd::Ack(seq)) => self.ack(seq),
                     Some(Cmd::Flush(done)) => {
                         sender.flushed().await;
                         let _ = done.send(());
@@ -223,6 +237,7 @@ impl Supervisor {
                         stream_max = stream_max.max(m.seq);
                         if m.seq > self.delivered {
                             self.delivered = m.seq;
+                            self.ids.insert(m.seq, m.msg_id.clone());
                             self.forward(m);
                         }
                     }

@@ -250,6 +250,12 @@ impl Inbox for MemoryStore {
         }))
     }
 
+    async fn renew_epoch(&self, user: &str) -> Result<String, StoreError> {
+        let epoch = crate::ids::new_id();
+        self.with_user(user, |u| u.epoch = epoch.clone());
+        Ok(epoch)
+    }
+
     async fn last_seq(&self, user: &str) -> Result<u64, StoreError> {
         Ok(self.peek(user, |u| u.last_seq))
     }

@@ -225,6 +225,12 @@ impl Inbox for RedisStore {
         Ok(existing.unwrap_or(mine))
     }
 
+    async fn renew_epoch(&self, user: &str) -> Result<String, StoreError> {
+        let epoch = crate::ids::new_id();
+        let () = self.conn.clone().set(self.key("epoch", user), &epoch).await?;
+        Ok(epoch)
+    }
+
     async fn last_seq(&self, user: &str) -> Result<u64, StoreError> {
         let seq: Option<u64> = self.conn.clone().get(self.key("seq", user)).await?;
         Ok(seq.unwrap_or(0))
