@@ -202,6 +202,7 @@ pub async fn chat(args: ChatArgs) -> Result<()> {
                 Some(ClientEvent::Disconnected { reason }) => eprintln!("disconnected ({reason}); reconnecting"),
                 Some(ClientEvent::Kicked(reason)) => return Err(format!("kicked: {reason}").into()),
                 Some(ClientEvent::LoggedOut(reason)) => return Err(format!("logged out: {reason}").into()),
+                Some(ClientEvent::Gap { first, last }) => eprintln!("(messages {first} to {last} expired before they reached this device)"),
                 None => return Err("client stopped".into()),
             },
         }

@@ -40,9 +40,11 @@ impl Error {
             Error::Auth(_) => Code::Unauthenticated,
             Error::Store(StoreError::Unavailable(_)) => Code::Unavailable,
             Error::Store(StoreError::Internal(_)) => Code::Internal,
-            Error::Store(StoreError::InboxRate { .. } | StoreError::TooManyDevices { .. }) => {
-                Code::ResourceExhausted
-            }
+            Error::Store(
+                StoreError::InboxRate { .. }
+                | StoreError::InboxFull { .. }
+                | StoreError::TooManyDevices { .. },
+            ) => Code::ResourceExhausted,
         }
     }
 

@@ -469,7 +469,25 @@ async fn one_device_too_many_is_refused_until_one_logs_out(b: &Backend) {
     node.connect("bob", "tablet", 0).await;
 }
 
+/// A full inbox refuses new messages (the sender is told) and drops nothing unread; once its
+/// device acks, it takes more.
+async fn a_full_inbox_refuses_new_messages_and_drops_nothing(b: &Backend) {
+    let node = TestNode::with(b, |c| c.inbox_max = 3).await;
+    for i in 1..=3 {
+        node.send_unary("alice", &format!("c{i}"), "bob", &format!("m{i}")).await.unwrap();
+    }
+    let full = node.send_unary("alice", "c4", "bob", "m4").await.unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted);
+    assert!(full.message().contains("inbox is full"), "{}", full.message());
+    let mut bob = node.connect("bob", "phone", 0).await;
+    assert_eq!(common::take(&mut bob, 3).await, common::expected("m", 1, 3));
+    bob.sender().ack(2).await.unwrap();
+    common::eventually(|| async { node.send_unary("alice", "c4", "bob", "m4").await.ok() }).await;
+    assert_eq!(next_message(&mut bob).await.body, "m4");
+}
+
 on_every_store!(
+    a_full_inbox_refuses_new_messages_and_drops_nothing,
     one_device_too_many_is_refused_until_one_logs_out,
     a_users_streams_and_unary_sends_share_one_allowance,
     an_inbox_over_its_rate_refuses_new_messages_with_a_hint,

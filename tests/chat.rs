@@ -276,7 +276,33 @@ async fn logout_ends_the_devices_streams_and_refuses_its_tokens(b: &Backend) {
     assert_eq!(logout(&node, "", "phone").await.unwrap_err().code(), Code::Unauthenticated);
 }
 
+/// Messages that passed the retention before a device came are not silently skipped: Welcome
+/// says where delivery starts, and the resilient client reports the gap.
+async fn a_device_is_told_what_expired_before_it_came(b: &Backend) {
+    let node = TestNode::with(b, |c| c.retention = Duration::from_secs(1)).await;
+    node.send_unary("alice", "c1", "bob", "old 1").await.unwrap();
+    node.send_unary("alice", "c2", "bob", "old 2").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    node.send_unary("alice", "c3", "bob", "fresh").await.unwrap();
+    let mut bob = node.connect("bob", "phone", 0).await;
+    assert_eq!((bob.welcome.resume_from, bob.welcome.first_seq), (0, 3));
+    assert_eq!(next_message(&mut bob).await.body, "fresh");
+    drop(bob);
+
+    let config = tim::client::resilient::Config::new(vec![node.endpoint()], "bob", "laptop");
+    let mut laptop = tim::client::resilient::Client::start(config);
+    let mut events = Vec::new();
+    while events.len() < 3 {
+        let event = tokio::time::timeout(common::WAIT, laptop.next_event()).await.unwrap().unwrap();
+        events.push(format!("{event:?}"));
+    }
+    assert!(events[0].starts_with("Connected"), "{events:?}");
+    assert_eq!(events[1], "Gap { first: 1, last: 2 }");
+    assert!(events[2].contains("fresh"), "{events:?}");
+}
+
 on_every_store!(
+    a_device_is_told_what_expired_before_it_came,
     logout_ends_the_devices_streams_and_refuses_its_tokens,
     alice_and_bob_chat_both_ways,
     offline_messages_wait_and_arrive_in_order,

@@ -116,6 +116,10 @@ pub struct Config {
     /// Burst of sends allowed to one user above the sustained rate.
     #[arg(long, env = "TIM_SEND_BURST", default_value_t = 500)]
     pub send_burst: u32,
+    /// Messages one inbox holds at most (unacked by some device, within retention); a new
+    /// message to a full inbox is refused (RESOURCE_EXHAUSTED), never an old one dropped.
+    #[arg(long, env = "TIM_INBOX_MAX", default_value_t = 100_000)]
+    pub inbox_max: u64,
     /// Devices one user may have; a Hello from one more is refused (RESOURCE_EXHAUSTED) until
     /// one logs out or stays away for `--device-ttl`.
     #[arg(long, env = "TIM_MAX_DEVICES", default_value_t = 20)]
@@ -319,6 +323,7 @@ impl Config {
             retention: self.retention,
             dedup_ttl: self.dedup_ttl,
             inbox_rate: self.inbox_rate,
+            inbox_max: self.inbox_max,
             max_devices: self.max_devices,
             device_ttl: self.device_ttl,
         }

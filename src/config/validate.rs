@@ -46,6 +46,9 @@ impl Config {
         {
             return fail("--node-id must be non-empty, without whitespace or '|'");
         }
+        if self.inbox_max == 0 {
+            return fail("--inbox-max must be at least 1");
+        }
         if !(1..=10_000).contains(&self.max_devices) {
             return fail("--max-devices must be between 1 and 10000");
         }

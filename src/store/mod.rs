@@ -30,6 +30,12 @@ pub enum StoreError {
         "this user already has {max} devices; log one out (Gateway.Logout) or wait until one has been away for the device keep time"
     )]
     TooManyDevices { max: u32 },
+    /// The recipient's inbox holds `max` messages not yet acked by all devices; nothing was
+    /// written. It takes more once its devices ack (or messages pass the retention).
+    #[error(
+        "the recipient's inbox is full ({max} unread messages); retry later with the same client_msg_id"
+    )]
+    InboxFull { max: u64 },
     /// The recipient's inbox takes no more this second (`StoreOptions::inbox_rate`); nothing
     /// was written. Retry after `retry_after`.
     #[error(
@@ -220,6 +226,9 @@ pub struct StoreOptions {
     /// New messages one inbox takes per second, from all senders on all nodes together
     /// (0 = unlimited). Retries of stored messages do not count.
     pub inbox_rate: u32,
+    /// Messages one inbox holds at most (not yet acked by every device, within retention);
+    /// beyond it new messages are refused, never old ones dropped.
+    pub inbox_max: u64,
     /// Devices one user may have (a cursor each).
     pub max_devices: u32,
     /// A device unseen (no Hello, no ack) this long is forgotten with its cursor.
@@ -232,6 +241,7 @@ impl Default for StoreOptions {
             retention: std::time::Duration::from_secs(7 * 24 * 3600),
             dedup_ttl: std::time::Duration::from_secs(24 * 3600),
             inbox_rate: 0,
+            inbox_max: 100_000,
             max_devices: 20,
             device_ttl: std::time::Duration::from_secs(30 * 24 * 3600),
         }

@@ -204,6 +204,12 @@ impl Session {
         let cursor = node.inbox().ack(&self.user, &self.device, after).await?;
         self.acks.set_stored(cursor);
         self.next = cursor + 1;
+        // The first page is read before Welcome, so Welcome can say where delivery starts.
+        let page = node.inbox().read(&self.user, cursor, PAGE).await?;
+        let first_seq = page.first().map_or(last_seq.max(cursor) + 1, |m| m.seq);
+        if first_seq > cursor + 1 {
+            debug!(user = %self.user, device = %self.device, cursor, first_seq, "gone before delivered");
+        }
         out.send(Frame::Welcome(proto::Welcome {
             session_id: self.route.session_id.clone(),
             node_id: node.id().to_string(),
@@ -212,9 +218,13 @@ impl Session {
             last_seq,
             resume_from: cursor,
             inbox_epoch: epoch,
+            first_seq,
         }))
         .await?;
-        self.fill(out).await?;
+        self.more = page.len() == PAGE;
+        for msg in page {
+            self.push(msg, out).await?;
+        }
         Ok(true)
     }
 

@@ -64,6 +64,9 @@ pub enum ClientEvent {
     /// The device was logged out (by this user, maybe from another device): the client has
     /// stopped.
     LoggedOut(String),
+    /// Messages `first..=last` expired (past the retention) before this device got them; they
+    /// will never come. Delivery goes on after `last`.
+    Gap { first: u64, last: u64 },
 }
 
 /// What a [`Handle`] asks of the supervisor task.

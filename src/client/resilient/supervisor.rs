@@ -167,11 +167,17 @@ impl Supervisor {
             self.ids.clear();
         }
         self.epoch = w.inbox_epoch.clone();
+        let gap = (w.first_seq > self.delivered + 1)
+            .then(|| ClientEvent::Gap { first: self.delivered + 1, last: w.first_seq - 1 });
+        self.delivered = self.delivered.max(w.first_seq.saturating_sub(1));
         self.backoff = self.config.backoff_min;
         let _ = self
             .events
             .send(ClientEvent::Connected { node_id: w.node_id.clone(), endpoint: login.endpoint })
             .await;
+        if let Some(gap) = gap {
+            let _ = self.events.send(gap).await;
+        }
         Ok(session)
     }
 

@@ -189,6 +189,9 @@ impl Inbox for MemoryStore {
                 };
                 return Ok(Appended { message, duplicate: true, routes });
             }
+            if u.messages.len() as u64 >= self.opts.inbox_max {
+                return Err(StoreError::InboxFull { max: self.opts.inbox_max });
+            }
             let rate = self.opts.inbox_rate;
             if rate > 0 {
                 let (start, taken) =

@@ -3,9 +3,10 @@
 -- KEYS: 1 seq counter, 2 inbox stream, 3 dedup key, 4 route hash, 5 inbox rate counter
 -- ARGV: 1 from, 2 to, 3 client_msg_id, 4 body, 5 msg_id, 6 sent_at (ms),
 --       7 dedup ttl (ms), 8 now (ms), 9 retention cut-off (ms: older entries are dropped),
---       10 new messages the inbox takes per second (0: no limit)
+--       10 new messages the inbox takes per second (0: no limit), 11 most messages it holds
 -- Returns { duplicate (0|1), "seq|msg_id|sent_at", { device, route, device, route, ... } },
--- or { 2, ms until the inbox takes more, {} } when the inbox is over its rate (nothing written)
+-- or { 2, ms until the inbox takes more, {} } when the inbox is over its rate, or
+-- { 3, messages held, {} } when it is full (nothing written either way)
 
 local function live_routes()
   local flat = redis.call('HGETALL', KEYS[4])
@@ -56,6 +57,14 @@ end
 local dup = redis.call('GET', KEYS[3])
 if dup then
   return { 1, dup, live_routes() }
+end
+-- Full: unread messages are never dropped to make room; the sender is told instead.
+if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[11]) then
+  trim_expired()
+  local held = redis.call('XLEN', KEYS[2])
+  if held >= tonumber(ARGV[11]) then
+    return { 3, tostring(held), {} }
+  end
 end
 -- A fixed one-second window per inbox, shared by every node.
 local rate = tonumber(ARGV[10])

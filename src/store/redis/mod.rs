@@ -153,6 +153,7 @@ impl Inbox for RedisStore {
             .arg(now)
             .arg(cut)
             .arg(self.opts.inbox_rate)
+            .arg(self.opts.inbox_max)
             .invoke_async(&mut self.conn.clone())
             .await?;
         let (duplicate, stored, routes) = reply;
@@ -160,6 +161,9 @@ impl Inbox for RedisStore {
             let ms = stored.parse().map_err(|_| StoreError::Internal(format!("rate: {stored}")))?;
             let retry_after = Duration::from_millis(ms);
             return Err(StoreError::InboxRate { rate: self.opts.inbox_rate, retry_after });
+        }
+        if duplicate == 3 {
+            return Err(StoreError::InboxFull { max: self.opts.inbox_max });
         }
         let (seq, msg_id, sent_at) = parse_stored(&stored)?;
         let duplicate = duplicate == 1;
