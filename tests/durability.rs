@@ -497,3 +497,97 @@ async fn a_rolled_back_inbox_is_noticed_and_no_acked_message_is_skipped() {
     let got = take(&mut phone, 2).await;
     assert_eq!(got, vec![(4, "m6".to_string()), (5, "m7".to_string())], "nothing acked skipped");
 }
+
+/// Memory is bounded in bytes per session: four devices of one user that never read while
+/// 1,400 messages of 60 KiB arrive cost the node a few MiB each (feed and outbound queue), not
+/// the whole backlog; and a client that takes a frame now and then, but never drains its queue,
+/// is still cut off. Nothing is lost: it is all in the inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_reading_devices_cost_bounded_memory_and_slow_readers_are_cut_off() {
+    use common::process::{NodeProcess, free_port};
+    use tim::proto::{ClientFrame, chat_client::ChatClient, client_frame};
+    let backend = Backend::redis();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let flags = ["--send-rate", "0", "--inbox-rate", "0", "--slow-client-timeout", "3s"];
+    let node = NodeProcess::start(&addr, &backend, &flags.map(String::from)).await;
+    let opts = Options::default();
+    // Four devices say Hello and never read.
+    let mut held = Vec::new();
+    for device in ["d1", "d2", "d3", "d4"] {
+        let token = client::login(&addr, "bob", device, "", &opts).await.unwrap().token;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let hello = tim::proto::Hello { token, ..Default::default() };
+        tx.send(ClientFrame { frame: Some(client_frame::Frame::Hello(hello)) }).await.unwrap();
+        let channel = client::channel(&addr, &opts).await.unwrap();
+        let stream = ChatClient::new(channel)
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap();
+        held.push((tx, stream));
+    }
+    let before = node.rss();
+    let body = "z".repeat(60 * 1024);
+    let token = client::login(&addr, "alice", "server", "", &opts).await.unwrap().token;
+    let mut gateway = tim::proto::gateway_client::GatewayClient::new(
+        client::channel(&addr, &opts).await.unwrap(),
+    );
+    for i in 0..1400 {
+        let req = tim::proto::SendRequest {
+            client_msg_id: format!("c{i}"),
+            to: "bob".into(),
+            body: body.clone(),
+        };
+        gateway.send(client::authorized(req, &token)).await.unwrap();
+    }
+    let grown = node.rss().saturating_sub(before);
+    // 84 MB went through; four sessions may hold a feed and a queue of 1 MiB each, plus
+    // HTTP/2 windows and allocator slack.
+    eprintln!("node grew {} MiB", grown / (1024 * 1024));
+    assert!(grown < 48 * 1024 * 1024, "node grew {} MiB", grown / (1024 * 1024));
+    drop(held);
+
+    // A reader that takes one frame a second: its queue never drains, so it is cut off.
+    let token = client::login(&addr, "bob", "slow", "", &opts).await.unwrap().token;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let hello = tim::proto::Hello { token, ..Default::default() };
+    tx.send(ClientFrame { frame: Some(client_frame::Frame::Hello(hello)) }).await.unwrap();
+    let channel = client::channel(&addr, &opts).await.unwrap();
+    let mut slow = ChatClient::new(channel)
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(_)) = slow.message().await {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+        }
+    });
+    // The node ends it (the status reaches the client only after what its HTTP/2 window
+    // already holds): its route goes.
+    let bob = client::login(&addr, "bob", "watcher", "", &opts).await.unwrap().token;
+    let devices = || async {
+        let req = tim::proto::PresenceRequest { user_id: "bob".into() };
+        let mut gateway = tim::proto::gateway_client::GatewayClient::new(
+            client::channel(&addr, &opts).await.unwrap(),
+        );
+        let reply = gateway.presence(client::authorized(req, &bob)).await.unwrap().into_inner();
+        reply.devices.into_iter().map(|d| d.device).collect::<Vec<_>>()
+    };
+    eventually(|| async { devices().await.contains(&"slow".to_string()).then_some(()) }).await;
+    let started = std::time::Instant::now();
+    eventually(|| async { (!devices().await.contains(&"slow".to_string())).then_some(()) }).await;
+    assert!(started.elapsed() < Duration::from_secs(8), "cut off after {:?}", started.elapsed());
+    reader.abort();
+    drop(tx);
+    // Everything is still in the inbox.
+    let mut bob = Session::connect(
+        &addr,
+        &client::login(&addr, "bob", "d1", "", &opts).await.unwrap().token,
+        0,
+        &opts,
+    )
+    .await
+    .unwrap();
+    assert_eq!(bob.welcome.last_seq, 1400);
+    assert_eq!(next_message(&mut bob).await.seq, 1);
+}

@@ -104,8 +104,12 @@ pub struct Config {
     /// Frames queued towards one stream before the client counts as not reading.
     #[arg(long, env = "TIM_OUTBOUND_QUEUE", default_value_t = 256)]
     pub outbound_queue: usize,
-    /// How long a full outbound queue may stay full before the stream is ended with
-    /// RESOURCE_EXHAUSTED (its messages stay in the inbox).
+    /// Bytes queued towards one stream before the client counts as not reading (one frame
+    /// always fits).
+    #[arg(long, env = "TIM_OUTBOUND_BYTES", default_value_t = 1024 * 1024)]
+    pub outbound_bytes: usize,
+    /// How long an outbound queue may stay full, without draining to half, before the stream is
+    /// ended with RESOURCE_EXHAUSTED (its messages stay in the inbox).
     #[arg(long, env = "TIM_SLOW_CLIENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub slow_client_timeout: Duration,
     /// Sustained sends per second allowed to one user on this node, shared by all their streams

@@ -25,6 +25,9 @@ impl Config {
         if self.max_body == 0 || self.max_body > 4 * 1024 * 1024 - 1024 {
             return fail("--max-body must be between 1 byte and 4 MiB - 1 KiB");
         }
+        if self.outbound_bytes < 16 * 1024 {
+            return fail("--outbound-bytes must be at least 16 KiB");
+        }
         if self.outbound_queue < 8 {
             return fail("--outbound-queue must be at least 8");
         }

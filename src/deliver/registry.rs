@@ -4,7 +4,7 @@
 //! session of the same user and device), hand it messages, kick or drain it, and remove it when
 //! its stream ends.
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc, watch};
@@ -56,27 +56,61 @@ impl Lag {
     }
 }
 
+/// Body bytes queued towards one session before live messages stop being queued (the session
+/// reads them from the inbox instead): a session that falls behind costs at most this.
+pub const FEED_BYTES: usize = 1024 * 1024;
+
 /// What a session task receives from the registry.
 #[derive(Debug)]
 pub struct Feed {
     /// Live messages for this user, in the order they were stored on this node's path.
-    pub messages: mpsc::Receiver<StoredMessage>,
+    pub messages: Live,
     pub lag: Arc<Lag>,
     pub stop: watch::Receiver<Option<Stop>>,
+}
+
+/// Live messages, shared with the user's other sessions: a body is held once, whatever the
+/// number of devices, and at most [`FEED_BYTES`] of them wait for one session.
+#[derive(Debug)]
+pub struct Live {
+    rx: mpsc::Receiver<Arc<StoredMessage>>,
+    /// Body bytes in `rx`.
+    queued: Arc<AtomicUsize>,
+}
+
+impl Live {
+    /// The next live message.
+    pub async fn recv(&mut self) -> Option<Arc<StoredMessage>> {
+        let msg = self.rx.recv().await?;
+        self.queued.fetch_sub(msg.body.len(), Ordering::AcqRel);
+        Some(msg)
+    }
 }
 
 #[derive(Debug)]
 struct Handle {
     session_id: String,
-    messages: mpsc::Sender<StoredMessage>,
+    messages: mpsc::Sender<Arc<StoredMessage>>,
+    queued: Arc<AtomicUsize>,
     lag: Arc<Lag>,
     stop: watch::Sender<Option<Stop>>,
 }
 
 impl Handle {
-    fn push(&self, msg: &StoredMessage) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.messages.try_send(msg.clone()) {
+    /// Queues `msg` unless the queue is full in messages or in bytes; then the session is
+    /// told it lags and reads the inbox.
+    fn push(&self, msg: &Arc<StoredMessage>) {
+        let size = msg.body.len();
+        if self.queued.load(Ordering::Acquire) + size > FEED_BYTES {
             self.lag.mark();
+            return;
+        }
+        match self.messages.try_send(msg.clone()) {
+            Ok(()) => {
+                self.queued.fetch_add(size, Ordering::AcqRel);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => self.lag.mark(),
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 }
@@ -112,9 +146,11 @@ impl Registry {
         let (tx, rx) = mpsc::channel(self.feed_capacity);
         let (stop_tx, stop_rx) = watch::channel(None);
         let lag = Arc::new(Lag::default());
+        let queued = Arc::new(AtomicUsize::new(0));
         let handle = Handle {
             session_id: session_id.to_string(),
             messages: tx,
+            queued: queued.clone(),
             lag: lag.clone(),
             stop: stop_tx,
         };
@@ -126,7 +162,7 @@ impl Registry {
         if let Some(old) = old {
             old.stop.send_replace(Some(Stop::Kicked(super::REPLACED.into())));
         }
-        Feed { messages: rx, lag, stop: stop_rx }
+        Feed { messages: Live { rx, queued }, lag, stop: stop_rx }
     }
 
     /// Removes a session if it is still the registered one for its device.
@@ -146,9 +182,10 @@ impl Registry {
     pub fn deliver(&self, user: &str, messages: &[StoredMessage]) -> usize {
         let users = self.users();
         let Some(devices) = users.get(user) else { return 0 };
-        for handle in devices.values() {
-            for m in messages {
-                handle.push(m);
+        for m in messages {
+            let m = Arc::new(m.clone());
+            for handle in devices.values() {
+                handle.push(&m);
             }
         }
         devices.len()

@@ -28,7 +28,8 @@ impl Chat for ChatService {
         req: Request<Streaming<ClientFrame>>,
     ) -> Result<Response<OutboundStream>, Status> {
         let cfg = self.node.config();
-        let (out, stream) = outbound::channel(cfg.outbound_queue, cfg.slow_client_timeout);
+        let (out, stream) =
+            outbound::channel(cfg.outbound_queue, cfg.outbound_bytes, cfg.slow_client_timeout);
         tokio::spawn(session::run(self.node.clone(), req.into_inner(), out));
         Ok(Response::new(stream))
     }

@@ -319,7 +319,7 @@ impl Session {
         }
     }
 
-    async fn on_live(&mut self, msg: StoredMessage, out: &mut Outbound) -> Result<(), End> {
+    async fn on_live(&mut self, msg: Arc<StoredMessage>, out: &mut Outbound) -> Result<(), End> {
         if msg.seq < self.next {
             // Sent already, or a seq given out again by a rolled-back store.
             if self.sent.iter().any(|(seq, id)| *seq == msg.seq && *id != msg.msg_id) {
@@ -330,7 +330,7 @@ impl Session {
         if msg.seq > self.next || self.more {
             return self.fill(out).await;
         }
-        self.push(msg, out).await
+        self.push(Arc::unwrap_or_clone(msg), out).await
     }
 
     async fn push(&mut self, msg: StoredMessage, out: &mut Outbound) -> Result<(), End> {

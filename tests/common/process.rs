@@ -42,6 +42,15 @@ impl NodeProcess {
         NodeProcess { addr: addr.to_string(), server: server.await.unwrap() }
     }
 
+    /// The resident set size of the process, in bytes (Linux).
+    pub fn rss(&self) -> u64 {
+        let pid = self.server.pid().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    }
+
     /// SIGHUP (a TLS node reloads its certificates).
     pub fn hang_up(&self) {
         let pid = self.server.pid().expect("running").to_string();

@@ -17,6 +17,8 @@ use super::{
 use crate::auth::unix_ms;
 
 const SHARDS: usize = 64;
+/// Retry keys remembered per inbox in memory.
+const DEDUP_MAX: usize = 100_000;
 /// The window of the inbox rate (`StoreOptions::inbox_rate`).
 const WINDOW: Duration = Duration::from_secs(1);
 
@@ -220,6 +222,13 @@ impl Inbox for MemoryStore {
             };
             u.dedup.insert(key.clone(), entry);
             u.dedup_expiry.push_back((expires, key));
+            // Bounded per inbox: past the bound the oldest keys are forgotten first (a retry
+            // that old would be stored again; Redis keeps them all for the dedup TTL).
+            while u.dedup_expiry.len() > DEDUP_MAX {
+                if let Some((_, oldest)) = u.dedup_expiry.pop_front() {
+                    u.dedup.remove(&oldest);
+                }
+            }
             u.messages.push_back(stored.clone());
             Ok(Appended { message: stored, duplicate: false, routes })
         })
