@@ -164,6 +164,11 @@ async fn the_redis_key_layout_matches_the_design() {
     .into();
     // Logins of the test's helper users add nothing else.
     assert_eq!(keys, want);
+    // And a user who never comes back leaves nothing behind: every key expires by itself.
+    for key in &keys {
+        let ttl: i64 = ::redis::cmd("PTTL").arg(key).query_async(&mut conn).await.unwrap();
+        assert!(ttl > 0, "{key} has no TTL ({ttl})");
+    }
     let entry: HashMap<String, String> = {
         let reply: ::redis::streams::StreamRangeReply = ::redis::cmd("XRANGE")
             .arg(format!("{prefix}:inbox:{{bob}}"))

@@ -203,9 +203,19 @@ pub async fn login(
 
 /// A plaintext call that broke at the transport, the way a TLS server answers: says so.
 fn plaintext_hint(status: Status, url: &str) -> Status {
-    let transport = ["transport error", "h2 protocol error", "http2 error"];
-    let broken = matches!(status.code(), Code::Unknown | Code::Unavailable | Code::Internal)
-        && transport.iter().any(|t| status.message().contains(t));
+    // How the HTTP/2 client reports a peer that answered a plaintext preface with TLS bytes
+    // (which of them depends on when it notices).
+    let transport = [
+        "transport error",
+        "h2 protocol error",
+        "http2 error",
+        "operation was canceled",
+        "connection",
+        "broken pipe",
+    ];
+    let codes = [Code::Unknown, Code::Unavailable, Code::Internal, Code::Cancelled];
+    let broken = codes.contains(&status.code())
+        && transport.iter().any(|t| status.message().to_lowercase().contains(t));
     if !url.starts_with("http://") || !broken {
         return status;
     }

@@ -158,14 +158,16 @@ impl MemoryStore {
                 u.revoked.retain(|_, (_, until)| *until > now);
                 u.forget_unseen(self.opts.device_ttl, now);
                 u.last_seen = u.last_seen.filter(|(_, until)| *until > now);
-                // last_seq must survive while cursors refer to it.
+                // last_seq (and the epoch) must survive while a device's cursor refers to
+                // them; once every device is forgotten, a user with nothing left goes, and a
+                // returning device finds a new inbox (a new epoch).
                 !(u.messages.is_empty()
                     && u.dedup.is_empty()
                     && u.routes.is_empty()
                     && u.revoked.is_empty()
                     && u.last_seen.is_none()
-                    && u.cursors.is_empty()
-                    && u.last_seq == 0)
+                    && u.devices.is_empty()
+                    && u.cursors.is_empty())
             });
         }
     }

@@ -2,8 +2,10 @@
 -- trims the inbox below the lowest cursor of all the user's devices, found in O(log n) in a
 -- sorted set. A device without a cursor is registered at 0 or up_to, so trimming waits for it.
 -- KEYS: 1 ack hash (device -> cursor), 2 seq counter, 3 inbox stream,
---       4 lowest-cursor sorted set (device by cursor), 5 devices sorted set (device by last seen)
--- ARGV: 1 device, 2 up_to, 3 now (ms), 4 how long a device is kept unseen (ms)
+--       4 lowest-cursor sorted set (device by cursor), 5 devices sorted set (device by last seen),
+--       6 epoch
+-- ARGV: 1 device, 2 up_to, 3 now (ms), 4 how long a device is kept unseen (ms),
+--       5 how long the seq counter and epoch outlive the last activity (ms)
 -- Returns the device's cursor.
 
 -- The sorted set must hold every cursor of the hash: written before the set existed, or by a
@@ -41,4 +43,7 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[4], ARGV[4])
 redis.call('PEXPIRE', KEYS[5], ARGV[4])
+-- The counter and epoch outlive every cursor that refers to them.
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('PEXPIRE', KEYS[6], ARGV[5])
 return cursor

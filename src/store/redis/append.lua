@@ -1,9 +1,11 @@
 -- Appends one message to a user's inbox, at most once per (sender, client_msg_id), and reads
 -- the user's live routes: one atomic round trip per message.
--- KEYS: 1 seq counter, 2 inbox stream, 3 dedup key, 4 route hash, 5 inbox rate counter
+-- KEYS: 1 seq counter, 2 inbox stream, 3 dedup key, 4 route hash, 5 inbox rate counter,
+--       6 epoch
 -- ARGV: 1 from, 2 to, 3 client_msg_id, 4 body, 5 msg_id, 6 sent_at (ms),
 --       7 dedup ttl (ms), 8 now (ms), 9 retention cut-off (ms: older entries are dropped),
---       10 new messages the inbox takes per second (0: no limit), 11 most messages it holds
+--       10 new messages the inbox takes per second (0: no limit), 11 most messages it holds,
+--       12 how long the seq counter and epoch outlive the last activity (ms), 13 retention (ms)
 -- Returns { duplicate (0|1), "seq|msg_id|sent_at", { device, route, device, route, ... } },
 -- or { 2, ms until the inbox takes more, {} } when the inbox is over its rate, or
 -- { 3, messages held, {} } when it is full (nothing written either way)
@@ -88,4 +90,9 @@ redis.call('XADD', KEYS[2], seq .. '-0',
 local stored = seq .. '|' .. ARGV[5] .. '|' .. ARGV[6]
 redis.call('SET', KEYS[3], stored, 'PX', ARGV[7])
 trim_expired()
+-- A user who never comes back leaves nothing: the inbox goes when its newest message passes
+-- the retention, the counter and epoch after every cursor that could refer to them.
+redis.call('PEXPIRE', KEYS[2], ARGV[13])
+redis.call('PEXPIRE', KEYS[1], ARGV[12])
+redis.call('PEXPIRE', KEYS[6], ARGV[12])
 return { 0, stored, live_routes() }

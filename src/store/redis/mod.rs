@@ -126,6 +126,13 @@ impl RedisStore {
         format!("{}:{kind}:{{{user}}}", self.prefix)
     }
 
+    /// How long a user's seq counter and epoch outlive their last activity: longer than any
+    /// cursor (device TTL) or message (retention) that refers to them, by a day.
+    fn keep_ms(&self) -> u64 {
+        let keep = self.opts.retention.max(self.opts.device_ttl) + Duration::from_secs(86_400);
+        keep.as_millis() as u64
+    }
+
     fn dedup_key(&self, user: &str, from: &str, client_msg_id: &str) -> String {
         format!("{}:{}:{from}:{client_msg_id}", self.key("dedup", user), from.len())
     }
@@ -143,6 +150,7 @@ impl Inbox for RedisStore {
             .key(self.dedup_key(&msg.to, &msg.from, &msg.client_msg_id))
             .key(self.key("route", &msg.to))
             .key(self.key("inrate", &msg.to))
+            .key(self.key("epoch", &msg.to))
             .arg(&msg.from)
             .arg(&msg.to)
             .arg(&msg.client_msg_id)
@@ -154,6 +162,8 @@ impl Inbox for RedisStore {
             .arg(cut)
             .arg(self.opts.inbox_rate)
             .arg(self.opts.inbox_max)
+            .arg(self.keep_ms())
+            .arg(self.opts.retention.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await?;
         let (duplicate, stored, routes) = reply;
@@ -218,12 +228,14 @@ impl Inbox for RedisStore {
 
     async fn epoch(&self, user: &str) -> Result<String, StoreError> {
         let mine = crate::ids::new_id();
-        // SET NX GET: the existing epoch, or nil when ours was just set.
+        // SET NX GET: the existing epoch, or nil when ours was just set (with its TTL).
         let existing: Option<String> = redis::cmd("SET")
             .arg(self.key("epoch", user))
             .arg(&mine)
             .arg("NX")
             .arg("GET")
+            .arg("PX")
+            .arg(self.keep_ms())
             .query_async(&mut self.conn.clone())
             .await?;
         Ok(existing.unwrap_or(mine))
@@ -231,7 +243,7 @@ impl Inbox for RedisStore {
 
     async fn renew_epoch(&self, user: &str) -> Result<String, StoreError> {
         let epoch = crate::ids::new_id();
-        let () = self.conn.clone().set(self.key("epoch", user), &epoch).await?;
+        let () = self.conn.clone().pset_ex(self.key("epoch", user), &epoch, self.keep_ms()).await?;
         Ok(epoch)
     }
 
@@ -248,10 +260,12 @@ impl Inbox for RedisStore {
             .key(self.key("inbox", user))
             .key(self.key("low", user))
             .key(self.key("devices", user))
+            .key(self.key("epoch", user))
             .arg(device)
             .arg(up_to)
             .arg(now_ms())
             .arg(self.opts.device_ttl.as_millis() as u64)
+            .arg(self.keep_ms())
             .invoke_async(&mut self.conn.clone())
             .await?)
     }
