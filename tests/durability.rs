@@ -596,3 +596,31 @@ async fn non_reading_devices_cost_bounded_memory_and_slow_readers_are_cut_off() 
     assert_eq!(bob.welcome.last_seq, 1400);
     assert_eq!(next_message(&mut bob).await.seq, 1);
 }
+
+/// With --redis-wait-replicas 1, a send is acked only once a replica has it: with the replica
+/// gone, sends fail with UNAVAILABLE (outcome unknown) instead of being acked on the primary
+/// alone, and the retry with the same id is answered once a replica is back.
+#[tokio::test]
+async fn with_wait_replicas_a_send_is_acked_only_once_a_replica_has_it() {
+    let primary = RedisServer::start(false);
+    let mut replica = RedisServer::start_replica_of(primary.port);
+    let synced = || {
+        let info = tim_tools::harness::redis_command(primary.port, "INFO replication");
+        info.contains("connected_slaves:1") && info.contains("state=online")
+    };
+    eventually(|| async { synced().then_some(()) }).await;
+    let backend = Backend::redis_at(&primary);
+    let node = TestNode::with(&backend, |c| {
+        c.redis_wait_replicas = 1;
+        c.redis_timeout = Duration::from_secs(1);
+    })
+    .await;
+    node.send_unary("alice", "c1", "bob", "m1").await.unwrap();
+    replica.kill();
+    let err = node.send_unary("alice", "c2", "bob", "m2").await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    replica.restart();
+    eventually(|| async { synced().then_some(()) }).await;
+    let retry = node.send_unary("alice", "c2", "bob", "m2").await.unwrap();
+    assert!(retry.duplicate, "the primary had it: the retry finds it");
+}

@@ -174,6 +174,11 @@ pub struct Config {
     /// PEM CA certificate(s) of a `rediss://` Redis, instead of the system's roots.
     #[arg(long, env = "TIM_REDIS_CA")]
     pub redis_ca: Option<PathBuf>,
+    /// Redis replicas that must have a message before its sender is acked (Redis `WAIT`, within
+    /// `--redis-timeout`; fewer: UNAVAILABLE, retry with the same client_msg_id). Single server
+    /// with replicas only.
+    #[arg(long, env = "TIM_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
     /// Prefix of every Redis key tim writes (several deployments can share one Redis).
     #[arg(long, env = "TIM_REDIS_PREFIX", default_value = "im")]
     pub redis_prefix: String,
@@ -328,6 +333,7 @@ impl Config {
             dedup_ttl: self.dedup_ttl,
             inbox_rate: self.inbox_rate,
             inbox_max: self.inbox_max,
+            wait_replicas: self.redis_wait_replicas,
             max_devices: self.max_devices,
             device_ttl: self.device_ttl,
         }

@@ -71,6 +71,12 @@ impl Config {
         if self.redis.as_deref().is_some_and(|r| r.trim().is_empty()) {
             return fail("--redis is empty");
         }
+        if self.redis_wait_replicas > 0 && (self.redis.is_none() || self.redis_cluster) {
+            return fail(
+                "--redis-wait-replicas needs --redis on a single server with replicas (not \
+                 --redis-cluster, where WAIT would have to follow each key's slot)",
+            );
+        }
         if self.redis_ca.is_some() && !self.redis_urls().iter().all(|u| u.starts_with("rediss://"))
         {
             return fail(

@@ -229,6 +229,9 @@ pub struct StoreOptions {
     /// Messages one inbox holds at most (not yet acked by every device, within retention);
     /// beyond it new messages are refused, never old ones dropped.
     pub inbox_max: u64,
+    /// Redis replicas that must have a message before it counts as stored (`WAIT`); 0 = the
+    /// primary alone.
+    pub wait_replicas: u32,
     /// Devices one user may have (a cursor each).
     pub max_devices: u32,
     /// A device unseen (no Hello, no ack) this long is forgotten with its cursor.
@@ -242,6 +245,7 @@ impl Default for StoreOptions {
             dedup_ttl: std::time::Duration::from_secs(24 * 3600),
             inbox_rate: 0,
             inbox_max: 100_000,
+            wait_replicas: 0,
             max_devices: 20,
             device_ttl: std::time::Duration::from_secs(30 * 24 * 3600),
         }

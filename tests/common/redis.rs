@@ -99,6 +99,13 @@ impl RedisServer {
         (server, port)
     }
 
+    /// Starts a replica of the server on `primary` (port).
+    pub fn start_replica_of(primary: u16) -> RedisServer {
+        Self::start_with(false, || {
+            vec!["--replicaof".into(), "127.0.0.1".into(), primary.to_string()]
+        })
+    }
+
     fn start_with(aof: bool, extra: impl Fn() -> Vec<String>) -> RedisServer {
         let server = harness::RedisServer::start("redis-server", aof, extra)
             .unwrap_or_else(|e| panic!("{e}: is redis-server installed? scripts/test installs it"));

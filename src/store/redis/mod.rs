@@ -45,6 +45,8 @@ const TRIM_AT_ONCE: usize = 1000;
 /// Redis-backed [`Inbox`] and [`RouteStore`].
 pub struct RedisStore {
     conn: Conn,
+    /// The command timeout (WAIT is bounded by it).
+    timeout: Duration,
     prefix: String,
     opts: StoreOptions,
     append: Script,
@@ -109,6 +111,7 @@ impl RedisStore {
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(Self {
             conn,
+            timeout,
             prefix: prefix.to_string(),
             opts,
             append: Script::new(include_str!("append.lua")),
@@ -124,6 +127,26 @@ impl RedisStore {
 
     fn key(&self, kind: &str, user: &str) -> String {
         format!("{}:{kind}:{{{user}}}", self.prefix)
+    }
+
+    /// Waits until `wait_replicas` replicas have every write made on this connection so far (the
+    /// append included), within the Redis timeout. Fewer: UNAVAILABLE, the outcome unknown to
+    /// the sender (the primary has it; a retry with the same client_msg_id finds it).
+    async fn wait_for_replicas(&self) -> Result<(), StoreError> {
+        let want = self.opts.wait_replicas;
+        let timeout =
+            self.timeout.saturating_sub(Duration::from_millis(100)).max(Duration::from_millis(1));
+        let got: u32 = redis::cmd("WAIT")
+            .arg(want)
+            .arg(timeout.as_millis() as u64)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        if got < want {
+            return Err(StoreError::Unavailable(format!(
+                "{got} of {want} Redis replicas have the message"
+            )));
+        }
+        Ok(())
     }
 
     /// How long a user's seq counter and epoch outlive their last activity: longer than any
@@ -177,6 +200,9 @@ impl Inbox for RedisStore {
         }
         let (seq, msg_id, sent_at) = parse_stored(&stored)?;
         let duplicate = duplicate == 1;
+        if self.opts.wait_replicas > 0 {
+            self.wait_for_replicas().await?;
+        }
         // For a duplicate: the first copy's seq, id and time (the body is the caller's; same
         // key, same message).
         let message =
