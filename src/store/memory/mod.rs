@@ -399,3 +399,32 @@ impl RouteStore for MemoryStore {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(n: usize) -> NewMessage {
+        NewMessage {
+            from: "alice".into(),
+            to: "bob".into(),
+            client_msg_id: format!("c{n}"),
+            body: "x".into(),
+            msg_id: format!("m{n}"),
+            sent_at: unix_ms(SystemTime::now()),
+        }
+    }
+
+    #[tokio::test]
+    async fn retry_keys_per_inbox_are_bounded_oldest_forgotten_first() {
+        let opts = StoreOptions { inbox_max: u64::MAX, ..StoreOptions::default() };
+        let store = MemoryStore::new(opts);
+        for n in 0..=DEDUP_MAX {
+            store.append(message(n)).await.unwrap();
+        }
+        let kept = store.peek("bob", |u| u.dedup.len());
+        assert_eq!(kept, DEDUP_MAX);
+        assert!(store.append(message(DEDUP_MAX)).await.unwrap().duplicate, "the newest is kept");
+        assert!(!store.append(message(0)).await.unwrap().duplicate, "the oldest was forgotten");
+    }
+}
