@@ -1,13 +1,65 @@
-//! Per-user send allowance on one node: a token bucket per sender, shared by every stream and
+//! The node's budget of bytes queued towards clients ([`QueueBudget`]), and the per-user send
+//! allowance on one node: a token bucket per sender, shared by every stream and
 //! every unary Send of that user here. A cluster enforces it per node: a user whose devices sit
 //! on k nodes may send k times the rate (with `--lb consistent-hash` a user's devices share a
 //! node). Buckets of users who stopped sending are dropped by [`SendLimits::sweep`].
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SHARDS: usize = 16;
+
+/// Bytes queued towards clients on this node, live feeds and outbound queues together, against
+/// one budget: past it, feeds stop queueing (sessions read their inbox instead) and outbound
+/// queues take no more than one frame each, so the clients that do not read are the ones whose
+/// queues stay full and are cut off.
+#[derive(Debug)]
+pub struct QueueBudget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl QueueBudget {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self { used: AtomicUsize::new(0), max })
+    }
+
+    /// Takes `n` bytes if they fit.
+    pub fn try_take(&self, n: usize) -> bool {
+        let mut used = self.used.load(Ordering::Acquire);
+        loop {
+            if used + n > self.max {
+                return false;
+            }
+            match self.used.compare_exchange_weak(
+                used,
+                used + n,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Takes `n` bytes whether or not they fit (one frame per queue always goes).
+    pub fn take(&self, n: usize) {
+        self.used.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Gives `n` bytes back.
+    pub fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Bytes queued now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
 
 /// The allowance of every sender on this node.
 #[derive(Debug)]
@@ -129,6 +181,18 @@ mod tests {
         limits.take("bob", t0 + Duration::from_millis(90)).unwrap();
         limits.sweep(t0 + Duration::from_millis(150));
         assert_eq!(limits.tracked(), 1, "alice is full again; bob is not");
+    }
+
+    #[test]
+    fn the_queue_budget_takes_what_fits_and_gets_it_back() {
+        let budget = QueueBudget::new(100);
+        assert!(budget.try_take(60));
+        assert!(!budget.try_take(50));
+        budget.take(50);
+        assert_eq!(budget.used(), 110);
+        budget.give(60);
+        assert!(budget.try_take(40));
+        assert_eq!(budget.used(), 90);
     }
 
     #[test]

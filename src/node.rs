@@ -18,7 +18,7 @@ use crate::discovery::{Membership, NodeInfo};
 use crate::error::Error;
 use crate::ids;
 use crate::lb::{NodeSelectLayer, Placed};
-use crate::limit::SendLimits;
+use crate::limit::{QueueBudget, SendLimits};
 use crate::proto;
 use crate::store::{Appended, Inbox, NewMessage, Outgoing, RouteStore};
 use crate::tls::{ClientTls, ServerTls};
@@ -106,7 +106,13 @@ impl Node {
             login_mode: security.login_mode,
             tls: security.tls,
             limits: SendLimits::new(config.send_rate, config.send_burst),
-            delivery: Delivery::new(id, peers, membership, FEED_CAPACITY),
+            delivery: Delivery::new(
+                id,
+                peers,
+                membership,
+                FEED_CAPACITY,
+                QueueBudget::new(config.node_queue_bytes),
+            ),
             signer,
             node_signer,
             inbox: stores.inbox,

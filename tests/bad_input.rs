@@ -540,3 +540,42 @@ async fn relay_takes_only_node_tokens_signed_with_the_node_secret() {
     assert_eq!(handed.sessions, 1);
     drop(bob);
 }
+
+/// The node's queue budget is shared by all its streams: with non-reading devices holding it,
+/// a device that reads still gets everything (one frame at a time, the rest from the inbox),
+/// and the non-readers are the ones cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_node_queue_budget_readers_go_on_and_non_readers_are_cut_off() {
+    let node = TestNode::with(&Backend::Memory, |c| {
+        c.outbound_bytes = 32 * 1024;
+        c.node_queue_bytes = 64 * 1024;
+        c.slow_client_timeout = Duration::from_secs(1);
+        c.send_rate = 0;
+        c.inbox_rate = 0;
+    })
+    .await;
+    let mut held = Vec::new();
+    for device in ["d1", "d2", "d3"] {
+        let token = node.login("bob", device).await.token;
+        let mut raw = Raw::open(&node, hello(&token, 0)).await;
+        raw.welcome().await;
+        held.push(raw);
+    }
+    let mut phone = node.connect("bob", "phone", 0).await;
+    // More than the non-readers' HTTP/2 windows take in (their transport would accept it).
+    let body = "y".repeat(16 * 1024);
+    let token = node.login("alice", "server").await.token;
+    let mut gateway = node.gateway().await;
+    for i in 1..=300 {
+        let req = proto::SendRequest {
+            client_msg_id: format!("c{i}"),
+            to: "bob".into(),
+            body: format!("{i}:{body}"),
+        };
+        gateway.send(client::authorized(req, &token)).await.unwrap();
+    }
+    let got = common::take(&mut phone, 300).await;
+    assert_eq!(got.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), (1..=300).collect::<Vec<_>>());
+    common::eventually(|| async { (node.presence("bob").await == ["phone"]).then_some(()) }).await;
+    drop(held);
+}

@@ -513,8 +513,12 @@ async fn non_reading_devices_cost_bounded_memory_and_slow_readers_are_cut_off() 
     use tim::proto::{ClientFrame, chat_client::ChatClient, client_frame};
     let backend = Backend::redis();
     let addr = format!("127.0.0.1:{}", free_port());
+    // Queues of 16 MiB per stream, but 2 MiB for the whole node: the node's budget is the bound.
     let flags = ["--send-rate", "0", "--inbox-rate", "0", "--slow-client-timeout", "3s"];
-    let node = NodeProcess::start(&addr, &backend, &flags.map(String::from)).await;
+    let budget = ["--outbound-bytes", "16777216", "--node-queue-bytes", "2097152"];
+    let flags = [&flags[..], &budget[..]].concat();
+    let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+    let node = NodeProcess::start(&addr, &backend, &flags).await;
     let opts = Options::default();
     // Four devices say Hello and never read.
     let mut held = Vec::new();
@@ -545,8 +549,8 @@ async fn non_reading_devices_cost_bounded_memory_and_slow_readers_are_cut_off() 
         gateway.send(client::authorized(req, &token)).await.unwrap();
     }
     let grown = node.rss().saturating_sub(before);
-    // 84 MB went through; four sessions may hold a feed and a queue of 1 MiB each, plus
-    // HTTP/2 windows and allocator slack.
+    // 84 MB went through; the node may queue 2 MiB for all four, plus HTTP/2 windows and
+    // allocator slack (without the node's budget, four 16 MiB queues would fill).
     eprintln!("node grew {} MiB", grown / (1024 * 1024));
     assert!(grown < 48 * 1024 * 1024, "node grew {} MiB", grown / (1024 * 1024));
     drop(held);

@@ -108,6 +108,11 @@ pub struct Config {
     /// always fits).
     #[arg(long, env = "TIM_OUTBOUND_BYTES", default_value_t = 1024 * 1024)]
     pub outbound_bytes: usize,
+    /// Bytes queued towards all clients of this node together (live feeds and outbound queues):
+    /// past it, streams read their inbox instead and queues take one frame at a time, so the
+    /// clients that do not read are the ones cut off.
+    #[arg(long, env = "TIM_NODE_QUEUE_BYTES", default_value_t = 512 * 1024 * 1024)]
+    pub node_queue_bytes: usize,
     /// How long an outbound queue may stay full, without draining to half, before the stream is
     /// ended with RESOURCE_EXHAUSTED (its messages stay in the inbox).
     #[arg(long, env = "TIM_SLOW_CLIENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]

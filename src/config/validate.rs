@@ -28,6 +28,9 @@ impl Config {
         if self.outbound_bytes < 16 * 1024 {
             return fail("--outbound-bytes must be at least 16 KiB");
         }
+        if self.node_queue_bytes < 64 * 1024 {
+            return fail("--node-queue-bytes must be at least 64 KiB");
+        }
         if self.outbound_queue < 8 {
             return fail("--outbound-queue must be at least 8");
         }

@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use crate::discovery::Membership;
+use crate::limit::QueueBudget;
 use crate::store::{Route, StoredMessage};
 
 mod peers;
@@ -54,10 +55,11 @@ impl Delivery {
         peers: Peers,
         membership: Arc<Membership>,
         feed_capacity: usize,
+        budget: Arc<QueueBudget>,
     ) -> Self {
         Self {
             self_id: self_id.to_string(),
-            sessions: Registry::new(feed_capacity),
+            sessions: Registry::new(feed_capacity, budget),
             peers,
             membership,
             calls: Mutex::new(Calls::default()),

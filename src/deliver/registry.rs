@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc, watch};
 
+use crate::limit::QueueBudget;
 use crate::store::StoredMessage;
 
 /// Why the node ends a session.
@@ -76,6 +77,7 @@ pub struct Live {
     rx: mpsc::Receiver<Arc<StoredMessage>>,
     /// Body bytes in `rx`.
     queued: Arc<AtomicUsize>,
+    budget: Arc<QueueBudget>,
 }
 
 impl Live {
@@ -83,7 +85,18 @@ impl Live {
     pub async fn recv(&mut self) -> Option<Arc<StoredMessage>> {
         let msg = self.rx.recv().await?;
         self.queued.fetch_sub(msg.body.len(), Ordering::AcqRel);
+        self.budget.give(msg.body.len());
         Some(msg)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        // What was never taken goes back to the node's budget.
+        self.rx.close();
+        while let Ok(msg) = self.rx.try_recv() {
+            self.budget.give(msg.body.len());
+        }
     }
 }
 
@@ -92,6 +105,7 @@ struct Handle {
     session_id: String,
     messages: mpsc::Sender<Arc<StoredMessage>>,
     queued: Arc<AtomicUsize>,
+    budget: Arc<QueueBudget>,
     lag: Arc<Lag>,
     stop: watch::Sender<Option<Stop>>,
 }
@@ -101,7 +115,7 @@ impl Handle {
     /// told it lags and reads the inbox.
     fn push(&self, msg: &Arc<StoredMessage>) {
         let size = msg.body.len();
-        if self.queued.load(Ordering::Acquire) + size > FEED_BYTES {
+        if self.queued.load(Ordering::Acquire) + size > FEED_BYTES || !self.budget.try_take(size) {
             self.lag.mark();
             return;
         }
@@ -109,8 +123,11 @@ impl Handle {
             Ok(()) => {
                 self.queued.fetch_add(size, Ordering::AcqRel);
             }
-            Err(mpsc::error::TrySendError::Full(_)) => self.lag.mark(),
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.budget.give(size);
+                self.lag.mark();
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => self.budget.give(size),
         }
     }
 }
@@ -122,16 +139,18 @@ type Users = HashMap<String, HashMap<String, Handle>>;
 pub struct Registry {
     users: Mutex<Users>,
     feed_capacity: usize,
+    budget: Arc<QueueBudget>,
     phase: watch::Sender<Phase>,
 }
 
 impl Registry {
     /// `feed_capacity` bounds the live messages queued per session before it falls back to
-    /// reading its inbox.
-    pub fn new(feed_capacity: usize) -> Self {
+    /// reading its inbox, as do [`FEED_BYTES`] and the node's `budget`.
+    pub fn new(feed_capacity: usize, budget: Arc<QueueBudget>) -> Self {
         Self {
             users: Mutex::new(HashMap::new()),
             feed_capacity,
+            budget,
             phase: watch::Sender::new(Phase::Serving),
         }
     }
@@ -151,6 +170,7 @@ impl Registry {
             session_id: session_id.to_string(),
             messages: tx,
             queued: queued.clone(),
+            budget: self.budget.clone(),
             lag: lag.clone(),
             stop: stop_tx,
         };
@@ -162,7 +182,8 @@ impl Registry {
         if let Some(old) = old {
             old.stop.send_replace(Some(Stop::Kicked(super::REPLACED.into())));
         }
-        Feed { messages: Live { rx, queued }, lag, stop: stop_rx }
+        let budget = self.budget.clone();
+        Feed { messages: Live { rx, queued, budget }, lag, stop: stop_rx }
     }
 
     /// Removes a session if it is still the registered one for its device.
@@ -189,6 +210,11 @@ impl Registry {
             }
         }
         devices.len()
+    }
+
+    /// The node's budget of bytes queued towards clients (outbound queues draw on it too).
+    pub fn budget(&self) -> &Arc<QueueBudget> {
+        &self.budget
     }
 
     /// Ends the session of `user`'s `device` (only `session_id`'s, when given).

@@ -28,8 +28,13 @@ impl Chat for ChatService {
         req: Request<Streaming<ClientFrame>>,
     ) -> Result<Response<OutboundStream>, Status> {
         let cfg = self.node.config();
-        let (out, stream) =
-            outbound::channel(cfg.outbound_queue, cfg.outbound_bytes, cfg.slow_client_timeout);
+        let budget = self.node.delivery().sessions().budget().clone();
+        let (out, stream) = outbound::channel(
+            cfg.outbound_queue,
+            cfg.outbound_bytes,
+            cfg.slow_client_timeout,
+            budget,
+        );
         tokio::spawn(session::run(self.node.clone(), req.into_inner(), out));
         Ok(Response::new(stream))
     }

@@ -2,7 +2,8 @@
 //! streams out, and a way to end it at once with a status when the client stops reading.
 //!
 //! A client is cut off when its queue stays full for the slow-client timeout without draining
-//! to half: taking one frame now and then does not count as progress.
+//! to half of what it held when found full: taking one frame now and then does not count as
+//! progress. Full means no room in the queue's own bounds or in the node's budget.
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,6 +16,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::Status;
 
+use crate::limit::QueueBudget;
 use crate::proto::{ServerFrame, server_frame::Frame};
 
 /// The client is gone or too slow; the session must end.
@@ -34,33 +36,54 @@ struct Queued {
     drained: Notify,
 }
 
+/// The bytes one queued frame holds of its queue and of the node's budget, given back when it
+/// is dropped: taken by the client, or dropped with the queue.
+#[derive(Debug)]
+struct Charge {
+    size: usize,
+    queued: Arc<Queued>,
+    budget: Arc<QueueBudget>,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.queued.bytes.fetch_sub(self.size, Ordering::AcqRel);
+        self.budget.give(self.size);
+        self.queued.drained.notify_one();
+    }
+}
+
+type Item = Result<(ServerFrame, Charge), Status>;
+
 /// The sending side, owned by the session task.
 #[derive(Debug)]
 pub struct Outbound {
-    tx: mpsc::Sender<Result<ServerFrame, Status>>,
+    tx: mpsc::Sender<Item>,
     abort: Option<oneshot::Sender<Status>>,
     slow_timeout: Duration,
     max_bytes: usize,
     queued: Arc<Queued>,
-    /// Since when the queue has been full without draining to half (in bytes and in frames).
-    full_since: Option<Instant>,
+    budget: Arc<QueueBudget>,
+    /// Since when the queue has been full, and what it held then (bytes, frames): it counts as
+    /// making progress again only once it drains to half of that.
+    full_since: Option<(Instant, usize, usize)>,
 }
 
 /// The stream tonic sends to the client.
 pub struct OutboundStream {
-    rx: mpsc::Receiver<Result<ServerFrame, Status>>,
+    rx: mpsc::Receiver<Item>,
     abort: Option<oneshot::Receiver<Status>>,
-    queued: Arc<Queued>,
     done: bool,
 }
 
-/// Makes a queue of at most `capacity` frames and `max_bytes` bytes (one frame always fits);
-/// a queue that stays full for `slow_timeout` without draining to half ends the stream with
-/// RESOURCE_EXHAUSTED.
+/// Makes a queue of at most `capacity` frames and `max_bytes` bytes, drawing on the node's
+/// `budget` (one frame always fits); a queue that stays full for `slow_timeout` without draining
+/// to half ends the stream with RESOURCE_EXHAUSTED.
 pub fn channel(
     capacity: usize,
     max_bytes: usize,
     slow_timeout: Duration,
+    budget: Arc<QueueBudget>,
 ) -> (Outbound, OutboundStream) {
     let (tx, rx) = mpsc::channel(capacity);
     let (abort_tx, abort_rx) = oneshot::channel();
@@ -72,9 +95,10 @@ pub fn channel(
             slow_timeout,
             max_bytes,
             queued: queued.clone(),
+            budget,
             full_since: None,
         },
-        OutboundStream { rx, abort: Some(abort_rx), queued, done: false },
+        OutboundStream { rx, abort: Some(abort_rx), done: false },
     )
 }
 
@@ -85,35 +109,69 @@ impl Outbound {
         let frame = ServerFrame { frame: Some(frame) };
         let size = frame.encoded_len();
         loop {
-            let queued = self.queued.bytes.load(Ordering::Acquire);
-            let frames = self.tx.max_capacity() - self.tx.capacity();
-            if queued <= self.max_bytes / 2 && frames <= self.tx.max_capacity() / 2 {
+            let (queued, frames) = self.held();
+            if let Some((_, bytes_then, frames_then)) = self.full_since
+                && queued <= bytes_then / 2
+                && frames <= frames_then / 2
+            {
                 self.full_since = None;
             }
-            if queued == 0 || queued + size <= self.max_bytes {
+            // An empty queue always takes one frame; otherwise the frame must fit this queue and
+            // the node's budget.
+            let fits = queued == 0 || queued + size <= self.max_bytes;
+            let budgeted = fits
+                && if queued == 0 {
+                    self.budget.take(size);
+                    true
+                } else {
+                    self.budget.try_take(size)
+                };
+            if budgeted {
                 match self.tx.try_reserve() {
                     Ok(permit) => {
                         self.queued.bytes.fetch_add(size, Ordering::AcqRel);
-                        permit.send(Ok(frame));
+                        let charge = Charge {
+                            size,
+                            queued: self.queued.clone(),
+                            budget: self.budget.clone(),
+                        };
+                        permit.send(Ok((frame, charge)));
                         return Ok(());
                     }
-                    Err(mpsc::error::TrySendError::Closed(())) => return Err(Gone::Closed),
-                    Err(mpsc::error::TrySendError::Full(())) => {}
+                    Err(mpsc::error::TrySendError::Closed(())) => {
+                        self.budget.give(size);
+                        return Err(Gone::Closed);
+                    }
+                    Err(mpsc::error::TrySendError::Full(())) => self.budget.give(size),
                 }
             }
-            let since = *self.full_since.get_or_insert_with(Instant::now);
-            let Some(left) = self.slow_timeout.checked_sub(since.elapsed()) else {
-                self.abort(Status::resource_exhausted(
-                    "client is not reading its stream; undelivered messages stay in the inbox",
-                ));
-                return Err(Gone::Slow);
-            };
-            tokio::select! {
-                () = self.queued.drained.notified() => {}
-                () = tokio::time::sleep(left) => {}
-                () = self.tx.closed() => return Err(Gone::Closed),
-            }
+            self.wait().await?;
         }
+    }
+
+    /// Bytes and frames in the queue now.
+    fn held(&self) -> (usize, usize) {
+        let frames = self.tx.max_capacity() - self.tx.capacity();
+        (self.queued.bytes.load(Ordering::Acquire), frames)
+    }
+
+    /// Waits for the client to take a frame, unless the queue has been full for the slow-client
+    /// timeout: then the stream ends.
+    async fn wait(&mut self) -> Result<(), Gone> {
+        let (bytes, frames) = self.held();
+        let (since, _, _) = *self.full_since.get_or_insert_with(|| (Instant::now(), bytes, frames));
+        let Some(left) = self.slow_timeout.checked_sub(since.elapsed()) else {
+            self.abort(Status::resource_exhausted(
+                "client is not reading its stream; undelivered messages stay in the inbox",
+            ));
+            return Err(Gone::Slow);
+        };
+        tokio::select! {
+            () = self.queued.drained.notified() => {}
+            () = tokio::time::sleep(left) => {}
+            () = self.tx.closed() => return Err(Gone::Closed),
+        }
+        Ok(())
     }
 
     /// Ends the stream with `status` after the frames already queued.
@@ -158,12 +216,10 @@ impl Stream for OutboundStream {
                 self.done = true;
                 Poll::Ready(Some(Err(status)))
             }
-            Poll::Ready(Some(Ok(frame))) => {
-                self.queued.bytes.fetch_sub(frame.encoded_len(), Ordering::AcqRel);
-                self.queued.drained.notify_one();
-                Poll::Ready(Some(Ok(frame)))
-            }
-            other => other,
+            // Taken: its bytes go back (the charge is dropped here).
+            Poll::Ready(Some(Ok((frame, _charge)))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
