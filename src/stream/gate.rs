@@ -7,8 +7,9 @@ use tonic::{Code, Status};
 /// The gate of one stream.
 #[derive(Debug, Default)]
 pub struct SendGate {
-    /// The first message refused with a retryable code, which later ones wait for.
-    held: Option<(String, Code)>,
+    /// The first message refused with a retryable code, which later ones wait for, and the
+    /// refusal's retry hint (ms), passed on to the ones held behind it.
+    held: Option<(String, Code, u32)>,
 }
 
 impl SendGate {
@@ -18,26 +19,35 @@ impl SendGate {
 
     /// Whether `client_msg_id` may go on now; the refusal to send back if not.
     pub fn admit(&mut self, client_msg_id: &str) -> Result<(), Status> {
-        if let Some((first, code)) = &self.held
+        if let Some((first, code, retry_after_ms)) = &self.held
             && first != client_msg_id
         {
-            return Err(Status::new(
+            let mut held = Status::new(
                 *code,
                 format!(
                     "message {first:?} was not stored; send it again first (messages keep their order)"
                 ),
-            ));
+            );
+            if *retry_after_ms > 0
+                && let Ok(v) = retry_after_ms.to_string().parse()
+            {
+                held.metadata_mut().insert(crate::error::RETRY_AFTER_MS, v);
+            }
+            return Err(held);
         }
         Ok(())
     }
 
     /// How the send of `client_msg_id` ended (`None`: stored). A stored message lifts the hold;
-    /// the first retryable failure sets it.
-    pub fn settle(&mut self, client_msg_id: &str, failure: Option<Code>) {
-        match failure {
+    /// the first retryable failure sets it, keeping its retry hint for the ones held behind.
+    pub fn settle(&mut self, client_msg_id: &str, failure: Option<&Status>) {
+        match failure.map(|s| (s.code(), s)) {
             None => self.held = None,
-            Some(code @ (Code::Unavailable | Code::ResourceExhausted)) if self.held.is_none() => {
-                self.held = Some((client_msg_id.to_string(), code));
+            Some((code @ (Code::Unavailable | Code::ResourceExhausted), status))
+                if self.held.is_none() =>
+            {
+                let hint = crate::wire::retry_after_ms(status.metadata());
+                self.held = Some((client_msg_id.to_string(), code, hint));
             }
             Some(_) => {}
         }
@@ -52,27 +62,31 @@ mod tests {
     fn a_retryable_failure_holds_later_messages_until_it_is_stored() {
         let mut gate = SendGate::new();
         assert!(gate.admit("a").is_ok());
-        gate.settle("a", Some(Code::Unavailable));
+        gate.settle("a", Some(&Status::unavailable("down")));
         let held = gate.admit("b").unwrap_err();
         assert_eq!(held.code(), Code::Unavailable);
         assert!(held.message().contains("\"a\""), "{}", held.message());
-        gate.settle("b", Some(held.code()));
+        gate.settle("b", Some(&held));
         assert!(gate.admit("a").is_ok(), "the held message itself may go");
         gate.settle("a", None);
         assert!(gate.admit("b").is_ok(), "stored: the hold is lifted");
     }
 
     #[test]
-    fn a_refusal_for_rate_holds_too() {
+    fn a_refusal_for_rate_holds_too_and_passes_its_hint_on() {
         let mut gate = SendGate::new();
-        gate.settle("a", Some(Code::ResourceExhausted));
-        assert_eq!(gate.admit("b").unwrap_err().code(), Code::ResourceExhausted);
+        let mut refused = Status::resource_exhausted("rate");
+        refused.metadata_mut().insert(crate::error::RETRY_AFTER_MS, "250".parse().unwrap());
+        gate.settle("a", Some(&refused));
+        let held = gate.admit("b").unwrap_err();
+        assert_eq!(held.code(), Code::ResourceExhausted);
+        assert_eq!(crate::wire::retry_after_ms(held.metadata()), 250);
     }
 
     #[test]
     fn a_final_refusal_holds_nothing() {
         let mut gate = SendGate::new();
-        gate.settle("a", Some(Code::InvalidArgument));
+        gate.settle("a", Some(&Status::invalid_argument("bad")));
         assert!(gate.admit("b").is_ok());
     }
 }

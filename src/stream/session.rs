@@ -391,7 +391,7 @@ impl Session {
             Ok(()) => self.node.send(&self.user, m.into()).await.map_err(Status::from),
             Err(refused) => Err(refused),
         };
-        self.gate.settle(&id, result.as_ref().err().map(Status::code));
+        self.gate.settle(&id, result.as_ref().err());
         wire::send_reply(id, result)
     }
 

@@ -2,7 +2,7 @@
 //! socket, as a cut network cable or a dead NAT entry would.
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -10,6 +10,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct FreezableProxy {
     pub addr: SocketAddr,
     frozen: Arc<AtomicBool>,
+    /// Bytes forwarded from clients to the target.
+    upstream: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -19,7 +21,8 @@ impl FreezableProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let frozen = Arc::new(AtomicBool::new(false));
-        let f = frozen.clone();
+        let upstream = Arc::new(AtomicU64::new(0));
+        let (f, up) = (frozen.clone(), upstream.clone());
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 let Ok(outbound) = TcpStream::connect(target).await else {
@@ -27,11 +30,16 @@ impl FreezableProxy {
                 };
                 let (ri, wi) = inbound.into_split();
                 let (ro, wo) = outbound.into_split();
-                tokio::spawn(pipe(ri, wo, f.clone()));
-                tokio::spawn(pipe(ro, wi, f.clone()));
+                tokio::spawn(pipe(ri, wo, f.clone(), Some(up.clone())));
+                tokio::spawn(pipe(ro, wi, f.clone(), None));
             }
         });
-        Self { addr, frozen, task }
+        Self { addr, frozen, upstream, task }
+    }
+
+    /// Bytes forwarded from clients to the target so far.
+    pub fn upstream_bytes(&self) -> u64 {
+        self.upstream.load(Ordering::SeqCst)
     }
 
     /// Stops forwarding; sockets stay open and unread bytes are held back.
@@ -50,6 +58,7 @@ async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     frozen: Arc<AtomicBool>,
+    counted: Option<Arc<AtomicU64>>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -60,6 +69,9 @@ async fn pipe(
         if frozen.load(Ordering::SeqCst) {
             // Hold the connection open and silent for good.
             std::future::pending::<()>().await;
+        }
+        if let Some(counted) = &counted {
+            counted.fetch_add(n as u64, Ordering::SeqCst);
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
