@@ -26,6 +26,7 @@
 //! - [`config`]: the one typed configuration, validated before any port is bound.
 //! - [`error`]: typed errors and the one place they become a `tonic::Status`.
 //! - [`auth`]: session and node tokens (HMAC), dev and JWT login.
+//! - [`task`]: a spawned task that is aborted with its owner.
 //! - [`tls`]: rustls from PEM files: the reloadable server side, node certificates, clients.
 //! - [`ids`]: what a user id, device id or client_msg_id may be; random ids.
 //! - [`codec`]: the protobuf codec (undecodable input is INVALID_ARGUMENT).
@@ -48,6 +49,7 @@ pub mod node;
 pub mod server;
 pub mod store;
 pub mod stream;
+pub mod task;
 pub mod tls;
 pub mod wire;
 

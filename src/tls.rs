@@ -22,6 +22,8 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use tracing::{debug, info, warn};
 
+use crate::task::AbortOnDrop;
+
 /// TLS connections being set up at once; more wait in the listen backlog. Each costs a few KiB
 /// until its handshake completes or times out.
 const MAX_HANDSHAKES: usize = 1024;
@@ -282,14 +284,6 @@ impl ServerTls {
             let _ = &task;
             tls
         })
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -20,6 +20,7 @@ use crate::proto::{
     relay_server::RelayServer,
 };
 use crate::store::{MemoryStore, RedisAccess, RedisStore};
+use crate::task::AbortOnDrop;
 use crate::tls::ServerTls;
 
 mod cluster;
@@ -267,22 +268,5 @@ async fn serve(
                 Err(_) => Ok(()),
             }
         }
-    }
-}
-
-/// A task aborted when this is dropped, however `serve` returns.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl AbortOnDrop {
-    /// Aborts the task and waits until it has stopped.
-    async fn stop(mut self) {
-        self.0.abort();
-        let _ = (&mut self.0).await;
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
