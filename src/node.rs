@@ -20,7 +20,7 @@ use crate::ids;
 use crate::lb::{NodeSelectLayer, Placed};
 use crate::limit::{QueueBudget, SendLimits};
 use crate::proto;
-use crate::store::{Appended, Inbox, NewMessage, Outgoing, RouteStore};
+use crate::store::{Appended, Inbox, NewMessage, Outgoing, RouteStore, message_at};
 use crate::tls::{ClientTls, ServerTls};
 
 /// Device name used when Login names none.
@@ -264,8 +264,7 @@ impl Node {
         // body. Gone from the inbox means every device acked it (or it expired): nothing to do.
         // Sessions drop seqs they already sent.
         let stored = &appended.message;
-        let held = self.inbox.read(&stored.to, stored.seq.saturating_sub(1), 1).await?;
-        if let Some(first) = held.into_iter().next().filter(|m| m.seq == stored.seq) {
+        if let Some(first) = message_at(self.inbox.as_ref(), &stored.to, stored.seq).await? {
             self.delivery.fan_out(&first, &appended.routes);
         }
         Ok(appended)

@@ -109,6 +109,20 @@ pub struct Appended {
     pub routes: Vec<(String, Route)>,
 }
 
+/// Message `seq` of `user`'s inbox, if the inbox still holds it (not acked by every device, not
+/// past the retention).
+pub async fn message_at(
+    inbox: &dyn Inbox,
+    user: &str,
+    seq: u64,
+) -> Result<Option<StoredMessage>, StoreError> {
+    if seq == 0 {
+        return Ok(None);
+    }
+    let page = inbox.read(user, seq - 1, 1).await?;
+    Ok(page.into_iter().next().filter(|m| m.seq == seq))
+}
+
 /// Per-user durable message queues with per-device ack cursors.
 #[async_trait]
 pub trait Inbox: Send + Sync + 'static {

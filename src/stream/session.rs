@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::ids::new_id;
 use crate::node::Node;
 use crate::proto::{self, ClientFrame, client_frame, server_frame::Frame, session_ended::Reason};
-use crate::store::{PutRoute, Route, StoreError, StoredMessage};
+use crate::store::{PutRoute, Route, StoreError, StoredMessage, message_at};
 use crate::wire;
 
 /// How many messages one inbox read returns.
@@ -42,12 +42,7 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
         hello = hello(&node, &mut inbound) => match hello {
             Ok(h) => h,
             Err(Refused::Status(status)) => return out.finish(status).await,
-            Err(Refused::LoggedOut(status)) => {
-                if out.send(ended(Reason::LoggedOut, status.message())).await.is_ok() {
-                    out.finish(status).await;
-                }
-                return;
-            }
+            Err(Refused::LoggedOut(status)) => return end_with(&mut out, Reason::LoggedOut, status).await,
             Err(Refused::Gone) => return,
         },
         () = sessions.reached(Phase::Draining) => {
@@ -98,11 +93,8 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
         Err(End::Status(status)) => out.finish(status).await,
         Err(End::Abort(status)) => out.abort(status),
         Err(End::Expired) => {
-            let detail = "session token expired; log in again";
-            let ended = ended(Reason::TokenExpired, detail);
-            if out.send(ended).await.is_ok() {
-                out.finish(Status::unauthenticated(detail)).await;
-            }
+            let expired = Status::unauthenticated("session token expired; log in again");
+            end_with(&mut out, Reason::TokenExpired, expired).await;
         }
     }
     sessions.remove(&user, &device, &session_id);
@@ -131,6 +123,13 @@ enum End {
 /// The SessionEnded frame.
 fn ended(reason: Reason, detail: &str) -> Frame {
     Frame::SessionEnded(proto::SessionEnded { reason: reason as i32, detail: detail.into() })
+}
+
+/// Says why the session's credentials ended (SessionEnded), then ends the stream with `status`.
+async fn end_with(out: &mut Outbound, reason: Reason, status: Status) {
+    if out.send(ended(reason, status.message())).await.is_ok() {
+        out.finish(status).await;
+    }
 }
 
 impl From<Gone> for End {
@@ -234,8 +233,8 @@ impl Session {
         if after == 0 || msg_id.is_empty() {
             return Ok(false);
         }
-        let page = self.node.inbox().read(&self.user, after - 1, 1).await?;
-        Ok(page.first().is_some_and(|m| m.seq == after && m.msg_id != msg_id))
+        let held = message_at(self.node.inbox(), &self.user, after).await?;
+        Ok(held.is_some_and(|m| m.msg_id != msg_id))
     }
 
     async fn serve(
