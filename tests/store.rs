@@ -46,6 +46,8 @@ on_every_store!(
     a_revocation_is_per_device_replaced_by_a_later_one_and_lapses,
     last_seen_is_per_user_and_lapses,
     devices_are_bounded_forgotten_when_unseen_and_then_hold_nothing_back,
+    concurrent_appends_keep_each_inbox_contiguous_and_each_sender_in_order,
+    a_message_that_cannot_be_taken_fails_alone,
 );
 
 async fn devices_are_bounded_forgotten_when_unseen_and_then_hold_nothing_back(backend: &Backend) {
@@ -265,4 +267,114 @@ async fn a_lapsed_route_is_gone_for_every_call(backend: &Backend) {
     assert_eq!(store.put("bob", "tablet", &tablet, long).await.unwrap(), PutRoute::Took(None));
     assert!(!store.remove_if("bob", "watch", "p1").await.unwrap());
     assert!(store.remove_if("bob", "tablet", "t2").await.unwrap());
+}
+
+/// Many senders at once (a node's sessions, its unary Send callers, and retries racing their
+/// first try), as the Redis store's writer gathers them into batches: every inbox still counts
+/// 1, 2, 3... without a gap or a repeat, each sender's messages keep the order it sent them in,
+/// and a retry racing its first copy gets that copy's seq.
+async fn concurrent_appends_keep_each_inbox_contiguous_and_each_sender_in_order(backend: &Backend) {
+    let s = open(backend, StoreOptions::default()).await;
+    let (senders, each, inboxes) = (12, 15, ["bob", "carol", "dave"]);
+    let sender = async |n: usize| {
+        let mut seqs = Vec::new();
+        for i in 0..each {
+            let mut m = message(inboxes[(n + i) % inboxes.len()], &format!("c{i}"), "hi");
+            m.from = format!("s{n}");
+            // The first try and a retry of it, at once.
+            let (a, b) = tokio::join!(s.inbox.append(m.clone()), s.inbox.append(m.clone()));
+            let (a, b) = (a.unwrap(), b.unwrap());
+            assert_eq!(a.message.seq, b.message.seq, "a retry gets the first copy's seq");
+            assert_eq!(a.message.msg_id, b.message.msg_id);
+            assert!(a.duplicate != b.duplicate, "exactly one of the two is stored");
+            seqs.push((m.to, a.message.seq));
+        }
+        seqs
+    };
+    let all = futures_util::future::join_all((0..senders).map(sender)).await;
+    for (n, seqs) in all.iter().enumerate() {
+        for to in inboxes {
+            let mine: Vec<u64> = seqs.iter().filter(|(t, _)| t == to).map(|(_, q)| *q).collect();
+            assert!(mine.is_sorted(), "s{n} to {to} out of order: {mine:?}");
+        }
+    }
+    let mut total = 0;
+    for to in inboxes {
+        let page = s.inbox.read(to, 0, 1000).await.unwrap();
+        let seqs: Vec<u64> = page.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (1..=page.len() as u64).collect::<Vec<_>>(), "{to}'s inbox has a gap");
+        assert_eq!(s.inbox.last_seq(to).await.unwrap(), page.len() as u64);
+        total += page.len();
+    }
+    assert_eq!(total, senders * each, "every message stored once");
+}
+
+/// A full inbox refuses its own message, not the others sent at the same moment (which, on
+/// Redis, travel in the same batch and often the same script call).
+async fn a_message_that_cannot_be_taken_fails_alone(backend: &Backend) {
+    let s = open(backend, StoreOptions { inbox_max: 3, ..StoreOptions::default() }).await;
+    for i in 1..=3 {
+        s.inbox.append(message("carol", &format!("c{i}"), "x")).await.unwrap();
+    }
+    let sends = (0..20).map(|i| {
+        let to = if i % 5 == 0 { "carol".to_string() } else { format!("u{i}") };
+        s.inbox.append(message(&to, &format!("d{i}"), "y"))
+    });
+    let results = futures_util::future::join_all(sends).await;
+    for (i, r) in results.into_iter().enumerate() {
+        if i % 5 == 0 {
+            assert!(matches!(r, Err(StoreError::InboxFull { max: 3 })), "{i}: {r:?}");
+        } else {
+            assert_eq!(r.unwrap().message.seq, 1, "{i}");
+        }
+    }
+}
+
+/// Group commit on one Redis server: messages sent at the same moment share script calls (far
+/// fewer calls than messages), and a message whose keys are broken (WRONGTYPE) fails alone,
+/// with the error, while the rest of its call is stored.
+#[tokio::test]
+async fn redis_group_commit_shares_calls_and_a_broken_message_fails_alone() {
+    let server = common::redis::RedisServer::start(false);
+    let backend = Backend::redis_at(&server);
+    let Backend::Redis { prefix, .. } = &backend else { unreachable!() };
+    let s = open(&backend, StoreOptions::default()).await;
+    let client = ::redis::Client::open(server.url().as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let scripts = async |conn: &mut ::redis::aio::MultiplexedConnection| -> u64 {
+        let info: String =
+            ::redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
+        info.lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    // The inbox of "broken" is a string, so XADD to it fails.
+    let () = ::redis::cmd("SET")
+        .arg(format!("{prefix}:inbox:{{broken}}"))
+        .arg("not a stream")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let before = scripts(&mut conn).await;
+    let n = 200;
+    let mut targets: Vec<String> = (0..n).map(|i| format!("u{}", i % 50)).collect();
+    targets.insert(100, "broken".into());
+    let sends = targets
+        .iter()
+        .enumerate()
+        .map(|(i, to)| s.inbox.append(message(to, &format!("c{i}"), "hi")));
+    let results = futures_util::future::join_all(sends).await;
+    let calls = scripts(&mut conn).await - before;
+    for (i, r) in results.iter().enumerate() {
+        match (i, r) {
+            (100, Err(StoreError::Internal(e))) => assert!(e.contains("WRONGTYPE"), "{e}"),
+            (100, r) => panic!("the broken message: {r:?}"),
+            (i, r) => assert!(r.is_ok(), "{i}: {r:?}"),
+        }
+    }
+    assert!(calls <= n as u64 / 10, "{n} messages sent at once took {calls} script calls");
+    for u in 0..50 {
+        assert_eq!(s.inbox.last_seq(&format!("u{u}")).await.unwrap(), 4);
+    }
 }

@@ -16,7 +16,7 @@ pub use memory::MemoryStore;
 pub use redis::{Access as RedisAccess, RedisStore};
 
 /// A store failure.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The backend cannot be reached or timed out; nothing was written. Retryable.
     #[error("store unavailable: {0}")]

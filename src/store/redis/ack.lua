@@ -1,49 +1,73 @@
--- Moves an enrolled device's ack cursor forward (never past the last seq), marks it seen, and
--- trims the inbox below the lowest cursor of all the user's devices, found in O(log n) in a
--- sorted set. A device without a cursor is registered at 0 or up_to, so trimming waits for it.
--- KEYS: 1 ack hash (device -> cursor), 2 seq counter, 3 inbox stream,
---       4 lowest-cursor sorted set (device by cursor), 5 devices sorted set (device by last seen),
---       6 epoch
--- ARGV: 1 device, 2 up_to, 3 now (ms), 4 how long a device is kept unseen (ms),
---       5 how long the seq counter and epoch outlive the last activity (ms)
--- Returns the device's cursor.
+-- Moves a batch of enrolled devices' ack cursors forward (group commit), each never past its
+-- user's last seq, marks each device seen, and trims each inbox below the lowest cursor of all
+-- the user's devices, found in O(log n) in a sorted set. A device without a cursor is registered
+-- at 0 or up_to, so trimming waits for it. Acks are taken in order; one that fails fails alone.
+-- KEYS: 6 per ack, in ack order: 1 ack hash (device -> cursor), 2 seq counter, 3 inbox stream,
+--       4 lowest-cursor sorted set (device by cursor), 5 devices sorted set (device by last
+--       seen), 6 epoch
+-- ARGV: 1 now (ms), 2 how long a device is kept unseen (ms), 3 how long the seq counter and
+--       epoch outlive the last activity (ms); then 2 per ack: device, up_to
+-- Returns one reply per ack: { 0, the device's cursor } or { 4, error }.
 
--- The sorted set must hold every cursor of the hash: written before the set existed, or by a
--- node of an older version during a rolling upgrade. Rebuilt when the counts differ.
-if redis.call('HLEN', KEYS[1]) ~= redis.call('ZCARD', KEYS[4]) then
-  local flat = redis.call('HGETALL', KEYS[1])
-  redis.call('DEL', KEYS[4])
-  for i = 1, #flat, 2 do
-    redis.call('ZADD', KEYS[4], tonumber(flat[i + 1]), flat[i])
-    redis.call('ZADD', KEYS[5], 'NX', tonumber(ARGV[3]), flat[i])
+local ARGS_BEFORE = 3
+
+local function ack(i)
+  local k = (i - 1) * 6
+  local a = ARGS_BEFORE + (i - 1) * 2
+  local cursors, seq_key, inbox, low = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local devices, epoch = KEYS[k + 5], KEYS[k + 6]
+  local device = ARGV[a + 1]
+  -- The sorted set must hold every cursor of the hash: written before the set existed, or by a
+  -- node of an older version during a rolling upgrade. Rebuilt when the counts differ.
+  if redis.call('HLEN', cursors) ~= redis.call('ZCARD', low) then
+    local flat = redis.call('HGETALL', cursors)
+    redis.call('DEL', low)
+    for j = 1, #flat, 2 do
+      redis.call('ZADD', low, tonumber(flat[j + 1]), flat[j])
+      redis.call('ZADD', devices, 'NX', tonumber(ARGV[1]), flat[j])
+    end
   end
+  local last = tonumber(redis.call('GET', seq_key) or '0')
+  local target = math.min(tonumber(ARGV[a + 2]), last)
+  if not redis.call('ZSCORE', devices, device) then
+    -- Not (or no longer) one of the user's devices: it logged out, or was forgotten. Its ack
+    -- stores nothing, so no cursor comes back to hold the inbox.
+    return { 0, target }
+  end
+  local current = redis.call('HGET', cursors, device)
+  local cursor = target
+  if current then
+    cursor = math.max(tonumber(current), target)
+  end
+  if cursor ~= tonumber(current or '-1') then
+    redis.call('HSET', cursors, device, cursor)
+    redis.call('ZADD', low, cursor, device)
+  end
+  redis.call('ZADD', devices, ARGV[1], device)
+  local lowest = redis.call('ZRANGE', low, 0, 0, 'WITHSCORES')
+  if #lowest == 2 and tonumber(lowest[2]) > 0 then
+    redis.call('XTRIM', inbox, 'MINID', (tonumber(lowest[2]) + 1) .. '-0')
+  end
+  -- A user whose devices all stay away this long leaves no cursors behind.
+  redis.call('PEXPIRE', cursors, ARGV[2])
+  redis.call('PEXPIRE', low, ARGV[2])
+  redis.call('PEXPIRE', devices, ARGV[2])
+  -- The counter and epoch outlive every cursor that refers to them.
+  redis.call('PEXPIRE', seq_key, ARGV[3])
+  redis.call('PEXPIRE', epoch, ARGV[3])
+  return { 0, cursor }
 end
-local last = tonumber(redis.call('GET', KEYS[2]) or '0')
-local target = math.min(tonumber(ARGV[2]), last)
-if not redis.call('ZSCORE', KEYS[5], ARGV[1]) then
-  -- Not (or no longer) one of the user's devices: it logged out, or was forgotten. Its ack
-  -- stores nothing, so no cursor comes back to hold the inbox.
-  return target
+
+local replies = {}
+for i = 1, #KEYS / 6 do
+  local ok, reply = pcall(ack, i)
+  if not ok then
+    -- redis.call raises a table { err = ... } for a Redis error, a string for a Lua one.
+    if type(reply) == 'table' then
+      reply = reply.err or 'script error'
+    end
+    reply = { 4, tostring(reply) }
+  end
+  replies[i] = reply
 end
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-local cursor = target
-if current then
-  cursor = math.max(tonumber(current), target)
-end
-if cursor ~= tonumber(current or '-1') then
-  redis.call('HSET', KEYS[1], ARGV[1], cursor)
-  redis.call('ZADD', KEYS[4], cursor, ARGV[1])
-end
-redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
-local lowest = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
-if #lowest == 2 and tonumber(lowest[2]) > 0 then
-  redis.call('XTRIM', KEYS[3], 'MINID', (tonumber(lowest[2]) + 1) .. '-0')
-end
--- A user whose devices all stay away this long leaves no cursors behind.
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[4], ARGV[4])
-redis.call('PEXPIRE', KEYS[5], ARGV[4])
--- The counter and epoch outlive every cursor that refers to them.
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
-redis.call('PEXPIRE', KEYS[6], ARGV[5])
-return cursor
+return replies

@@ -1,28 +1,47 @@
--- Appends one message to a user's inbox, at most once per (sender, client_msg_id), and reads
--- the user's live routes: one atomic round trip per message.
--- KEYS: 1 seq counter, 2 inbox stream, 3 dedup key, 4 route hash, 5 inbox rate counter,
---       6 epoch
--- ARGV: 1 from, 2 to, 3 client_msg_id, 4 body, 5 msg_id, 6 sent_at (ms),
---       7 dedup ttl (ms), 8 now (ms), 9 retention cut-off (ms: older entries are dropped),
---       10 new messages the inbox takes per second (0: no limit), 11 most messages it holds,
---       12 how long the seq counter and epoch outlive the last activity (ms), 13 retention (ms)
--- Returns { duplicate (0|1), "seq|msg_id|sent_at", { device, route, device, route, ... } },
--- or { 2, ms until the inbox takes more, {} } when the inbox is over its rate, or
--- { 3, messages held, {} } when it is full (nothing written either way)
+-- Appends a batch of messages (group commit), each to its recipient's inbox at most once per
+-- (sender, client_msg_id), and reads each recipient's live routes: one atomic round trip for the
+-- whole batch. Messages are taken in order, so two for one inbox get consecutive seqs in batch
+-- order; one that cannot be taken (inbox full, over its rate, an error) fails alone.
+-- KEYS: 6 per message, in message order: 1 seq counter, 2 inbox stream, 3 dedup key,
+--       4 route hash, 5 inbox rate counter, 6 epoch
+-- ARGV: 1 dedup ttl (ms), 2 now (ms), 3 retention cut-off (ms: older entries are dropped),
+--       4 new messages an inbox takes per second (0: no limit), 5 most messages an inbox holds,
+--       6 how long the seq counter and epoch outlive the last activity (ms), 7 retention (ms);
+--       then 6 per message: from, to, client_msg_id, body, msg_id, sent_at (ms)
+-- Returns one reply per message:
+--   { 0 | 1 (stored | duplicate), "seq|msg_id|sent_at", { device, route, device, route, ... } }
+--   { 2, ms until the inbox takes more, {} }   over the inbox rate: nothing written
+--   { 3, messages held, {} }                   inbox full: nothing written
+--   { 4, error, {} }                           this message failed
 
-local function live_routes()
-  local flat = redis.call('HGETALL', KEYS[4])
-  local now = tonumber(ARGV[8])
-  local live = {}
+local now = tonumber(ARGV[2])
+local cut = tonumber(ARGV[3])
+local rate = tonumber(ARGV[4])
+local most = tonumber(ARGV[5])
+local ARGS_BEFORE = 7
+
+-- Routes and the expired-head check are done once per recipient per batch: the script is
+-- atomic, so neither changes between two messages of one batch.
+local routes_of = {}
+local trimmed = {}
+
+local function live_routes(key)
+  local live = routes_of[key]
+  if live then
+    return live
+  end
+  live = {}
+  local flat = redis.call('HGETALL', key)
   for i = 1, #flat, 2 do
     local lapses = tonumber(string.match(flat[i + 1], '|(%d+)$'))
     if lapses and lapses > now then
       live[#live + 1] = flat[i]
       live[#live + 1] = flat[i + 1]
     else
-      redis.call('HDEL', KEYS[4], flat[i])
+      redis.call('HDEL', key, flat[i])
     end
   end
+  routes_of[key] = live
   return live
 end
 
@@ -37,14 +56,17 @@ local function sent_at(entry)
 end
 
 -- Drops entries past retention from the head of the stream, a bounded number per call.
-local function trim_expired()
-  local cut = tonumber(ARGV[9])
-  local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+local function trim_expired(inbox)
+  if trimmed[inbox] then
+    return
+  end
+  trimmed[inbox] = true
+  local head = redis.call('XRANGE', inbox, '-', '+', 'COUNT', 1)
   if #head == 0 or (sent_at(head[1]) or cut) >= cut then
     return
   end
   local last = nil
-  for _, entry in ipairs(redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 100)) do
+  for _, entry in ipairs(redis.call('XRANGE', inbox, '-', '+', 'COUNT', 100)) do
     if (sent_at(entry) or cut) >= cut then
       break
     end
@@ -52,47 +74,66 @@ local function trim_expired()
   end
   if last then
     local seq = tonumber(string.match(last, '^(%d+)'))
-    redis.call('XTRIM', KEYS[2], 'MINID', (seq + 1) .. '-0')
+    redis.call('XTRIM', inbox, 'MINID', (seq + 1) .. '-0')
   end
 end
 
-local dup = redis.call('GET', KEYS[3])
-if dup then
-  return { 1, dup, live_routes() }
-end
--- Full: unread messages are never dropped to make room; the sender is told instead.
-if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[11]) then
-  trim_expired()
-  local held = redis.call('XLEN', KEYS[2])
-  if held >= tonumber(ARGV[11]) then
-    return { 3, tostring(held), {} }
+local function append(i)
+  local k = (i - 1) * 6
+  local a = ARGS_BEFORE + (i - 1) * 6
+  local seq_key, inbox, dedup, routes = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local inrate, epoch = KEYS[k + 5], KEYS[k + 6]
+  local dup = redis.call('GET', dedup)
+  if dup then
+    return { 1, dup, live_routes(routes) }
   end
-end
--- A fixed one-second window per inbox, shared by every node.
-local rate = tonumber(ARGV[10])
-if rate > 0 then
-  local n = redis.call('INCR', KEYS[5])
-  if n == 1 then
-    redis.call('PEXPIRE', KEYS[5], 1000)
-  end
-  if n > rate then
-    local wait = redis.call('PTTL', KEYS[5])
-    if wait <= 0 then
-      wait = 1000
+  -- Full: unread messages are never dropped to make room; the sender is told instead.
+  if redis.call('XLEN', inbox) >= most then
+    trim_expired(inbox)
+    local held = redis.call('XLEN', inbox)
+    if held >= most then
+      return { 3, tostring(held), {} }
     end
-    return { 2, tostring(wait), {} }
   end
+  -- A fixed one-second window per inbox, shared by every node.
+  if rate > 0 then
+    local n = redis.call('INCR', inrate)
+    if n == 1 then
+      redis.call('PEXPIRE', inrate, 1000)
+    end
+    if n > rate then
+      local wait = redis.call('PTTL', inrate)
+      if wait <= 0 then
+        wait = 1000
+      end
+      return { 2, tostring(wait), {} }
+    end
+  end
+  local seq = redis.call('INCR', seq_key)
+  redis.call('XADD', inbox, seq .. '-0',
+    'from', ARGV[a + 1], 'to', ARGV[a + 2], 'client_msg_id', ARGV[a + 3], 'body', ARGV[a + 4],
+    'msg_id', ARGV[a + 5], 'sent_at', ARGV[a + 6])
+  local stored = seq .. '|' .. ARGV[a + 5] .. '|' .. ARGV[a + 6]
+  redis.call('SET', dedup, stored, 'PX', ARGV[1])
+  trim_expired(inbox)
+  -- A user who never comes back leaves nothing: the inbox goes when its newest message passes
+  -- the retention, the counter and epoch after every cursor that could refer to them.
+  redis.call('PEXPIRE', inbox, ARGV[7])
+  redis.call('PEXPIRE', seq_key, ARGV[6])
+  redis.call('PEXPIRE', epoch, ARGV[6])
+  return { 0, stored, live_routes(routes) }
 end
-local seq = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[2], seq .. '-0',
-  'from', ARGV[1], 'to', ARGV[2], 'client_msg_id', ARGV[3], 'body', ARGV[4],
-  'msg_id', ARGV[5], 'sent_at', ARGV[6])
-local stored = seq .. '|' .. ARGV[5] .. '|' .. ARGV[6]
-redis.call('SET', KEYS[3], stored, 'PX', ARGV[7])
-trim_expired()
--- A user who never comes back leaves nothing: the inbox goes when its newest message passes
--- the retention, the counter and epoch after every cursor that could refer to them.
-redis.call('PEXPIRE', KEYS[2], ARGV[13])
-redis.call('PEXPIRE', KEYS[1], ARGV[12])
-redis.call('PEXPIRE', KEYS[6], ARGV[12])
-return { 0, stored, live_routes() }
+
+local replies = {}
+for i = 1, #KEYS / 6 do
+  local ok, reply = pcall(append, i)
+  if not ok then
+    -- redis.call raises a table { err = ... } for a Redis error, a string for a Lua one.
+    if type(reply) == 'table' then
+      reply = reply.err or 'script error'
+    end
+    reply = { 4, tostring(reply), {} }
+  end
+  replies[i] = reply
+end
+return replies

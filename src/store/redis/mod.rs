@@ -18,8 +18,9 @@
 //!   logged out), with a TTL of the token lifetime
 //!
 //! The Lua scripts sit beside this file and run by EVALSHA (reloaded after NOSCRIPT, e.g. after
-//! a Redis restart); `routes` is the RouteStore half; `values` writes and reads the values of
-//! these keys; `conn` is the connection (single server or Cluster).
+//! a Redis restart); `writer` group-commits appends and ack cursors; `routes` is the RouteStore
+//! half; `values` writes and reads the values of these keys; `conn` is the connection (single
+//! server or Cluster).
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,11 +32,13 @@ use super::{Appended, Inbox, NewMessage, StoreError, StoreOptions, StoredMessage
 mod conn;
 mod routes;
 mod values;
+mod writer;
 
 pub use conn::Access;
 
 pub use conn::Conn;
-use values::{live_routes, now_ms, parse_stored, stored_message};
+use values::{now_ms, stored_message};
+use writer::{Committer, Writer};
 
 /// Most expired head entries one read drops (one script call; Redis is busy for it).
 const TRIM_AT_ONCE: usize = 1000;
@@ -43,12 +46,10 @@ const TRIM_AT_ONCE: usize = 1000;
 /// Redis-backed [`Inbox`] and [`RouteStore`].
 pub struct RedisStore {
     conn: Conn,
-    /// The command timeout (WAIT is bounded by it).
-    timeout: Duration,
-    prefix: String,
+    keys: Keys,
     opts: StoreOptions,
-    append: Script,
-    ack: Script,
+    /// Appends and ack cursors, group-committed.
+    writer: Writer,
     route_put: Script,
     route_remove: Script,
     trim: Script,
@@ -107,13 +108,20 @@ impl RedisStore {
     ) -> Result<Self, StoreError> {
         let mut conn = Conn::open(urls, cluster, timeout, access).await?;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-        Ok(Self {
-            conn,
+        let keys = Keys { prefix: prefix.to_string() };
+        let writer = Writer::start(Committer {
+            conn: conn.clone(),
+            keys: keys.clone(),
+            opts: opts.clone(),
             timeout,
-            prefix: prefix.to_string(),
-            opts,
             append: Script::new(include_str!("append.lua")),
             ack: Script::new(include_str!("ack.lua")),
+        });
+        Ok(Self {
+            conn,
+            keys,
+            opts,
+            writer,
             route_put: Script::new(include_str!("route_put.lua")),
             route_remove: Script::new(include_str!("route_remove.lua")),
             trim: Script::new(include_str!("trim.lua")),
@@ -124,88 +132,41 @@ impl RedisStore {
     }
 
     fn key(&self, kind: &str, user: &str) -> String {
+        self.keys.key(kind, user)
+    }
+
+    fn keep_ms(&self) -> u64 {
+        self.keys.keep_ms(&self.opts)
+    }
+}
+
+/// The names of a user's keys under one prefix.
+#[derive(Clone)]
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    fn key(&self, kind: &str, user: &str) -> String {
         format!("{}:{kind}:{{{user}}}", self.prefix)
     }
 
-    /// Waits until `wait_replicas` replicas have every write made on this connection so far (the
-    /// append included), within the Redis timeout. Fewer: UNAVAILABLE, the outcome unknown to
-    /// the sender (the primary has it; a retry with the same client_msg_id finds it).
-    async fn wait_for_replicas(&self) -> Result<(), StoreError> {
-        let want = self.opts.wait_replicas;
-        let timeout =
-            self.timeout.saturating_sub(Duration::from_millis(100)).max(Duration::from_millis(1));
-        let got: u32 = redis::cmd("WAIT")
-            .arg(want)
-            .arg(timeout.as_millis() as u64)
-            .query_async(&mut self.conn.clone())
-            .await?;
-        if got < want {
-            return Err(StoreError::Unavailable(format!(
-                "{got} of {want} Redis replicas have the message"
-            )));
-        }
-        Ok(())
+    fn dedup(&self, user: &str, from: &str, client_msg_id: &str) -> String {
+        format!("{}:{}:{from}:{client_msg_id}", self.key("dedup", user), from.len())
     }
 
     /// How long a user's seq counter and epoch outlive their last activity: longer than any
     /// cursor (device TTL) or message (retention) that refers to them, by a day.
-    fn keep_ms(&self) -> u64 {
-        let keep = self.opts.retention.max(self.opts.device_ttl) + Duration::from_secs(86_400);
+    fn keep_ms(&self, opts: &StoreOptions) -> u64 {
+        let keep = opts.retention.max(opts.device_ttl) + Duration::from_secs(86_400);
         keep.as_millis() as u64
-    }
-
-    fn dedup_key(&self, user: &str, from: &str, client_msg_id: &str) -> String {
-        format!("{}:{}:{from}:{client_msg_id}", self.key("dedup", user), from.len())
     }
 }
 
 #[async_trait]
 impl Inbox for RedisStore {
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
-        let now = now_ms();
-        let cut = now - self.opts.retention.as_millis() as i64;
-        let reply: (i64, String, Vec<String>) = self
-            .append
-            .key(self.key("seq", &msg.to))
-            .key(self.key("inbox", &msg.to))
-            .key(self.dedup_key(&msg.to, &msg.from, &msg.client_msg_id))
-            .key(self.key("route", &msg.to))
-            .key(self.key("inrate", &msg.to))
-            .key(self.key("epoch", &msg.to))
-            .arg(&msg.from)
-            .arg(&msg.to)
-            .arg(&msg.client_msg_id)
-            .arg(&msg.body)
-            .arg(&msg.msg_id)
-            .arg(msg.sent_at)
-            .arg(self.opts.dedup_ttl.as_millis() as u64)
-            .arg(now)
-            .arg(cut)
-            .arg(self.opts.inbox_rate)
-            .arg(self.opts.inbox_max)
-            .arg(self.keep_ms())
-            .arg(self.opts.retention.as_millis() as u64)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        let (duplicate, stored, routes) = reply;
-        if duplicate == 2 {
-            let ms = stored.parse().map_err(|_| StoreError::Internal(format!("rate: {stored}")))?;
-            let retry_after = Duration::from_millis(ms);
-            return Err(StoreError::InboxRate { rate: self.opts.inbox_rate, retry_after });
-        }
-        if duplicate == 3 {
-            return Err(StoreError::InboxFull { max: self.opts.inbox_max });
-        }
-        let (seq, msg_id, sent_at) = parse_stored(&stored)?;
-        let duplicate = duplicate == 1;
-        if self.opts.wait_replicas > 0 {
-            self.wait_for_replicas().await?;
-        }
-        // For a duplicate: the first copy's seq, id and time (the body is the caller's; same
-        // key, same message).
-        let message =
-            StoredMessage { seq, msg_id, from: msg.from, to: msg.to, body: msg.body, sent_at };
-        Ok(Appended { message, duplicate, routes: live_routes(routes, now) })
+        self.writer.append(msg).await
     }
 
     async fn read(
@@ -277,21 +238,7 @@ impl Inbox for RedisStore {
     }
 
     async fn ack(&self, user: &str, device: &str, up_to: u64) -> Result<u64, StoreError> {
-        Ok(self
-            .ack
-            .key(self.key("ack", user))
-            .key(self.key("seq", user))
-            .key(self.key("inbox", user))
-            .key(self.key("low", user))
-            .key(self.key("devices", user))
-            .key(self.key("epoch", user))
-            .arg(device)
-            .arg(up_to)
-            .arg(now_ms())
-            .arg(self.opts.device_ttl.as_millis() as u64)
-            .arg(self.keep_ms())
-            .invoke_async(&mut self.conn.clone())
-            .await?)
+        self.writer.ack(user, device, up_to).await
     }
 
     async fn enroll(&self, user: &str, device: &str) -> Result<(), StoreError> {

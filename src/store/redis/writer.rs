@@ -1,0 +1,325 @@
+//! Group commit: every append and ack cursor of a node goes through one writer task, which takes
+//! what is waiting (up to [`MAX_BATCH`]) while at most [`MAX_IN_FLIGHT`] batches are out, and
+//! stores it in as few Redis calls as the deployment allows:
+//! - a single server: one `append.lua` call for all the batch's messages and one `ack.lua` call
+//!   for all its acks, sent together;
+//! - a Redis Cluster: one call per recipient (its keys share a slot), all sent at once; the
+//!   cluster connection pipelines those bound for one master.
+//!
+//! No timer holds a message back: under light load a batch is the one message that came, and
+//! batches grow by themselves while Redis is busy with earlier ones. Each caller is answered when
+//! Redis has answered for its own message, so "acked = stored" holds as before, and a message
+//! that fails (full inbox, over its rate, an error of its own) fails alone. Order needs nothing
+//! more: a session waits for each send and each ack before the next, and the scripts take a
+//! batch's messages in order.
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+use redis::{FromRedisValue as _, Script, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::values::{bad, live_routes, now_ms, parse_stored};
+use super::{Conn, Keys};
+use crate::store::{Appended, NewMessage, StoreError, StoreOptions, StoredMessage};
+
+/// Most requests one batch takes.
+const MAX_BATCH: usize = 256;
+/// Most messages (or acks) in one script call; a larger batch makes several calls.
+const MAX_CALL: usize = 128;
+/// Batches in flight at once; while they are, new requests gather into the next. More than one,
+/// so a slow call (a Cluster redirect, a reconnect) does not stall every write of the node.
+const MAX_IN_FLIGHT: usize = 4;
+/// Requests waiting for the writer at most; senders wait for room beyond it.
+const QUEUE: usize = 8192;
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Job {
+    Append(NewMessage, Reply<Appended>),
+    Ack { user: String, device: String, up_to: u64, reply: Reply<u64> },
+}
+
+/// The handle appends and acks go through; cheap to share.
+pub(super) struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the writer task; it ends when the handle is dropped, after what it holds.
+    pub(super) fn start(committer: Committer) -> Self {
+        let (jobs, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(committer.run(rx));
+        Self { jobs }
+    }
+
+    pub(super) async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Append(msg, reply), answer).await
+    }
+
+    pub(super) async fn ack(
+        &self,
+        user: &str,
+        device: &str,
+        up_to: u64,
+    ) -> Result<u64, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Ack { user: user.into(), device: device.into(), up_to, reply };
+        self.submit(job, answer).await
+    }
+
+    async fn submit<T>(
+        &self,
+        job: Job,
+        answer: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let stopped = || StoreError::Internal("the store writer stopped".into());
+        self.jobs.send(job).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// What the writer task needs to store a batch.
+pub(super) struct Committer {
+    pub(super) conn: Conn,
+    pub(super) keys: Keys,
+    pub(super) opts: StoreOptions,
+    /// The command timeout (WAIT is bounded by it).
+    pub(super) timeout: Duration,
+    pub(super) append: Script,
+    pub(super) ack: Script,
+}
+
+impl Committer {
+    async fn run(self, mut rx: mpsc::Receiver<Job>) {
+        let mut in_flight = FuturesUnordered::new();
+        let mut open = true;
+        while open || !in_flight.is_empty() {
+            let mut batch = Vec::new();
+            tokio::select! {
+                biased;
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                n = rx.recv_many(&mut batch, MAX_BATCH), if open && in_flight.len() < MAX_IN_FLIGHT => {
+                    if n == 0 {
+                        open = false;
+                    } else {
+                        in_flight.push(self.commit(batch));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn commit(&self, batch: Vec<Job>) {
+        let mut appends = Vec::new();
+        let mut acks = Vec::new();
+        for job in batch {
+            match job {
+                Job::Append(msg, reply) => appends.push((msg, reply)),
+                Job::Ack { user, device, up_to, reply } => acks.push((user, device, up_to, reply)),
+            }
+        }
+        tokio::join!(self.append_all(appends), self.ack_all(acks));
+    }
+
+    /// The calls a batch is stored in: on a Cluster one per recipient (one slot), else chunks.
+    fn calls<T>(&self, items: Vec<T>, user: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
+        if matches!(self.conn, Conn::Single(_)) {
+            let mut calls = Vec::new();
+            let mut items = items.into_iter().peekable();
+            while items.peek().is_some() {
+                calls.push(items.by_ref().take(MAX_CALL).collect());
+            }
+            return calls;
+        }
+        let mut calls: Vec<Vec<T>> = Vec::new();
+        let mut of: HashMap<String, usize> = HashMap::new();
+        for item in items {
+            let i = *of.entry(user(&item).to_string()).or_insert_with(|| {
+                calls.push(Vec::new());
+                calls.len() - 1
+            });
+            calls[i].push(item);
+        }
+        calls
+    }
+
+    async fn append_all(&self, appends: Vec<(NewMessage, Reply<Appended>)>) {
+        if appends.is_empty() {
+            return;
+        }
+        let calls = self.calls(appends, |(m, _)| m.to.as_str());
+        let results =
+            futures_util::future::join_all(calls.iter().map(|c| self.append_call(c))).await;
+        // One WAIT covers every write made on the connection so far: the whole batch.
+        let replicated = match self.opts.wait_replicas {
+            0 => Ok(()),
+            _ => self.wait_for_replicas().await,
+        };
+        for (call, result) in calls.into_iter().zip(results) {
+            let mut replies = match result {
+                Ok(replies) if replies.len() == call.len() => replies,
+                Ok(_) => vec![Err(bad("append reply count")); call.len()],
+                Err(e) => vec![Err(e); call.len()],
+            };
+            for ((msg, reply), outcome) in call.into_iter().zip(replies.drain(..)) {
+                let outcome = outcome.and_then(|r| {
+                    replicated.clone()?;
+                    self.appended(msg, r)
+                });
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+
+    /// One `append.lua` call for `call`'s messages: each one's reply, or the call's error.
+    async fn append_call(
+        &self,
+        call: &[(NewMessage, Reply<Appended>)],
+    ) -> Result<Vec<Result<AppendReply, StoreError>>, StoreError> {
+        let now = now_ms();
+        let mut inv = self.append.prepare_invoke();
+        inv.arg(self.opts.dedup_ttl.as_millis() as u64)
+            .arg(now)
+            .arg(now - self.opts.retention.as_millis() as i64)
+            .arg(self.opts.inbox_rate)
+            .arg(self.opts.inbox_max)
+            .arg(self.keys.keep_ms(&self.opts))
+            .arg(self.opts.retention.as_millis() as u64);
+        for (m, _) in call {
+            let to = m.to.as_str();
+            inv.key(self.keys.key("seq", to))
+                .key(self.keys.key("inbox", to))
+                .key(self.keys.dedup(to, &m.from, &m.client_msg_id))
+                .key(self.keys.key("route", to))
+                .key(self.keys.key("inrate", to))
+                .key(self.keys.key("epoch", to));
+            inv.arg(&m.from)
+                .arg(&m.to)
+                .arg(&m.client_msg_id)
+                .arg(&m.body)
+                .arg(&m.msg_id)
+                .arg(m.sent_at);
+        }
+        let replies: Vec<(i64, String, Vec<String>)> =
+            inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(replies
+            .into_iter()
+            .map(|(code, value, routes)| self.append_reply(code, value, routes, now))
+            .collect())
+    }
+
+    fn append_reply(
+        &self,
+        code: i64,
+        value: String,
+        routes: Vec<String>,
+        now: i64,
+    ) -> Result<AppendReply, StoreError> {
+        match code {
+            0 | 1 => {
+                let (seq, msg_id, sent_at) = parse_stored(&value)?;
+                let routes = live_routes(routes, now);
+                Ok(AppendReply { duplicate: code == 1, seq, msg_id, sent_at, routes })
+            }
+            2 => {
+                let ms = value.parse().map_err(|_| bad("inbox rate wait"))?;
+                let retry_after = Duration::from_millis(ms);
+                Err(StoreError::InboxRate { rate: self.opts.inbox_rate, retry_after })
+            }
+            3 => Err(StoreError::InboxFull { max: self.opts.inbox_max }),
+            _ => Err(StoreError::Internal(value)),
+        }
+    }
+
+    fn appended(&self, msg: NewMessage, r: AppendReply) -> Result<Appended, StoreError> {
+        // For a duplicate: the first copy's seq, id and time (the body is the caller's; same
+        // key, same message).
+        let message = StoredMessage {
+            seq: r.seq,
+            msg_id: r.msg_id,
+            from: msg.from,
+            to: msg.to,
+            body: msg.body,
+            sent_at: r.sent_at,
+        };
+        Ok(Appended { message, duplicate: r.duplicate, routes: r.routes })
+    }
+
+    async fn ack_all(&self, acks: Vec<(String, String, u64, Reply<u64>)>) {
+        if acks.is_empty() {
+            return;
+        }
+        let calls = self.calls(acks, |(user, ..)| user.as_str());
+        let results = futures_util::future::join_all(calls.iter().map(|c| self.ack_call(c))).await;
+        for (call, result) in calls.into_iter().zip(results) {
+            let replies = match result {
+                Ok(replies) if replies.len() == call.len() => replies,
+                Ok(_) => vec![Err(bad("ack reply count")); call.len()],
+                Err(e) => vec![Err(e); call.len()],
+            };
+            for ((.., reply), outcome) in call.into_iter().zip(replies) {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+
+    /// One `ack.lua` call for `call`'s acks: each one's cursor, or the call's error.
+    async fn ack_call(
+        &self,
+        call: &[(String, String, u64, Reply<u64>)],
+    ) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
+        let mut inv = self.ack.prepare_invoke();
+        inv.arg(now_ms())
+            .arg(self.opts.device_ttl.as_millis() as u64)
+            .arg(self.keys.keep_ms(&self.opts));
+        for (user, device, up_to, _) in call {
+            for kind in ["ack", "seq", "inbox", "low", "devices", "epoch"] {
+                inv.key(self.keys.key(kind, user));
+            }
+            inv.arg(device).arg(up_to);
+        }
+        let replies: Vec<(i64, Value)> = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(replies
+            .into_iter()
+            .map(|(code, value)| match code {
+                0 => u64::from_redis_value(value).map_err(|_| bad("ack cursor")),
+                _ => Err(StoreError::Internal(
+                    String::from_redis_value(value).unwrap_or_else(|_| "ack failed".into()),
+                )),
+            })
+            .collect())
+    }
+
+    /// Waits until `wait_replicas` replicas have every write made on this connection so far,
+    /// within the Redis timeout. Fewer: UNAVAILABLE, the outcome unknown to the sender (the
+    /// primary has it; a retry with the same client_msg_id finds it).
+    async fn wait_for_replicas(&self) -> Result<(), StoreError> {
+        let want = self.opts.wait_replicas;
+        let timeout =
+            self.timeout.saturating_sub(Duration::from_millis(100)).max(Duration::from_millis(1));
+        let got: u32 = redis::cmd("WAIT")
+            .arg(want)
+            .arg(timeout.as_millis() as u64)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        if got < want {
+            return Err(StoreError::Unavailable(format!(
+                "{got} of {want} Redis replicas have the message"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One message's outcome in `append.lua`'s reply.
+#[derive(Clone)]
+struct AppendReply {
+    duplicate: bool,
+    seq: u64,
+    msg_id: String,
+    sent_at: i64,
+    routes: Vec<(String, crate::store::Route)>,
+}
