@@ -1,14 +1,23 @@
 //! The protobuf codec for tim's own services.
 //!
-//! Identical to `tonic_prost::ProstCodec` except that a frame that does not decode is the caller's
-//! fault and says so: `INVALID_ARGUMENT` rather than prost's `INTERNAL`, which reads like a server
-//! bug to whoever is debugging their client.
+//! `tonic_prost::ProstCodec` with two differences:
+//! - a frame that does not decode is the caller's fault and says so: `INVALID_ARGUMENT` rather
+//!   than prost's `INTERNAL`, which reads like a server bug to whoever is debugging their client;
+//! - each stream starts with 1 KiB encode and decode buffers instead of 8 KiB each. Chat frames
+//!   are small and a node holds one stream per device, so the default buffers were a third of
+//!   an idle device's memory; a larger frame grows its buffer as before.
 use std::marker::PhantomData;
 
 use prost::Message;
 use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::ProstCodec;
+
+/// Initial encode and decode buffer of a stream (tonic's default is 8 KiB). The yield threshold
+/// (bytes encoded before a chunk is handed to HTTP/2) stays tonic's.
+fn buffer_settings() -> BufferSettings {
+    BufferSettings::new(1024, 32 * 1024)
+}
 
 /// A [`Codec`] for `application/grpc+proto` that reports undecodable input as `INVALID_ARGUMENT`.
 #[derive(Debug, Clone)]
@@ -31,7 +40,7 @@ where
     type Decoder = ImDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstCodec::<T, U>::default().encoder()
+        ProstCodec::<T, U>::raw_encoder(buffer_settings())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
@@ -54,6 +63,6 @@ impl<U: Message + Default> Decoder for ImDecoder<U> {
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::default()
+        buffer_settings()
     }
 }

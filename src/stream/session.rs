@@ -67,7 +67,8 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
         retry_at: None,
         acks: AckMerge::new(ACK_DELAY),
         gate: SendGate::new(),
-        sent: std::collections::VecDeque::with_capacity(SENT_KEPT),
+        // Grows as pushes come: an idle device holds none.
+        sent: std::collections::VecDeque::new(),
     };
     let body = async {
         // A session told to stop before it started (drain) skips straight to saying so.
