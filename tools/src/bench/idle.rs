@@ -159,7 +159,7 @@ async fn hold(
         Some((b / 1024.0, a / 1024.0, (a - b) / held.max(1) as f64))
     };
     let who = if pid.is_none() { "process (node and generator)" } else { "process" };
-    let target_note = if label == "tim" { " (target ≤ 16 KiB)" } else { "" };
+    let target_note = if label == "tim" { " (target ≤ 24 KiB, issue 12)" } else { "" };
     let per_conn_kib = per(before, after).map(|(b, a, k)| {
         println!(
             "  {label} {who} RSS {b:.1} MiB before, {a:.1} MiB with the streams: \
