@@ -158,19 +158,9 @@ impl Committer {
             0 => Ok(()),
             _ => self.wait_for_replicas().await,
         };
-        for (call, result) in calls.into_iter().zip(results) {
-            let mut replies = match result {
-                Ok(replies) if replies.len() == call.len() => replies,
-                Ok(_) => vec![Err(bad("append reply count")); call.len()],
-                Err(e) => vec![Err(e); call.len()],
-            };
-            for ((msg, reply), outcome) in call.into_iter().zip(replies.drain(..)) {
-                let outcome = outcome.and_then(|r| {
-                    replicated.clone()?;
-                    self.appended(msg, r)
-                });
-                let _ = reply.send(outcome);
-            }
+        for ((msg, reply), outcome) in each(calls, results) {
+            let outcome = outcome.and_then(|r| replicated.clone().map(|()| appended(msg, r)));
+            let _ = reply.send(outcome);
         }
     }
 
@@ -234,35 +224,11 @@ impl Committer {
         }
     }
 
-    fn appended(&self, msg: NewMessage, r: AppendReply) -> Result<Appended, StoreError> {
-        // For a duplicate: the first copy's seq, id and time (the body is the caller's; same
-        // key, same message).
-        let message = StoredMessage {
-            seq: r.seq,
-            msg_id: r.msg_id,
-            from: msg.from,
-            to: msg.to,
-            body: msg.body,
-            sent_at: r.sent_at,
-        };
-        Ok(Appended { message, duplicate: r.duplicate, routes: r.routes })
-    }
-
     async fn ack_all(&self, acks: Vec<(String, String, u64, Reply<u64>)>) {
-        if acks.is_empty() {
-            return;
-        }
         let calls = self.calls(acks, |(user, ..)| user.as_str());
         let results = futures_util::future::join_all(calls.iter().map(|c| self.ack_call(c))).await;
-        for (call, result) in calls.into_iter().zip(results) {
-            let replies = match result {
-                Ok(replies) if replies.len() == call.len() => replies,
-                Ok(_) => vec![Err(bad("ack reply count")); call.len()],
-                Err(e) => vec![Err(e); call.len()],
-            };
-            for ((.., reply), outcome) in call.into_iter().zip(replies) {
-                let _ = reply.send(outcome);
-            }
+        for ((.., reply), outcome) in each(calls, results) {
+            let _ = reply.send(outcome);
         }
     }
 
@@ -312,6 +278,36 @@ impl Committer {
         }
         Ok(())
     }
+}
+
+/// Each item of `calls` with its own outcome from `results` (one per call, in order): a failed
+/// call answers each of its items with the call's error.
+fn each<T, R: Clone>(
+    calls: Vec<Vec<T>>,
+    results: Vec<Result<Vec<Result<R, StoreError>>, StoreError>>,
+) -> impl Iterator<Item = (T, Result<R, StoreError>)> {
+    calls.into_iter().zip(results).flat_map(|(items, result)| {
+        let replies = match result {
+            Ok(replies) if replies.len() == items.len() => replies,
+            Ok(_) => vec![Err(bad("reply count")); items.len()],
+            Err(e) => vec![Err(e); items.len()],
+        };
+        items.into_iter().zip(replies)
+    })
+}
+
+/// The stored message `msg` became. For a duplicate: the first copy's seq, id and time (the body
+/// is the caller's; same key, same message).
+fn appended(msg: NewMessage, r: AppendReply) -> Appended {
+    let message = StoredMessage {
+        seq: r.seq,
+        msg_id: r.msg_id,
+        from: msg.from,
+        to: msg.to,
+        body: msg.body,
+        sent_at: r.sent_at,
+    };
+    Appended { message, duplicate: r.duplicate, routes: r.routes }
 }
 
 /// One message's outcome in `append.lua`'s reply.
