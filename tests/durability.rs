@@ -243,15 +243,7 @@ async fn a_burst_of_acks_is_stored_as_one_cursor_move() {
     take(&mut bob, 50).await;
     let client = ::redis::Client::open(server.url().as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let scripts = async |conn: &mut ::redis::aio::MultiplexedConnection| -> u64 {
-        let info: String =
-            ::redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
-        info.lines()
-            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-            .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
-            .sum()
-    };
-    let before = scripts(&mut conn).await;
+    let before = server.script_calls().await;
     for seq in 1..=50 {
         bob.sender().ack(seq).await.unwrap();
     }
@@ -269,7 +261,7 @@ async fn a_burst_of_acks_is_stored_as_one_cursor_move() {
         assert!(std::time::Instant::now() < deadline, "the last ack was never stored");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let calls = scripts(&mut conn).await - before;
+    let calls = server.script_calls().await - before;
     assert!(calls <= 5, "50 acks took {calls} script calls");
     drop(bob);
 }

@@ -341,14 +341,6 @@ async fn redis_group_commit_shares_calls_and_a_broken_message_fails_alone() {
     let s = open(&backend, StoreOptions::default()).await;
     let client = ::redis::Client::open(server.url().as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let scripts = async |conn: &mut ::redis::aio::MultiplexedConnection| -> u64 {
-        let info: String =
-            ::redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
-        info.lines()
-            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-            .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
-            .sum()
-    };
     // The inbox of "broken" is a string, so XADD to it fails.
     let () = ::redis::cmd("SET")
         .arg(format!("{prefix}:inbox:{{broken}}"))
@@ -356,7 +348,7 @@ async fn redis_group_commit_shares_calls_and_a_broken_message_fails_alone() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let before = scripts(&mut conn).await;
+    let before = server.script_calls().await;
     let n = 200;
     let mut targets: Vec<String> = (0..n).map(|i| format!("u{}", i % 50)).collect();
     targets.insert(100, "broken".into());
@@ -365,7 +357,7 @@ async fn redis_group_commit_shares_calls_and_a_broken_message_fails_alone() {
         .enumerate()
         .map(|(i, to)| s.inbox.append(message(to, &format!("c{i}"), "hi")));
     let results = futures_util::future::join_all(sends).await;
-    let calls = scripts(&mut conn).await - before;
+    let calls = server.script_calls().await - before;
     for (i, r) in results.iter().enumerate() {
         match (i, r) {
             (100, Err(StoreError::Internal(e))) => assert!(e.contains("WRONGTYPE"), "{e}"),

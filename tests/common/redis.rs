@@ -117,6 +117,18 @@ impl RedisServer {
         self.server.url()
     }
 
+    /// Lua script calls (EVAL and EVALSHA) the server has run so far, from its command stats.
+    pub async fn script_calls(&self) -> u64 {
+        let client = ::redis::Client::open(self.url().as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let info: String =
+            ::redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+        info.lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// SIGKILLs the server (no shutdown, no final save).
     pub fn kill(&mut self) {
         self.server.kill();
