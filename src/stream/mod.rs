@@ -3,6 +3,7 @@
 //!
 //! - `session`: the select loop and delivery order (replay, live pushes, gap filling).
 //! - `hello`: the first frame and the resume point.
+//! - `end`: why a session ended, and what its client is told.
 //! - `acks`: merging bursts of acks into few cursor stores.
 //! - `gate`: the per-stream send rate and the order hold after a retryable refusal.
 //! - `outbound`: the bounded queue tonic streams out; it detects a client that stopped reading.
@@ -11,6 +12,7 @@
 //! response streams are dropped, which [`outbound::Outbound::closed`] observes, and the session
 //! ends, removing itself from the registry and compare-deleting its route.
 mod acks;
+mod end;
 mod gate;
 mod hello;
 pub mod outbound;

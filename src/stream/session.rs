@@ -13,15 +13,15 @@ use tonic::{Status, Streaming};
 use tracing::{debug, warn};
 
 use super::acks::AckMerge;
+use super::end::{End, end_with, ended, rolled_back};
 use super::gate::SendGate;
 use super::hello::{self, Refused, Resume, hello};
 use super::outbound::{Gone, Outbound};
 use crate::deliver::{Feed, Phase, REPLACED, Stop};
-use crate::error::Error;
 use crate::ids::new_id;
 use crate::node::Node;
 use crate::proto::{self, ClientFrame, client_frame, server_frame::Frame, session_ended::Reason};
-use crate::store::{PutRoute, Route, StoreError, StoredMessage, message_at};
+use crate::store::{PutRoute, Route, StoredMessage, message_at};
 use crate::wire;
 
 /// How many messages one inbox read returns.
@@ -88,15 +88,8 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
     if let Some(up_to) = s.acks.take() {
         s.store_ack(up_to).await;
     }
-    match result {
-        Ok(()) => {}
-        Err(End::Gone(why)) => debug!(%user, %device, ?why, "client gone"),
-        Err(End::Status(status)) => out.finish(status).await,
-        Err(End::Abort(status)) => out.abort(status),
-        Err(End::Expired) => {
-            let expired = Status::unauthenticated("session token expired; log in again");
-            end_with(&mut out, Reason::TokenExpired, expired).await;
-        }
+    if let Err(end) = result {
+        end.tell(&mut out, &user, &device).await;
     }
     sessions.remove(&user, &device, &session_id);
     if let Err(e) = node.routes().remove_if(&user, &device, &session_id).await {
@@ -107,42 +100,6 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
         debug!(%user, error = %e, "could not record last seen");
     }
     debug!(%user, %device, %session_id, "session ended");
-}
-
-/// Why the serve loop stopped.
-enum End {
-    /// The client is gone; nothing more can be sent.
-    Gone(Gone),
-    /// End the stream with this status, after what is queued.
-    Status(Status),
-    /// End the stream with this status now.
-    Abort(Status),
-    /// The token ran out: SessionEnded(TOKEN_EXPIRED), then UNAUTHENTICATED.
-    Expired,
-}
-
-/// The SessionEnded frame.
-fn ended(reason: Reason, detail: &str) -> Frame {
-    Frame::SessionEnded(proto::SessionEnded { reason: reason as i32, detail: detail.into() })
-}
-
-/// Says why the session's credentials ended (SessionEnded), then ends the stream with `status`.
-async fn end_with(out: &mut Outbound, reason: Reason, status: Status) {
-    if out.send(ended(reason, status.message())).await.is_ok() {
-        out.finish(status).await;
-    }
-}
-
-impl From<Gone> for End {
-    fn from(g: Gone) -> Self {
-        End::Gone(g)
-    }
-}
-
-impl From<StoreError> for End {
-    fn from(e: StoreError) -> Self {
-        End::Status(Error::from(e).into())
-    }
 }
 
 struct Session {
@@ -162,13 +119,6 @@ struct Session {
     /// (seq, msg_id) of the last messages pushed, to tell a retry's push from a seq that a
     /// rolled-back store gave out again.
     sent: std::collections::VecDeque<(u64, String)>,
-}
-
-/// The stream ends so that the client resumes with Hello, where the rollback is handled.
-fn rolled_back(seq: u64) -> End {
-    End::Status(Status::unavailable(format!(
-        "the inbox was rolled back (seq {seq} was given out again); reconnect and resume"
-    )))
 }
 
 impl Session {
