@@ -521,24 +521,41 @@ async fn relay_takes_only_node_tokens_signed_with_the_node_secret() {
         sent_at: 1,
         msg_id: "m1".into(),
     };
-    let deliver = |token: String| {
-        let (endpoint, message) = (node.endpoint(), message.clone());
-        async move {
-            let ch = client::channel(&endpoint, &Options::default()).await.unwrap();
-            let req = proto::DeliverRequest { user_id: "bob".into(), messages: vec![message] };
-            let mut relay = proto::relay_client::RelayClient::new(ch);
-            relay.deliver(client::authorized(req, &token)).await
-        }
+    let relay = async || {
+        let ch = client::channel(&node.endpoint(), &Options::default()).await.unwrap();
+        proto::relay_client::RelayClient::new(ch)
     };
-    // A session token, a node token of the token secret, garbage, none: all refused.
+    let one = |seq: u64, body: &str| proto::DeliverRequest {
+        user_id: "bob".into(),
+        messages: vec![proto::Message { seq, body: body.into(), ..message.clone() }],
+    };
+    let batch = |deliveries| proto::DeliverBatchRequest { deliveries };
+    // A session token, a node token of the token secret, garbage, none: all refused, one
+    // message at a time or in a batch.
     for token in [session_token, node_token(SECRET), "garbage".into(), String::new()] {
-        let err = deliver(token.clone()).await.unwrap_err();
+        let err = relay().await.deliver(client::authorized(one(1, "x"), &token)).await.unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated, "relay with {token:?}");
+        let req = client::authorized(batch(vec![one(1, "x")]), &token);
+        let err = relay().await.deliver_batch(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "relay batch with {token:?}");
     }
     // Only a node token of the node secret gets through.
-    let handed = deliver(node_token(common::NODE_SECRET)).await.unwrap().into_inner();
-    assert_eq!(handed.sessions, 1);
-    drop(bob);
+    let token = node_token(common::NODE_SECRET);
+    let handed = relay().await.deliver(client::authorized(one(1, "one"), &token)).await.unwrap();
+    assert_eq!(handed.into_inner().sessions, 1);
+    let req = client::authorized(batch(vec![one(2, "two"), one(3, "three")]), &token);
+    assert_eq!(relay().await.deliver_batch(req).await.unwrap().into_inner().sessions, 2);
+    // A batch over the limit hands nothing.
+    let over = tim::deliver::MAX_RELAY_BATCH + 1;
+    let req = client::authorized(batch(vec![one(4, "too many"); over]), &token);
+    let err = relay().await.deliver_batch(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    let mut bob = bob;
+    for body in ["one", "two", "three"] {
+        assert_eq!(next_message(&mut bob).await.body, body);
+    }
+    let after = tokio::time::timeout(Duration::from_millis(300), next_message(&mut bob)).await;
+    assert!(after.is_err(), "nothing of the refused batch was handed: {after:?}");
 }
 
 /// The node's queue budget is shared by all its streams: with non-reading devices holding it,

@@ -10,7 +10,8 @@
 //! nothing here ever waits for, or fails, a send.
 //!
 //! - `registry`: this node's live device sessions (the local push and kick).
-//! - `peers`: relay clients for the other nodes, signed with a node token.
+//! - `peers`: relay clients and batching relay queues for the other nodes, signed with a node
+//!   token.
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
@@ -24,13 +25,13 @@ use crate::store::{Route, StoredMessage};
 mod peers;
 mod registry;
 
-pub use peers::Peers;
+pub use peers::{MAX_BATCH as MAX_RELAY_BATCH, Peers};
 pub use registry::{Feed, Phase, Registry, Stop};
 
 /// Why a session is ended by a newer one of the same device.
 pub const REPLACED: &str = "signed in again on the same device";
 
-/// Peer calls in flight, and whether the node still makes any.
+/// Kick calls in flight, and whether the node still makes any.
 #[derive(Default)]
 struct Calls {
     running: JoinSet<()>,
@@ -43,7 +44,7 @@ pub struct Delivery {
     sessions: Registry,
     peers: Peers,
     membership: Arc<Membership>,
-    /// Relay and kick calls in flight; aborted by [`Delivery::shutdown`].
+    /// Kick calls in flight; aborted by [`Delivery::shutdown`] (relays are the peers' own).
     calls: Mutex<Calls>,
 }
 
@@ -72,17 +73,15 @@ impl Delivery {
     }
 
     /// Pushes a stored message to every device of its recipient: local sessions at once, and
-    /// one relay call to each other live node that holds one of `routes` (the recipient's routes
-    /// read with the append). Returns without waiting for any relay.
+    /// queued once for each other live node that holds one of `routes` (the recipient's routes
+    /// read with the append), whose relay task sends it with what else is waiting. Returns
+    /// without waiting for any relay.
     pub fn fan_out(&self, message: &StoredMessage, routes: &[(String, Route)]) {
         self.sessions.deliver(&message.to, std::slice::from_ref(message));
         for node_id in self.remote_nodes(routes) {
-            let (peers, msg) = (self.peers.clone(), message.clone());
-            self.spawn(async move {
-                if let Err(e) = peers.deliver(&node_id, &msg.to, std::slice::from_ref(&msg)).await {
-                    debug!(peer = %node_id, error = %e, "relay failed; the inbox has it");
-                }
-            });
+            if !self.peers.relay(&node_id, message.clone()) {
+                debug!(peer = %node_id, "relay queue full or peer gone; the inbox has it");
+            }
         }
     }
 
@@ -157,9 +156,12 @@ impl Delivery {
     /// Aborts the relay and kick calls still in flight and starts no more (the node is
     /// stopping; the inbox has every message).
     pub fn shutdown(&self) {
-        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        calls.closed = true;
-        calls.running.abort_all();
+        {
+            let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+            calls.closed = true;
+            calls.running.abort_all();
+        }
+        self.peers.close();
     }
 
     /// The live nodes other than this one that hold one of `routes`.

@@ -226,7 +226,10 @@ async fn serve(
             ChatServer::new(chat::ChatService::new(node.clone()))
                 .max_decoding_message_size(max_frame),
         )
-        .add_service(RelayServer::new(relay::RelayService::new(node.clone())));
+        .add_service(
+            RelayServer::new(relay::RelayService::new(node.clone()))
+                .max_decoding_message_size(max_frame),
+        );
     let mut server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
         match &tls {
             Some(tls) => {

@@ -1,11 +1,14 @@
 //! Relay: node-to-node calls, handed to the node's [`crate::deliver::Delivery`]. Only callers
 //! with a node token (signed with the cluster's node secret) and, with TLS on, a certificate of
-//! the cluster CA are accepted; anyone else gets UNAUTHENTICATED before anything is read. A call
-//! costs one registry lookup, and a queue push per message and session.
+//! the cluster CA are accepted; anyone else gets UNAUTHENTICATED. A call costs one registry
+//! lookup per user, and a queue push per message and session; a `DeliverBatch` carries at most
+//! [`MAX_BATCH`] messages (more is RESOURCE_EXHAUSTED, handing none), and a request over the
+//! Relay service's decoding limit is OUT_OF_RANGE.
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::deliver::MAX_RELAY_BATCH as MAX_BATCH;
 use crate::node::Node;
 use crate::proto::{self, relay_server::Relay};
 use crate::store::StoredMessage;
@@ -36,6 +39,26 @@ impl Relay for RelayService {
         let r = req.into_inner();
         let messages: Vec<StoredMessage> = r.messages.into_iter().map(Into::into).collect();
         let sessions = self.node.delivery().accept(&r.user_id, &messages);
+        Ok(Response::new(proto::DeliverResponse { sessions: sessions as u32 }))
+    }
+
+    async fn deliver_batch(
+        &self,
+        req: Request<proto::DeliverBatchRequest>,
+    ) -> Result<Response<proto::DeliverResponse>, Status> {
+        self.authorize(&req)?;
+        let batch = req.into_inner();
+        let count: usize = batch.deliveries.iter().map(|d| d.messages.len()).sum();
+        if count > MAX_BATCH {
+            return Err(Status::resource_exhausted(format!(
+                "a relay batch carries at most {MAX_BATCH} messages, not {count}"
+            )));
+        }
+        let mut sessions = 0;
+        for d in batch.deliveries {
+            let messages: Vec<StoredMessage> = d.messages.into_iter().map(Into::into).collect();
+            sessions += self.node.delivery().accept(&d.user_id, &messages);
+        }
         Ok(Response::new(proto::DeliverResponse { sessions: sessions as u32 }))
     }
 
