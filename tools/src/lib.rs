@@ -17,7 +17,9 @@ pub mod harness;
 /// Logs to stderr, filtered by `RUST_LOG` (default: info), in colour only on a terminal.
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The broker peers' clients log every connection event at info; only their warnings show.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn,rumqttc=warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
     logs.with_writer(std::io::stderr).init();

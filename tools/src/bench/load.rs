@@ -83,7 +83,7 @@ pub fn body(clock: &Clock, size: usize) -> String {
 }
 
 /// The send time carried by a body, as time since the origin.
-fn sent_at(body: &str) -> Option<Duration> {
+pub fn sent_at(body: &str) -> Option<Duration> {
     let nanos = u64::from_str_radix(body.get(..MIN_BODY)?, 16).ok()?;
     Some(Duration::from_nanos(nanos))
 }

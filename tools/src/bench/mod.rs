@@ -18,6 +18,7 @@
 //!   measure latency and ack.
 //! - `relay`: the bare tonic relay (no auth, no storage) used as the transport baseline.
 //! - `store`: the Redis store script alone (the store baseline) and key clean-up.
+//! - `brokers`: the same 1:1 load on Mosquitto (MQTT QoS 1) and NATS JetStream, as peers.
 //! - `target`: starting and stopping nodes and relays (child process or in-process).
 //! - `meter`: CPU and RSS from `/proc`, Redis CPU from `INFO`.
 //! - `stats`: percentiles and counters.
@@ -30,6 +31,7 @@ use clap::{Args, ValueEnum};
 
 use tim::client::{ClientError, Options};
 
+mod brokers;
 mod dial;
 mod drain;
 mod idle;
@@ -106,9 +108,17 @@ pub struct BenchArgs {
     /// then include the generator).
     #[arg(long)]
     pub in_process: bool,
-    /// Skip the bare-relay and store-script baselines.
+    /// Skip the baselines (bare relay, store script, MQTT and NATS JetStream peers).
     #[arg(long)]
     pub no_baselines: bool,
+    /// same-node: the MQTT broker (Mosquitto) to run the same load on, QoS 1; skipped with a
+    /// note when nothing answers there, or when empty.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub mqtt: String,
+    /// same-node: the NATS server with JetStream to run the same load on (file storage,
+    /// explicit acks); skipped with a note when nothing answers there, or when empty.
+    #[arg(long, default_value = "127.0.0.1:4222")]
+    pub nats: String,
     /// offline-drain: messages stored per offline receiver before it connects.
     #[arg(long, default_value_t = 1000)]
     pub backlog: u64,

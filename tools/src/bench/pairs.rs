@@ -1,5 +1,6 @@
 //! `same-node` and `cross-node`: 1:1 messages between pairs of users, then the same load on the
-//! bare relay and (with Redis) on the store script alone.
+//! bare relay, (with Redis) on the store script alone, and (same-node) on the MQTT and NATS
+//! JetStream peers.
 use std::sync::Arc;
 
 use super::dial::{self, Dial};
@@ -7,7 +8,7 @@ use super::load::{self, Outcome, Shape};
 use super::meter::{Meter, Watched};
 use super::stats::Percentiles;
 use super::target::{self, NodeSpec, Running};
-use super::{BenchArgs, BenchError, Scenario, Sources, Summary, ratio, run_tag, store};
+use super::{BenchArgs, BenchError, Scenario, Sources, Summary, brokers, ratio, run_tag, store};
 
 /// The last line of a traffic scenario: tim's throughput, latency and errors.
 pub fn summarize(scenario: super::Scenario, o: &Outcome, p: &Percentiles) -> Summary {
@@ -20,7 +21,8 @@ pub fn summarize(scenario: super::Scenario, o: &Outcome, p: &Percentiles) -> Sum
     }
 }
 
-/// Prints one measured run: rate, latency, errors, then CPU and RSS.
+/// Prints one measured run: rate, latency, errors, then CPU and RSS, and the servers' CPU per
+/// delivered message.
 pub fn report(label: &str, o: &mut Outcome) -> Percentiles {
     let p = o.latency.percentiles();
     println!(
@@ -30,7 +32,35 @@ pub fn report(label: &str, o: &mut Outcome) -> Percentiles {
         o.errors
     );
     println!("  {}", o.usage.describe());
+    if let Some(line) = o.usage.per_message(o.delivered, o.window) {
+        println!("  server CPU per delivered message: {line}");
+    }
     p
+}
+
+/// The same load on the MQTT and NATS JetStream peers, each compared with tim's run `o`.
+async fn peers(args: &BenchArgs, tag: &str, shape: Shape, o: &Outcome) -> Result<(), BenchError> {
+    let brokers = [
+        ("mosquitto (MQTT QoS 1, stores nothing)", &args.mqtt, "MQTT"),
+        ("nats-jetstream (file storage, explicit acks)", &args.nats, "NATS"),
+    ];
+    for (label, addr, kind) in brokers {
+        if addr.is_empty() {
+            continue;
+        }
+        let outcome = match kind {
+            "MQTT" => brokers::mqtt(addr, tag, args.pairs, shape).await?,
+            _ => brokers::jetstream(addr, tag, args.pairs, shape).await?,
+        };
+        let Some(mut b) = outcome else {
+            println!("{label}: skipped, no {kind} server answers at {addr}");
+            continue;
+        };
+        report(label, &mut b);
+        let name = label.split(' ').next().unwrap_or(label);
+        println!("  tim/{name} throughput {}", ratio(o.msgs_per_s(), b.msgs_per_s()));
+    }
+    Ok(())
 }
 
 /// Who is measured: each node by pid (or this process when in-process), and the generator.
@@ -165,6 +195,9 @@ pub async fn run(args: &BenchArgs) -> Result<Summary, BenchError> {
                 ratio(o.msgs_per_s(), s.msgs_per_s())
             );
             store::cleanup(url, &store_prefix).await?;
+        }
+        if !cross {
+            peers(args, &tag, shape, &o).await?;
         }
     }
     if let Some(url) = &args.redis
