@@ -195,6 +195,45 @@ async fn the_redis_key_layout_matches_the_design() {
     assert!(ttl > 0 && ttl <= 24 * 3600 * 1000, "dedup keys expire: {ttl}");
 }
 
+/// An append never leaves the inbox, counter or epoch with less than its floor to live
+/// (retention; retention or device TTL plus a day), yet sets those TTLs once per slack (a
+/// tenth of the retention, at most an hour), not three writes per message; an inbox an append
+/// creates gets its TTL at once.
+#[tokio::test]
+async fn appends_keep_every_ttl_above_its_floor_without_a_write_per_message() {
+    let server = common::redis::RedisServer::start(false);
+    let backend = Backend::redis_at(&server);
+    let Backend::Redis { prefix, .. } = &backend else { unreachable!() };
+    let retention = Duration::from_secs(100);
+    let node = TestNode::with(&backend, |c| c.retention = retention).await;
+    let floor = retention.max(common::config().device_ttl) + Duration::from_secs(86_400);
+    let _bob = node.connect("bob", "phone", 0).await;
+    let slack = retention / 10;
+    let client = ::redis::Client::open(server.url().as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let ms = |d: Duration| d.as_millis() as i64;
+    let key = |kind: &str| format!("{prefix}:{kind}:{{bob}}");
+    let before = server.calls(&["pexpire"]).await;
+    for i in 1..=30 {
+        node.send_unary("alice", &format!("c{i}"), "bob", &format!("m{i}")).await.unwrap();
+        for (kind, floor) in [("inbox", retention), ("seq", floor), ("epoch", floor)] {
+            let ttl: i64 =
+                ::redis::cmd("PTTL").arg(key(kind)).query_async(&mut conn).await.unwrap();
+            // A little under the floor at most: the time since the append.
+            let (low, high) = (ms(floor) - 5_000, ms(floor + slack));
+            assert!((low..=high).contains(&ttl), "{kind} after m{i}: {ttl} not in {low}..={high}");
+        }
+    }
+    let written = server.calls(&["pexpire"]).await - before;
+    assert!(written <= 6, "{written} TTL writes for 30 messages");
+
+    // The inbox went (expired, or deleted): the next append makes one, with its TTL.
+    let () = ::redis::cmd("DEL").arg(key("inbox")).query_async(&mut conn).await.unwrap();
+    node.send_unary("alice", "c31", "bob", "m31").await.unwrap();
+    let ttl: i64 = ::redis::cmd("PTTL").arg(key("inbox")).query_async(&mut conn).await.unwrap();
+    assert!(ttl > ms(retention) - 5_000, "a new inbox expires by itself: {ttl}");
+}
+
 #[tokio::test]
 async fn the_inbox_is_trimmed_below_every_cursor_and_past_retention() {
     let backend = Backend::redis();

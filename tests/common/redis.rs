@@ -119,12 +119,19 @@ impl RedisServer {
 
     /// Lua script calls (EVAL and EVALSHA) the server has run so far, from its command stats.
     pub async fn script_calls(&self) -> u64 {
+        self.calls(&["evalsha", "eval"]).await
+    }
+
+    /// Calls of `commands` (lower case) the server has run so far, scripts' included, from
+    /// its command stats.
+    pub async fn calls(&self, commands: &[&str]) -> u64 {
         let client = ::redis::Client::open(self.url().as_str()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         let info: String =
             ::redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+        let counted = |l: &&str| commands.iter().any(|c| l.starts_with(&format!("cmdstat_{c}:")));
         info.lines()
-            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter(counted)
             .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
             .sum()
     }

@@ -6,10 +6,13 @@
 --       4 lowest-cursor sorted set (device by cursor), 5 devices sorted set (device by last
 --       seen), 6 epoch
 -- ARGV: 1 now (ms), 2 how long a device is kept unseen (ms), 3 how long the seq counter and
---       epoch outlive the last activity (ms); then 2 per ack: device, up_to
+--       epoch outlive the last activity (ms), 4 TTL slack (ms, as append.lua's); then 2 per
+--       ack: device, up_to
 -- Returns one reply per ack: { 0, the device's cursor } or { 4, error }.
 
-local ARGS_BEFORE = 3
+local keep = tonumber(ARGV[3])
+local slack = tonumber(ARGV[4])
+local ARGS_BEFORE = 4
 
 local function ack(i)
   local k = (i - 1) * 6
@@ -52,9 +55,13 @@ local function ack(i)
   redis.call('PEXPIRE', cursors, ARGV[2])
   redis.call('PEXPIRE', low, ARGV[2])
   redis.call('PEXPIRE', devices, ARGV[2])
-  -- The counter and epoch outlive every cursor that refers to them.
-  redis.call('PEXPIRE', seq_key, ARGV[3])
-  redis.call('PEXPIRE', epoch, ARGV[3])
+  -- The counter and epoch outlive every cursor that refers to them: kept within
+  -- [keep, keep + slack] as append.lua keeps them.
+  local ttl = redis.call('PTTL', seq_key)
+  if ttl < keep or ttl > keep + slack then
+    redis.call('PEXPIRE', seq_key, keep + slack)
+    redis.call('PEXPIRE', epoch, keep + slack)
+  end
   return { 0, cursor }
 end
 

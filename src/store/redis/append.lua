@@ -6,7 +6,8 @@
 --       4 route hash, 5 inbox rate counter, 6 epoch
 -- ARGV: 1 dedup ttl (ms), 2 now (ms), 3 retention cut-off (ms: older entries are dropped),
 --       4 new messages an inbox takes per second (0: no limit), 5 most messages an inbox holds,
---       6 how long the seq counter and epoch outlive the last activity (ms), 7 retention (ms);
+--       6 how long the seq counter and epoch outlive the last activity (ms), 7 retention (ms),
+--       8 TTL slack (ms: how far above those floors a TTL may be set, see keep_alive);
 --       then 6 per message: from, to, client_msg_id, body, msg_id, sent_at (ms)
 -- Returns one reply per message:
 --   { 0 | 1 (stored | duplicate), "seq|msg_id|sent_at", { device, route, device, route, ... } }
@@ -18,12 +19,16 @@ local now = tonumber(ARGV[2])
 local cut = tonumber(ARGV[3])
 local rate = tonumber(ARGV[4])
 local most = tonumber(ARGV[5])
-local ARGS_BEFORE = 7
+local keep = tonumber(ARGV[6])
+local retention = tonumber(ARGV[7])
+local slack = tonumber(ARGV[8])
+local ARGS_BEFORE = 8
 
 -- Routes and the expired-head check are done once per recipient per batch: the script is
 -- atomic, so neither changes between two messages of one batch.
 local routes_of = {}
 local trimmed = {}
+local kept = {}
 
 local function live_routes(key)
   local live = routes_of[key]
@@ -78,6 +83,32 @@ local function trim_expired(inbox)
   end
 end
 
+-- A user who never comes back leaves nothing: the inbox goes when its newest message passes
+-- the retention, the counter and epoch after every cursor that could refer to them. Setting
+-- the three TTLs at every message would be three writes (and AOF records) per message; instead
+-- they are set to their floor plus `slack`, and set again once the counter's TTL has left
+-- [keep, keep + slack] (slack has passed, or another script or a changed config set it): so the
+-- TTLs never fall below their floors at an append, and are written at most once per slack per
+-- user. The expired-head check runs then too. An inbox the append created (it was empty:
+-- perhaps missing) gets its TTL now if it has none.
+local function keep_alive(seq_key, inbox, epoch, was_empty)
+  if was_empty and redis.call('PTTL', inbox) < 0 then
+    redis.call('PEXPIRE', inbox, retention + slack)
+  end
+  if kept[seq_key] then
+    return
+  end
+  kept[seq_key] = true
+  local ttl = redis.call('PTTL', seq_key)
+  if ttl >= keep and ttl <= keep + slack then
+    return
+  end
+  redis.call('PEXPIRE', seq_key, keep + slack)
+  redis.call('PEXPIRE', epoch, keep + slack)
+  redis.call('PEXPIRE', inbox, retention + slack)
+  trim_expired(inbox)
+end
+
 local function append(i)
   local k = (i - 1) * 6
   local a = ARGS_BEFORE + (i - 1) * 6
@@ -88,9 +119,10 @@ local function append(i)
     return { 1, dup, live_routes(routes) }
   end
   -- Full: unread messages are never dropped to make room; the sender is told instead.
-  if redis.call('XLEN', inbox) >= most then
+  local held = redis.call('XLEN', inbox)
+  if held >= most then
     trim_expired(inbox)
-    local held = redis.call('XLEN', inbox)
+    held = redis.call('XLEN', inbox)
     if held >= most then
       return { 3, tostring(held), {} }
     end
@@ -115,12 +147,7 @@ local function append(i)
     'msg_id', ARGV[a + 5], 'sent_at', ARGV[a + 6])
   local stored = seq .. '|' .. ARGV[a + 5] .. '|' .. ARGV[a + 6]
   redis.call('SET', dedup, stored, 'PX', ARGV[1])
-  trim_expired(inbox)
-  -- A user who never comes back leaves nothing: the inbox goes when its newest message passes
-  -- the retention, the counter and epoch after every cursor that could refer to them.
-  redis.call('PEXPIRE', inbox, ARGV[7])
-  redis.call('PEXPIRE', seq_key, ARGV[6])
-  redis.call('PEXPIRE', epoch, ARGV[6])
+  keep_alive(seq_key, inbox, epoch, held == 0)
   return { 0, stored, live_routes(routes) }
 end
 

@@ -161,6 +161,14 @@ impl Keys {
         let keep = opts.retention.max(opts.device_ttl) + Duration::from_secs(86_400);
         keep.as_millis() as u64
     }
+
+    /// How far above their floors (retention, [`Self::keep_ms`]) the scripts set an inbox's,
+    /// counter's and epoch's TTLs, so that they are written once per slack rather than at every
+    /// message: a tenth of the retention, at most an hour. An inbox may outlive its newest
+    /// message by this much; the counter and epoch outlive their floor, which has a day to spare.
+    fn ttl_slack_ms(&self, opts: &StoreOptions) -> u64 {
+        (opts.retention / 10).min(Duration::from_secs(3600)).as_millis().max(1) as u64
+    }
 }
 
 #[async_trait]

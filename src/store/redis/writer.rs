@@ -177,7 +177,8 @@ impl Committer {
             .arg(self.opts.inbox_rate)
             .arg(self.opts.inbox_max)
             .arg(self.keys.keep_ms(&self.opts))
-            .arg(self.opts.retention.as_millis() as u64);
+            .arg(self.opts.retention.as_millis() as u64)
+            .arg(self.keys.ttl_slack_ms(&self.opts));
         for (m, _) in call {
             let to = m.to.as_str();
             inv.key(self.keys.key("seq", to))
@@ -240,7 +241,8 @@ impl Committer {
         let mut inv = self.ack.prepare_invoke();
         inv.arg(now_ms())
             .arg(self.opts.device_ttl.as_millis() as u64)
-            .arg(self.keys.keep_ms(&self.opts));
+            .arg(self.keys.keep_ms(&self.opts))
+            .arg(self.keys.ttl_slack_ms(&self.opts));
         for (user, device, up_to, _) in call {
             for kind in ["ack", "seq", "inbox", "low", "devices", "epoch"] {
                 inv.key(self.keys.key(kind, user));
