@@ -13,6 +13,7 @@
 //! - `drain`: `offline-drain` (a backlog read from the inbox on connect).
 //! - `storm`: `connect-storm` (logins + streams opened per second).
 //! - `idle`: `idle` (streams one node holds, RSS per connection).
+//! - `scale`: `scale-out` (1 and 2 nodes over Redis Clusters of 1 and 3 masters).
 //! - `dial`: how simulated users log in and open their streams.
 //! - `load`: the 1:1 traffic engine: paced or closed-loop senders, receivers that check order,
 //!   measure latency and ack.
@@ -39,6 +40,7 @@ mod load;
 mod meter;
 mod pairs;
 pub mod relay;
+mod scale;
 mod stats;
 mod store;
 mod storm;
@@ -57,6 +59,8 @@ pub enum Scenario {
     ConnectStorm,
     /// How many idle streams one node holds, and its RSS per connection.
     Idle,
+    /// 1:1 messages on 1 and 2 nodes over Redis Clusters of 1 and 3 masters, started here.
+    ScaleOut,
 }
 
 impl Scenario {
@@ -67,6 +71,7 @@ impl Scenario {
             Scenario::OfflineDrain => "offline-drain",
             Scenario::ConnectStorm => "connect-storm",
             Scenario::Idle => "idle",
+            Scenario::ScaleOut => "scale-out",
         }
     }
 }
@@ -266,6 +271,7 @@ pub async fn run(args: BenchArgs) -> Result<Summary, BenchError> {
     }
     match args.scenario {
         Scenario::SameNode | Scenario::CrossNode => pairs::run(&args).await,
+        Scenario::ScaleOut => scale::run(&args).await,
         Scenario::OfflineDrain => drain::run(&args).await,
         Scenario::ConnectStorm => storm::run(&args).await,
         Scenario::Idle => idle::run(&args).await,

@@ -14,6 +14,8 @@ use crate::harness::{self, Probe, Process, Server};
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
     pub redis: Option<String>,
+    /// `redis` is a Redis Cluster (its masters' URLs).
+    pub redis_cluster: bool,
     pub prefix: String,
     /// Shared by every node of a run, so a token from one node is valid on the other.
     pub token_secret: String,
@@ -30,7 +32,8 @@ impl NodeSpec {
         let token_secret = format!("bench-{:032x}", rand::random::<u128>());
         let node_secret = format!("bench-node-{:032x}", rand::random::<u128>());
         let (redis, tim) = (args.redis.clone(), args.tim.clone());
-        Self { redis, prefix: prefix.to_string(), token_secret, node_secret, peers: None, tim }
+        let prefix = prefix.to_string();
+        Self { redis, redis_cluster: false, prefix, token_secret, node_secret, peers: None, tim }
     }
 
     /// `tim serve` flags after `--addr`: no per-user send or per-inbox limit, the run's Redis
@@ -39,6 +42,9 @@ impl NodeSpec {
         let mut a = vec!["--send-rate".into(), "0".into(), "--inbox-rate".into(), "0".into()];
         if let Some(url) = &self.redis {
             a.extend(["--redis".into(), url.clone(), "--redis-prefix".into(), self.prefix.clone()]);
+        }
+        if self.redis_cluster {
+            a.push("--redis-cluster".into());
         }
         if let Some(peers) = &self.peers {
             a.extend(["--peers".into(), peers.clone()]);
@@ -54,6 +60,7 @@ impl NodeSpec {
             token_secret: Some(self.token_secret.clone()),
             node_secret: Some(self.node_secret.clone()),
             redis: self.redis.clone(),
+            redis_cluster: self.redis_cluster,
             redis_prefix: self.prefix.clone(),
             peers: self.peers.clone(),
             ..tim::Config::default()

@@ -72,6 +72,11 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The server's pid while it runs, to read its CPU and RSS.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     /// SIGKILLs the server (no shutdown, no final save).
     pub fn kill(&mut self) {
         self.process.kill();
