@@ -54,12 +54,68 @@ fn run(cmd: &mut Command) -> (String, Last) {
 
 #[test]
 fn same_node_delivers_everything_and_reports_baselines() {
-    let (out, last) = bench(&["--seconds", "1", "--warmup", "0.3", "--pairs", "2"]);
+    let peers = ["--mqtt", "", "--nats", ""];
+    let (out, last) =
+        bench(&[&["--seconds", "1", "--warmup", "0.3", "--pairs", "2"], &peers[..]].concat());
     assert_eq!(last.scenario, "same-node");
     assert!(last.msgs_per_s > 0.0, "{out}");
     assert!(last.p50_ms > 0.0 && last.p50_ms <= last.p99_ms, "{out}");
     assert_eq!(last.errors, 0, "{out}");
     assert!(out.contains("tim/bare-relay throughput"), "{out}");
+}
+
+/// Whether something answers at `addr`.
+fn listening(addr: &str) -> bool {
+    let addr = addr.parse().unwrap();
+    std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1)).is_ok()
+}
+
+/// Mosquitto and NATS JetStream take the same load when they run here (this machine's kind runs
+/// them on their standard ports); where nothing answers, the run says so and goes on.
+#[test]
+fn the_broker_peers_take_the_same_load_or_are_skipped_with_a_note() {
+    let short = ["--seconds", "0.5", "--warmup", "0.2", "--pairs", "2"];
+    let nowhere = ["--mqtt", "127.0.0.1:1", "--nats", "127.0.0.1:1"];
+    let (out, last) = bench(&[&short[..], &nowhere[..]].concat());
+    assert_eq!(last.errors, 0, "{out}");
+    assert!(
+        out.contains("mosquitto (MQTT QoS 1, stores nothing): skipped, no MQTT server"),
+        "{out}"
+    );
+    assert!(out.contains("file storage, explicit acks): skipped, no NATS server"), "{out}");
+
+    for (addr, flag, label) in [
+        ("127.0.0.1:1883", "--mqtt", "mosquitto (MQTT QoS 1, stores nothing): "),
+        ("127.0.0.1:4222", "--nats", "nats-jetstream (file storage, explicit acks): "),
+    ] {
+        if !listening(addr) {
+            eprintln!("nothing at {addr}: {label}not measured");
+            continue;
+        }
+        let other = if flag == "--mqtt" { "--nats" } else { "--mqtt" };
+        let (out, _) = bench(&[&short[..], &[flag, addr, other, ""]].concat());
+        let line = out.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("{out}"));
+        assert!(line.contains(" msgs/s over ") && line.ends_with("errors 0"), "{out}");
+        assert!(out.contains("server CPU per delivered message"), "{out}");
+    }
+}
+
+/// scale-out starts its own clusters and nodes for each layout and reports them side by side.
+#[test]
+fn scale_out_runs_every_layout_on_clusters_of_its_own() {
+    let args = ["--scenario", "scale-out", "--seconds", "0.5", "--warmup", "0.2", "--pairs", "2"];
+    let (out, last) = bench(&args);
+    assert_eq!(last.scenario, "scale-out", "{out}");
+    assert_eq!(last.errors, 0, "{out}");
+    for layout in [
+        "1 node(s) × 1 master(s):",
+        "1 node(s) × 3 master(s):",
+        "2 node(s) × 1 master(s):",
+        "2 node(s) × 3 master(s):",
+    ] {
+        assert_eq!(out.matches(layout).count(), 2, "{layout} measured and in the table\n{out}");
+    }
+    assert!(out.contains("redis3 "), "each master's CPU is read: {out}");
 }
 
 #[test]
