@@ -370,3 +370,45 @@ async fn redis_group_commit_shares_calls_and_a_broken_message_fails_alone() {
         assert_eq!(s.inbox.last_seq(&format!("u{u}")).await.unwrap(), 4);
     }
 }
+
+/// Route refreshes (every stream's, each third of the route TTL) are group-committed like
+/// sends: 300 at once take a few script calls, and each still only extends its own session's
+/// route, whatever else shares its call.
+#[tokio::test]
+async fn redis_route_refreshes_share_calls_and_each_extends_only_its_own_route() {
+    let server = common::redis::RedisServer::start(false);
+    let backend = Backend::redis_at(&server);
+    let s = open(&backend, StoreOptions::default()).await;
+    let ttl = Duration::from_secs(60);
+    let route =
+        |session: &str| Route { node_id: "n1".into(), session_id: session.into(), started_at: 1 };
+    let n = 300;
+    for i in 0..n {
+        s.routes
+            .put(&format!("u{}", i % 100), &format!("d{i}"), &route(&format!("s{i}")), ttl)
+            .await
+            .unwrap();
+    }
+    let before = server.script_calls().await;
+    // Every third refresh comes from a session that no longer owns its device.
+    let refreshes = (0..n).map(|i| {
+        let session = if i % 3 == 0 { format!("old{i}") } else { format!("s{i}") };
+        let routes = s.routes.clone();
+        async move {
+            let (user, device) = (format!("u{}", i % 100), format!("d{i}"));
+            routes.refresh(&user, &device, &route(&session), ttl).await
+        }
+    });
+    let results = futures_util::future::join_all(refreshes).await;
+    let calls = server.script_calls().await - before;
+    for (i, r) in results.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), i % 3 != 0, "refresh {i}");
+    }
+    assert!(calls <= n as u64 / 10, "{n} refreshes at once took {calls} script calls");
+    // The owners' routes are all still there, none taken by a stale session.
+    for u in 0..100 {
+        let held = s.routes.get(&format!("u{u}")).await.unwrap();
+        assert_eq!(held.len(), 3, "u{u}: {held:?}");
+        assert!(held.iter().all(|(_, r)| r.session_id.starts_with('s')), "u{u}: {held:?}");
+    }
+}

@@ -18,7 +18,7 @@
 //!   logged out), with a TTL of the token lifetime
 //!
 //! The Lua scripts sit beside this file and run by EVALSHA (reloaded after NOSCRIPT, e.g. after
-//! a Redis restart); `writer` group-commits appends and ack cursors; `routes` is the RouteStore
+//! a Redis restart); `writer` group-commits appends, ack cursors and route refreshes; `routes` is the RouteStore
 //! half; `values` writes and reads the values of these keys; `conn` is the connection (single
 //! server or Cluster).
 use std::time::Duration;
@@ -55,7 +55,6 @@ pub struct RedisStore {
     trim: Script,
     enroll: Script,
     forget: Script,
-    route_refresh: Script,
 }
 
 impl From<RedisError> for StoreError {
@@ -116,6 +115,7 @@ impl RedisStore {
             timeout,
             append: Script::new(include_str!("append.lua")),
             ack: Script::new(include_str!("ack.lua")),
+            refresh: Script::new(include_str!("route_refresh.lua")),
         });
         Ok(Self {
             conn,
@@ -127,7 +127,6 @@ impl RedisStore {
             trim: Script::new(include_str!("trim.lua")),
             enroll: Script::new(include_str!("enroll.lua")),
             forget: Script::new(include_str!("forget.lua")),
-            route_refresh: Script::new(include_str!("route_refresh.lua")),
         })
     }
 

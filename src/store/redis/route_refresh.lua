@@ -1,18 +1,43 @@
--- Extends a device's route if it still belongs to the given session, or takes the device over
--- when it has no route or only a lapsed one (a lapsed route is gone, as everywhere else);
--- leaves it alone if another session holds an unexpired route.
--- KEYS: 1 route hash
--- ARGV: 1 device, 2 session_id, 3 new value, 4 ttl (ms), 5 now (ms)
--- Returns 1 if the route is this session's, 0 if another session owns the device.
-local route = redis.call('HGET', KEYS[1], ARGV[1])
-if route then
-  local session, lapses = string.match(route, '|([^|]*)|%d+|(%d+)$')
-  if session ~= ARGV[2] and tonumber(lapses or '0') > tonumber(ARGV[5]) then
-    return 0
+-- Refreshes a batch of device routes (group commit). Each one is extended if it still belongs
+-- to the given session, or taken over when the device has no route or only a lapsed one (a
+-- lapsed route is gone, as everywhere else); left alone if another session holds an unexpired
+-- route. Refreshes are taken in order; one that fails fails alone.
+-- KEYS: 1 per refresh, in order: the user's route hash
+-- ARGV: 1 now (ms); then 4 per refresh: device, session_id, new value, ttl (ms)
+-- Returns one reply per refresh: { 0, 1 | 0 (the route is this session's | another's) } or
+-- { 4, error }.
+
+local now = tonumber(ARGV[1])
+local ARGS_BEFORE = 1
+
+local function refresh(i)
+  local key = KEYS[i]
+  local a = ARGS_BEFORE + (i - 1) * 4
+  local device, session_id, value, ttl = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local route = redis.call('HGET', key, device)
+  if route then
+    local session, lapses = string.match(route, '|([^|]*)|%d+|(%d+)$')
+    if session ~= session_id and tonumber(lapses or '0') > now then
+      return { 0, 0 }
+    end
   end
+  redis.call('HSET', key, device, value)
+  -- The hash lives as long as its longest-lived route.
+  redis.call('PEXPIRE', key, ttl, 'NX')
+  redis.call('PEXPIRE', key, ttl, 'GT')
+  return { 0, 1 }
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
--- The hash lives as long as its longest-lived route.
-redis.call('PEXPIRE', KEYS[1], ARGV[4], 'NX')
-redis.call('PEXPIRE', KEYS[1], ARGV[4], 'GT')
-return 1
+
+local replies = {}
+for i = 1, #KEYS do
+  local ok, reply = pcall(refresh, i)
+  if not ok then
+    -- redis.call raises a table { err = ... } for a Redis error, a string for a Lua one.
+    if type(reply) == 'table' then
+      reply = reply.err or 'script error'
+    end
+    reply = { 4, tostring(reply) }
+  end
+  replies[i] = reply
+end
+return replies

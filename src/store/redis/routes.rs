@@ -7,6 +7,7 @@ use redis::AsyncCommands;
 
 use super::RedisStore;
 use super::values::{bad, live_routes, now_ms, parse_route, route_value};
+use super::writer::Refresh;
 use crate::store::{PutRoute, Route, RouteStore, StoreError};
 
 #[async_trait]
@@ -44,17 +45,16 @@ impl RouteStore for RedisStore {
         route: &Route,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let owned: i64 = self
-            .route_refresh
-            .key(self.key("route", user))
-            .arg(device)
-            .arg(&route.session_id)
-            .arg(route_value(route, ttl))
-            .arg(ttl.as_millis() as u64)
-            .arg(now_ms())
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(owned == 1)
+        // Every session refreshes its route each third of the route TTL: group-committed, so
+        // a node's idle streams cost Redis a call per batch, not one each.
+        let refresh = Refresh {
+            user: user.to_string(),
+            device: device.to_string(),
+            session_id: route.session_id.clone(),
+            value: route_value(route, ttl),
+            ttl_ms: ttl.as_millis() as u64,
+        };
+        self.writer.refresh(refresh).await
     }
 
     async fn remove_if(

@@ -1,8 +1,10 @@
-//! Group commit: every append and ack cursor of a node goes through one writer task, which takes
+//! Group commit: every append, ack cursor and route refresh of a node goes through one writer
+//! task, which takes
 //! what is waiting (up to [`MAX_BATCH`]) while at most [`MAX_IN_FLIGHT`] batches are out, and
 //! stores it in as few Redis calls as the deployment allows:
-//! - a single server: one `append.lua` call for all the batch's messages and one `ack.lua` call
-//!   for all its acks, sent together;
+//! - a single server: one `append.lua` call for all the batch's messages, one `ack.lua` call
+//!   for all its acks and one `route_refresh.lua` call for all its route refreshes, sent
+//!   together;
 //! - a Redis Cluster: one call per recipient (its keys share a slot), all sent at once; the
 //!   cluster connection pipelines those bound for one master.
 //!
@@ -39,6 +41,17 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 enum Job {
     Append(NewMessage, Reply<Appended>),
     Ack { user: String, device: String, up_to: u64, reply: Reply<u64> },
+    Refresh(Refresh, Reply<bool>),
+}
+
+/// A device route to extend (see `route_refresh.lua`).
+pub(super) struct Refresh {
+    pub(super) user: String,
+    pub(super) device: String,
+    pub(super) session_id: String,
+    /// The route's new value, with its new lapse time.
+    pub(super) value: String,
+    pub(super) ttl_ms: u64,
 }
 
 /// The handle appends and acks go through; cheap to share.
@@ -70,6 +83,12 @@ impl Writer {
         self.submit(job, answer).await
     }
 
+    /// Extends `refresh`'s route if its session still owns it (true), else leaves it (false).
+    pub(super) async fn refresh(&self, refresh: Refresh) -> Result<bool, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Refresh(refresh, reply), answer).await
+    }
+
     async fn submit<T>(
         &self,
         job: Job,
@@ -90,6 +109,7 @@ pub(super) struct Committer {
     pub(super) timeout: Duration,
     pub(super) append: Script,
     pub(super) ack: Script,
+    pub(super) refresh: Script,
 }
 
 impl Committer {
@@ -113,15 +133,15 @@ impl Committer {
     }
 
     async fn commit(&self, batch: Vec<Job>) {
-        let mut appends = Vec::new();
-        let mut acks = Vec::new();
+        let (mut appends, mut acks, mut refreshes) = (Vec::new(), Vec::new(), Vec::new());
         for job in batch {
             match job {
                 Job::Append(msg, reply) => appends.push((msg, reply)),
                 Job::Ack { user, device, up_to, reply } => acks.push((user, device, up_to, reply)),
+                Job::Refresh(refresh, reply) => refreshes.push((refresh, reply)),
             }
         }
-        tokio::join!(self.append_all(appends), self.ack_all(acks));
+        tokio::join!(self.append_all(appends), self.ack_all(acks), self.refresh_all(refreshes));
     }
 
     /// The calls a batch is stored in: on a Cluster one per recipient (one slot), else chunks.
@@ -256,6 +276,38 @@ impl Committer {
                 0 => u64::from_redis_value(value).map_err(|_| bad("ack cursor")),
                 _ => Err(StoreError::Internal(
                     String::from_redis_value(value).unwrap_or_else(|_| "ack failed".into()),
+                )),
+            })
+            .collect())
+    }
+
+    async fn refresh_all(&self, refreshes: Vec<(Refresh, Reply<bool>)>) {
+        let calls = self.calls(refreshes, |(r, _)| r.user.as_str());
+        let results =
+            futures_util::future::join_all(calls.iter().map(|c| self.refresh_call(c))).await;
+        for ((_, reply), outcome) in each(calls, results) {
+            let _ = reply.send(outcome);
+        }
+    }
+
+    /// One `route_refresh.lua` call for `call`'s refreshes: whether each route is its session's.
+    async fn refresh_call(
+        &self,
+        call: &[(Refresh, Reply<bool>)],
+    ) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
+        let mut inv = self.refresh.prepare_invoke();
+        inv.arg(now_ms());
+        for (r, _) in call {
+            inv.key(self.keys.key("route", &r.user));
+            inv.arg(&r.device).arg(&r.session_id).arg(&r.value).arg(r.ttl_ms);
+        }
+        let replies: Vec<(i64, Value)> = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(replies
+            .into_iter()
+            .map(|(code, value)| match code {
+                0 => i64::from_redis_value(value).map(|owned| owned == 1).map_err(|_| bad("route")),
+                _ => Err(StoreError::Internal(
+                    String::from_redis_value(value).unwrap_or_else(|_| "refresh failed".into()),
                 )),
             })
             .collect())
