@@ -13,6 +13,7 @@ mod cli;
 /// every worker thread, where glibc's malloc/free took ~13% of a node's CPU samples. jemalloc
 /// runs 5% fewer instructions per message and keeps an idle stream's RSS where it was; mimalloc
 /// ran 6% fewer but added ~19 KiB of RSS per idle stream (BENCHMARKS.md, issue 12).
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
