@@ -55,26 +55,12 @@ local function ack(i)
   redis.call('PEXPIRE', cursors, ARGV[2])
   redis.call('PEXPIRE', low, ARGV[2])
   redis.call('PEXPIRE', devices, ARGV[2])
-  -- The counter and epoch outlive every cursor that refers to them: kept within
-  -- [keep, keep + slack] as append.lua keeps them.
-  local ttl = redis.call('PTTL', seq_key)
-  if ttl < keep or ttl > keep + slack then
-    redis.call('PEXPIRE', seq_key, keep + slack)
-    redis.call('PEXPIRE', epoch, keep + slack)
-  end
+  -- The counter and epoch outlive every cursor that refers to them, kept as append.lua keeps
+  -- them.
+  keep_counter(seq_key, epoch, keep, slack)
   return { 0, cursor }
 end
 
-local replies = {}
-for i = 1, #KEYS / 6 do
-  local ok, reply = pcall(ack, i)
-  if not ok then
-    -- redis.call raises a table { err = ... } for a Redis error, a string for a Lua one.
-    if type(reply) == 'table' then
-      reply = reply.err or 'script error'
-    end
-    reply = { 4, tostring(reply) }
-  end
-  replies[i] = reply
-end
-return replies
+return each_item(#KEYS / 6, ack, function(err)
+  return { 4, err }
+end)

@@ -50,17 +50,8 @@ local function live_routes(key)
   return live
 end
 
-local function sent_at(entry)
-  local fields = entry[2]
-  for i = 1, #fields, 2 do
-    if fields[i] == 'sent_at' then
-      return tonumber(fields[i + 1])
-    end
-  end
-  return nil
-end
-
--- Drops entries past retention from the head of the stream, a bounded number per call.
+-- Drops entries past retention from the head of the stream, a bounded number per call; the
+-- head alone is read when it has not expired.
 local function trim_expired(inbox)
   if trimmed[inbox] then
     return
@@ -70,17 +61,7 @@ local function trim_expired(inbox)
   if #head == 0 or (sent_at(head[1]) or cut) >= cut then
     return
   end
-  local last = nil
-  for _, entry in ipairs(redis.call('XRANGE', inbox, '-', '+', 'COUNT', 100)) do
-    if (sent_at(entry) or cut) >= cut then
-      break
-    end
-    last = entry[1]
-  end
-  if last then
-    local seq = tonumber(string.match(last, '^(%d+)'))
-    redis.call('XTRIM', inbox, 'MINID', (seq + 1) .. '-0')
-  end
+  drop_expired(inbox, cut, 100)
 end
 
 -- A user who never comes back leaves nothing: the inbox goes when its newest message passes
@@ -99,14 +80,10 @@ local function keep_alive(seq_key, inbox, epoch, was_empty)
     return
   end
   kept[seq_key] = true
-  local ttl = redis.call('PTTL', seq_key)
-  if ttl >= keep and ttl <= keep + slack then
-    return
+  if keep_counter(seq_key, epoch, keep, slack) then
+    redis.call('PEXPIRE', inbox, retention + slack)
+    trim_expired(inbox)
   end
-  redis.call('PEXPIRE', seq_key, keep + slack)
-  redis.call('PEXPIRE', epoch, keep + slack)
-  redis.call('PEXPIRE', inbox, retention + slack)
-  trim_expired(inbox)
 end
 
 local function append(i)
@@ -151,16 +128,6 @@ local function append(i)
   return { 0, stored, live_routes(routes) }
 end
 
-local replies = {}
-for i = 1, #KEYS / 6 do
-  local ok, reply = pcall(append, i)
-  if not ok then
-    -- redis.call raises a table { err = ... } for a Redis error, a string for a Lua one.
-    if type(reply) == 'table' then
-      reply = reply.err or 'script error'
-    end
-    reply = { 4, tostring(reply), {} }
-  end
-  replies[i] = reply
-end
-return replies
+return each_item(#KEYS / 6, append, function(err)
+  return { 4, err, {} }
+end)

@@ -18,7 +18,7 @@
 //!   logged out), with a TTL of the token lifetime
 //!
 //! The Lua scripts sit beside this file and run by EVALSHA (reloaded after NOSCRIPT, e.g. after
-//! a Redis restart); `writer` group-commits appends, ack cursors and route refreshes; `routes` is the RouteStore
+//! a Redis restart); `lib.lua` holds the helpers several of them share and is put before them; `writer` group-commits appends, ack cursors and route refreshes; `routes` is the RouteStore
 //! half; `values` writes and reads the values of these keys; `conn` is the connection (single
 //! server or Cluster).
 use std::time::Duration;
@@ -42,6 +42,13 @@ use writer::{Committer, Writer};
 
 /// Most expired head entries one read drops (one script call; Redis is busy for it).
 const TRIM_AT_ONCE: usize = 1000;
+
+/// The script in `file` with `lib.lua`'s helpers before it, as one chunk.
+macro_rules! with_lib {
+    ($file:literal) => {
+        Script::new(concat!(include_str!("lib.lua"), include_str!($file)))
+    };
+}
 
 /// Redis-backed [`Inbox`] and [`RouteStore`].
 pub struct RedisStore {
@@ -113,9 +120,9 @@ impl RedisStore {
             keys: keys.clone(),
             opts: opts.clone(),
             timeout,
-            append: Script::new(include_str!("append.lua")),
-            ack: Script::new(include_str!("ack.lua")),
-            refresh: Script::new(include_str!("route_refresh.lua")),
+            append: with_lib!("append.lua"),
+            ack: with_lib!("ack.lua"),
+            refresh: with_lib!("route_refresh.lua"),
         });
         Ok(Self {
             conn,
@@ -124,7 +131,7 @@ impl RedisStore {
             writer,
             route_put: Script::new(include_str!("route_put.lua")),
             route_remove: Script::new(include_str!("route_remove.lua")),
-            trim: Script::new(include_str!("trim.lua")),
+            trim: with_lib!("trim.lua"),
             enroll: Script::new(include_str!("enroll.lua")),
             forget: Script::new(include_str!("forget.lua")),
         })

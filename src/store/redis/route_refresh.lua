@@ -28,16 +28,6 @@ local function refresh(i)
   return { 0, 1 }
 end
 
-local replies = {}
-for i = 1, #KEYS do
-  local ok, reply = pcall(refresh, i)
-  if not ok then
-    -- redis.call raises a table { err = ... } for a Redis error, a string for a Lua one.
-    if type(reply) == 'table' then
-      reply = reply.err or 'script error'
-    end
-    reply = { 4, tostring(reply) }
-  end
-  replies[i] = reply
-end
-return replies
+return each_item(#KEYS, refresh, function(err)
+  return { 4, err }
+end)
