@@ -27,6 +27,12 @@ impl RelayService {
         self.node.authorize_node(req.metadata(), chain.as_deref().map(Vec::as_slice))?;
         Ok(())
     }
+
+    /// Hands one user's relayed messages to their sessions here; how many sessions got them.
+    fn accept(&self, d: proto::DeliverRequest) -> usize {
+        let messages: Vec<StoredMessage> = d.messages.into_iter().map(Into::into).collect();
+        self.node.delivery().accept(&d.user_id, &messages)
+    }
 }
 
 #[tonic::async_trait]
@@ -36,9 +42,7 @@ impl Relay for RelayService {
         req: Request<proto::DeliverRequest>,
     ) -> Result<Response<proto::DeliverResponse>, Status> {
         self.authorize(&req)?;
-        let r = req.into_inner();
-        let messages: Vec<StoredMessage> = r.messages.into_iter().map(Into::into).collect();
-        let sessions = self.node.delivery().accept(&r.user_id, &messages);
+        let sessions = self.accept(req.into_inner());
         Ok(Response::new(proto::DeliverResponse { sessions: sessions as u32 }))
     }
 
@@ -54,11 +58,7 @@ impl Relay for RelayService {
                 "a relay batch carries at most {MAX_BATCH} messages, not {count}"
             )));
         }
-        let mut sessions = 0;
-        for d in batch.deliveries {
-            let messages: Vec<StoredMessage> = d.messages.into_iter().map(Into::into).collect();
-            sessions += self.node.delivery().accept(&d.user_id, &messages);
-        }
+        let sessions: usize = batch.deliveries.into_iter().map(|d| self.accept(d)).sum();
         Ok(Response::new(proto::DeliverResponse { sessions: sessions as u32 }))
     }
 
