@@ -18,13 +18,10 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::load::{Clock, Outcome, Pacer, Shape, body, measure_window, sent_at};
+use super::load::{Clock, DELIVERY_WAIT, Outcome, Pacer, Received, Sent, Shape, body, drive};
 use super::meter::{Meter, Watched};
-use super::stats::{Errors, Latencies};
 use super::{BenchError, setup};
 
-/// After the window, how long receivers may take to get every acked message.
-const DELIVERY_WAIT: Duration = Duration::from_secs(5);
 /// How long a broker has to answer before it is skipped.
 const REACH: Duration = Duration::from_secs(1);
 
@@ -228,22 +225,6 @@ impl Receiver for JetStreamReceiver {
     }
 }
 
-#[derive(Default)]
-struct Sent {
-    acked: u64,
-    errors: Errors,
-}
-
-#[derive(Default)]
-struct Received {
-    delivered: u64,
-    count: u64,
-    /// The send time of the newest message taken: each next one must be later.
-    last_sent: Option<Duration>,
-    latency: Latencies,
-    errors: Errors,
-}
-
 /// Runs `pairs` through warm-up and the window (sampling `meter` over the window), then waits
 /// for every acked message.
 async fn run<S: Sender, R: Receiver>(
@@ -251,33 +232,11 @@ async fn run<S: Sender, R: Receiver>(
     shape: Shape,
     meter: &mut Meter,
 ) -> Outcome {
-    let clock = Clock::new(&shape);
-    let (stop_tx, stop) = watch::channel(false);
     let n = pairs.len();
-    let (mut senders, mut receivers, mut targets) = (Vec::new(), Vec::new(), Vec::new());
-    for (s, r) in pairs {
-        let (target_tx, target) = watch::channel(None);
-        targets.push(target_tx);
-        senders.push(tokio::spawn(send_loop(s, shape, clock, n, stop.clone())));
-        receivers.push(tokio::spawn(receive_loop(r, clock, target)));
-    }
-    let usage = measure_window(&clock, meter, &stop_tx).await;
-    let mut out = Outcome { window: shape.window, usage, ..Outcome::default() };
-    for (task, target) in senders.into_iter().zip(&targets) {
-        let sent = task.await.unwrap_or_default();
-        out.acked += sent.acked;
-        out.errors.add(&sent.errors);
-        let _ = target.send(Some(sent.acked));
-    }
-    for (task, target) in receivers.into_iter().zip(&targets) {
-        let got = task.await.unwrap_or_default();
-        out.errors.undelivered += target.borrow().unwrap_or(0).saturating_sub(got.count);
-        out.delivered += got.delivered;
-        out.received += got.count;
-        out.latency.merge(got.latency);
-        out.errors.add(&got.errors);
-    }
-    out
+    drive(pairs, shape, meter, |(s, r), clock, stop, target| {
+        (send_loop(s, shape, clock, n, stop), receive_loop(r, clock, target))
+    })
+    .await
 }
 
 async fn send_loop<S: Sender>(
@@ -298,7 +257,10 @@ async fn send_loop<S: Sender>(
             return sent;
         }
         match sender.send(body(&clock, shape.size)).await {
-            Ok(()) => sent.acked += 1,
+            Ok(()) => {
+                sent.acked += 1;
+                sent.target = sent.acked;
+            }
             Err(e) => {
                 sent.errors.send += 1;
                 if sent.errors.send <= 3 {
@@ -319,8 +281,10 @@ async fn receive_loop<R: Receiver>(
 ) -> Received {
     let mut got = Received::default();
     let mut deadline = None;
+    // The send time of the newest message taken.
+    let mut last_sent = None;
     loop {
-        if target.borrow().is_some_and(|t| got.count >= t) {
+        if target.borrow().is_some_and(|t| got.reached >= t) {
             return got;
         }
         let next = tokio::select! {
@@ -332,33 +296,22 @@ async fn receive_loop<R: Receiver>(
             () = tokio::time::sleep_until(deadline.unwrap_or(clock.window_end)), if deadline.is_some() => return got,
         };
         match next {
-            Ok(body) => got.take(&clock, &body),
+            Ok(body) => {
+                // Counted by messages: the sender's target is how many it had acked.
+                let sent = got.arrived(&clock, &body);
+                got.reached = got.count;
+                // One sender per subject, one message in flight: send times only grow. One
+                // that does not came twice or out of order.
+                if sent.is_some_and(|s| last_sent.is_some_and(|last| s <= last)) {
+                    got.errors.order += 1;
+                }
+                last_sent = sent.or(last_sent);
+            }
             Err(e) => {
                 eprintln!("bench: broker receive failed: {e}");
                 got.errors.closed += 1;
                 return got;
             }
-        }
-    }
-}
-
-impl Received {
-    fn take(&mut self, clock: &Clock, body: &[u8]) {
-        let now = Instant::now();
-        self.count += 1;
-        let Some(sent) = std::str::from_utf8(body).ok().and_then(sent_at) else {
-            self.errors.order += 1;
-            return;
-        };
-        // One sender per subject, one message in flight: send times only grow. One that does
-        // not came twice or out of order.
-        if self.last_sent.is_some_and(|last| sent <= last) {
-            self.errors.order += 1;
-        }
-        self.last_sent = Some(sent);
-        if clock.in_window(now) {
-            self.delivered += 1;
-            self.latency.record(now.duration_since(clock.origin).saturating_sub(sent));
         }
     }
 }

@@ -15,7 +15,7 @@ use tim::client::{ClientError, Event, Session};
 /// A body starts with the send time: 16 hex digits of nanoseconds since the run's origin.
 pub const MIN_BODY: usize = 16;
 /// After the window, how long receivers may take to get every acked message.
-const DELIVERY_WAIT: Duration = Duration::from_secs(5);
+pub const DELIVERY_WAIT: Duration = Duration::from_secs(5);
 
 /// The load's shape, shared by the scenario and its baselines.
 #[derive(Debug, Clone, Copy)]
@@ -83,7 +83,7 @@ pub fn body(clock: &Clock, size: usize) -> String {
 }
 
 /// The send time carried by a body, as time since the origin.
-pub fn sent_at(body: &str) -> Option<Duration> {
+fn sent_at(body: &str) -> Option<Duration> {
     let nanos = u64::from_str_radix(body.get(..MIN_BODY)?, 16).ok()?;
     Some(Duration::from_nanos(nanos))
 }
@@ -135,20 +135,42 @@ impl Outcome {
     }
 }
 
+/// What one pair's sender did: messages acked, and how far its receiver must get to have them
+/// all, measured as [`Received::reached`] is (tim: the last seq acked; a broker: how many).
 #[derive(Default)]
-struct Sent {
-    acked: u64,
-    last_seq: u64,
-    errors: Errors,
+pub struct Sent {
+    pub acked: u64,
+    pub target: u64,
+    pub errors: Errors,
 }
 
+/// What one pair's receiver got: inside the window (`delivered`, `latency`), in all (`count`),
+/// and how far, measured as its sender's [`Sent::target`] is.
 #[derive(Default)]
-struct Received {
-    delivered: u64,
-    count: u64,
-    last_seq: u64,
-    latency: Latencies,
-    errors: Errors,
+pub struct Received {
+    pub delivered: u64,
+    pub count: u64,
+    pub reached: u64,
+    pub latency: Latencies,
+    pub errors: Errors,
+}
+
+impl Received {
+    /// A message with `body` arrived: counts it, and inside the window its latency. Returns its
+    /// send time; a body without one is an order error.
+    pub fn arrived(&mut self, clock: &Clock, body: &[u8]) -> Option<Duration> {
+        let now = Instant::now();
+        self.count += 1;
+        let Some(sent) = std::str::from_utf8(body).ok().and_then(sent_at) else {
+            self.errors.order += 1;
+            return None;
+        };
+        if clock.in_window(now) {
+            self.delivered += 1;
+            self.latency.record(now.duration_since(clock.origin).saturating_sub(sent));
+        }
+        Some(sent)
+    }
 }
 
 /// Runs the traffic: `pairs` of (sender, receiver, receiver's user id) through warm-up and the
@@ -158,17 +180,37 @@ pub async fn run(
     shape: Shape,
     meter: &mut Meter,
 ) -> Outcome {
+    let n = pairs.len();
+    drive(pairs, shape, meter, |(s, r, to), clock, stop, target| {
+        let receive = receive_loop(r, clock, shape.ack_interval, target);
+        (send_loop(s, to, shape, clock, n, stop), receive)
+    })
+    .await
+}
+
+/// The engine of every 1:1 load, tim's and the broker peers': `start` makes each pair's sender
+/// (told when to stop) and receiver (told, once its sender stopped, what to reach); both run
+/// through warm-up and the window (sampling `meter` over the window); then each receiver gets
+/// until what its sender had acked arrives, and what they counted is summed.
+pub async fn drive<P, S, R>(
+    pairs: Vec<P>,
+    shape: Shape,
+    meter: &mut Meter,
+    start: impl Fn(P, Clock, watch::Receiver<bool>, watch::Receiver<Option<u64>>) -> (S, R),
+) -> Outcome
+where
+    S: Future<Output = Sent> + Send + 'static,
+    R: Future<Output = Received> + Send + 'static,
+{
     let clock = Clock::new(&shape);
     let (stop_tx, stop) = watch::channel(false);
-    let n = pairs.len();
-    let mut senders = Vec::new();
-    let mut receivers = Vec::new();
-    let mut targets = Vec::new();
-    for (s, r, to) in pairs {
+    let (mut senders, mut receivers, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+    for pair in pairs {
         let (target_tx, target) = watch::channel(None);
         targets.push(target_tx);
-        senders.push(tokio::spawn(send_loop(s, to, shape, clock, n, stop.clone())));
-        receivers.push(tokio::spawn(receive_loop(r, clock, shape.ack_interval, target)));
+        let (send, receive) = start(pair, clock, stop.clone(), target);
+        senders.push(tokio::spawn(send));
+        receivers.push(tokio::spawn(receive));
     }
     let usage = measure_window(&clock, meter, &stop_tx).await;
 
@@ -177,12 +219,12 @@ pub async fn run(
         let sent = task.await.unwrap_or_default();
         out.acked += sent.acked;
         out.errors.add(&sent.errors);
-        let _ = target.send(Some(sent.last_seq));
+        let _ = target.send(Some(sent.target));
     }
     for (task, target) in receivers.into_iter().zip(&targets) {
         let got = task.await.unwrap_or_default();
         let expected = target.borrow().unwrap_or(0);
-        out.errors.undelivered += expected.saturating_sub(got.last_seq);
+        out.errors.undelivered += expected.saturating_sub(got.reached);
         out.delivered += got.delivered;
         out.received += got.count;
         out.latency.merge(got.latency);
@@ -214,7 +256,7 @@ async fn send_loop(
             match sender.send(&to, &body(&clock, shape.size)).await {
                 Ok(ack) => {
                     sent.acked += 1;
-                    sent.last_seq = sent.last_seq.max(ack.seq);
+                    sent.target = sent.target.max(ack.seq);
                 }
                 Err(ClientError::Closed) => return,
                 Err(e) => {
@@ -254,7 +296,7 @@ async fn receive_loop(
     let mut acked_at = Instant::now();
     let mut acked = 0;
     loop {
-        if target.borrow().is_some_and(|t| got.last_seq >= t) {
+        if target.borrow().is_some_and(|t| got.reached >= t) {
             break;
         }
         let event = tokio::select! {
@@ -281,34 +323,27 @@ async fn receive_loop(
                 None => break,
             }
         }
-        if got.last_seq > acked && acked_at.elapsed() >= ack_interval {
-            if sender.ack(got.last_seq).await.is_err() {
+        if got.reached > acked && acked_at.elapsed() >= ack_interval {
+            if sender.ack(got.reached).await.is_err() {
                 got.errors.closed += 1;
                 return got;
             }
-            acked = got.last_seq;
+            acked = got.reached;
             acked_at = Instant::now();
         }
     }
-    if got.last_seq > acked {
-        let _ = sender.ack(got.last_seq).await;
+    if got.reached > acked {
+        let _ = sender.ack(got.reached).await;
     }
     got
 }
 
+/// A pushed message, counted by [`Received::arrived`]; seqs must come contiguous and in order
+/// (`reached` is the last one).
 fn on_message(got: &mut Received, clock: &Clock, m: tim::proto::Message) {
-    let now = Instant::now();
-    got.count += 1;
-    if m.seq != got.last_seq + 1 {
+    if m.seq != got.reached + 1 {
         got.errors.order += 1;
     }
-    got.last_seq = got.last_seq.max(m.seq);
-    let Some(sent) = sent_at(&m.body) else {
-        got.errors.order += 1;
-        return;
-    };
-    if clock.in_window(now) {
-        got.delivered += 1;
-        got.latency.record(now.duration_since(clock.origin).saturating_sub(sent));
-    }
+    got.reached = got.reached.max(m.seq);
+    got.arrived(clock, m.body.as_bytes());
 }
