@@ -13,7 +13,7 @@ use super::dial::{self, Dial};
 use super::load::{self, Outcome};
 use super::meter::{Meter, Watched};
 use super::pairs::{describe_load, report, shape, summarize};
-use super::target::{self, NodeSpec, Running};
+use super::target::NodeSpec;
 use super::{BenchArgs, BenchError, Summary, run_tag, setup};
 use crate::harness::{self, RedisServer, redis_command};
 
@@ -62,18 +62,14 @@ impl Cluster {
                 redis_command(m.port, &meet);
             }
         }
+        // Whole on every master, each knowing all the others, before the nodes start.
         let deadline = Instant::now() + CONVERGE;
+        let whole = |port: u16| {
+            redis_command(port, "CLUSTER INFO").contains("cluster_state:ok")
+                && redis_command(port, "CLUSTER NODES").lines().count() >= n
+        };
         for m in &masters {
-            while !redis_command(m.port, "CLUSTER INFO").contains("cluster_state:ok") {
-                if Instant::now() > deadline {
-                    return Err(setup(format!("a {n}-master cluster did not converge")));
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        // Every master must also know every other's slots before the nodes start.
-        for m in &masters {
-            while redis_command(m.port, "CLUSTER NODES").lines().count() < n {
+            while !whole(m.port) {
                 if Instant::now() > deadline {
                     return Err(setup(format!("a {n}-master cluster did not converge")));
                 }
@@ -140,13 +136,7 @@ async fn layout(
     let mut spec = NodeSpec::new(args, &tag);
     spec.redis = Some(cluster.urls());
     spec.redis_cluster = true;
-    let mut running: Vec<Running> = Vec::new();
-    for _ in 0..nodes {
-        let mut spec = spec.clone();
-        let others: Vec<&str> = running.iter().map(|n| n.addr.as_str()).collect();
-        spec.peers = (!others.is_empty()).then(|| others.join(","));
-        running.push(target::node(&spec, args.in_process).await?);
-    }
+    let running = super::pairs::nodes(args, &spec, nodes).await?;
     let addrs: Vec<String> = running.iter().map(|n| n.addr.clone()).collect();
     let sources = Arc::new(args.sources(&addrs));
     let dial_of = |i: usize| Dial::Node { gateway: addrs[i % nodes].clone(), pin: true };
