@@ -269,16 +269,8 @@ impl Committer {
             }
             inv.arg(device).arg(up_to);
         }
-        let replies: Vec<(i64, Value)> = inv.invoke_async(&mut self.conn.clone()).await?;
-        Ok(replies
-            .into_iter()
-            .map(|(code, value)| match code {
-                0 => u64::from_redis_value(value).map_err(|_| bad("ack cursor")),
-                _ => Err(StoreError::Internal(
-                    String::from_redis_value(value).unwrap_or_else(|_| "ack failed".into()),
-                )),
-            })
-            .collect())
+        let replies = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(item_replies(replies, "ack cursor", |v| u64::from_redis_value(v).ok()))
     }
 
     async fn refresh_all(&self, refreshes: Vec<(Refresh, Reply<bool>)>) {
@@ -301,16 +293,10 @@ impl Committer {
             inv.key(self.keys.key("route", &r.user));
             inv.arg(&r.device).arg(&r.session_id).arg(&r.value).arg(r.ttl_ms);
         }
-        let replies: Vec<(i64, Value)> = inv.invoke_async(&mut self.conn.clone()).await?;
-        Ok(replies
-            .into_iter()
-            .map(|(code, value)| match code {
-                0 => i64::from_redis_value(value).map(|owned| owned == 1).map_err(|_| bad("route")),
-                _ => Err(StoreError::Internal(
-                    String::from_redis_value(value).unwrap_or_else(|_| "refresh failed".into()),
-                )),
-            })
-            .collect())
+        let replies = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(item_replies(replies, "route", |v| {
+            i64::from_redis_value(v).ok().map(|owned| owned == 1)
+        }))
     }
 
     /// Waits until `wait_replicas` replicas have every write made on this connection so far,
@@ -332,6 +318,23 @@ impl Committer {
         }
         Ok(())
     }
+}
+
+/// The per-item replies of a batch script that answers `{ 0, value }` or `{ 4, error }` for
+/// each item: `value` read by `ok` (a value it cannot read is a bad `what`), or the item's error.
+fn item_replies<R>(
+    replies: Vec<(i64, Value)>,
+    what: &str,
+    ok: impl Fn(Value) -> Option<R>,
+) -> Vec<Result<R, StoreError>> {
+    let item = |(code, value): (i64, Value)| match code {
+        0 => ok(value).ok_or_else(|| bad(what)),
+        _ => Err(StoreError::Internal(
+            String::from_redis_value(value)
+                .unwrap_or_else(|_| format!("{what}: the script failed")),
+        )),
+    };
+    replies.into_iter().map(item).collect()
 }
 
 /// Each item of `calls` with its own outcome from `results` (one per call, in order): a failed
