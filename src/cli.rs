@@ -66,6 +66,18 @@ pub struct SendArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub login: LoginArgs,
+    /// The other user of the direct conversation to print.
+    #[arg(long)]
+    pub with: String,
+    /// Print only the newest N messages (default: all the history keeps).
+    #[arg(long)]
+    pub last: Option<usize>,
+}
+
+#[derive(Debug, Args)]
 pub struct ChatArgs {
     #[command(flatten)]
     pub login: LoginArgs,
@@ -164,6 +176,43 @@ pub async fn send(args: SendArgs) -> Result<()> {
     Ok(())
 }
 
+/// Prints a conversation oldest first as `[conv_seq] from: body`, paging back from the newest.
+pub async fn history(args: HistoryArgs) -> Result<()> {
+    let l = &args.login;
+    let opts = l.options()?;
+    let login = client::login(&l.addr, &l.user, &l.device, &l.jwt, &opts).await?;
+    let mut gw = GatewayClient::new(client::channel(&l.addr, &opts).await?);
+    let want = args.last.unwrap_or(usize::MAX);
+    let mut pages: Vec<Vec<proto::Message>> = Vec::new();
+    let (mut before, mut got) = (0, 0);
+    while got < want {
+        let limit = (want - got).min(tim::node::MAX_HISTORY_PAGE) as u32;
+        let req = proto::HistoryRequest {
+            with: args.with.clone(),
+            before_seq: before,
+            limit,
+            ..Default::default()
+        };
+        let page = gw
+            .history(client::authorized(req, &login.token))
+            .await
+            .map_err(client::ClientError::from)?
+            .into_inner()
+            .messages;
+        let Some(first) = page.first() else { break };
+        before = first.conv_seq;
+        got += page.len();
+        pages.push(page);
+        if before <= 1 {
+            break;
+        }
+    }
+    for m in pages.into_iter().rev().flatten() {
+        println!("[{}] {}: {}", m.conv_seq, m.from, m.body);
+    }
+    Ok(())
+}
+
 pub async fn chat(args: ChatArgs) -> Result<()> {
     let l = &args.login;
     let mut config = Config::new(vec![l.addr.clone()], &l.user, &l.device);
@@ -172,6 +221,9 @@ pub async fn chat(args: ChatArgs) -> Result<()> {
     config.resume_after = args.resume_after;
     let mut client = Client::start(config);
     let handle = client.handle();
+    // What this process sent: their copies (which reach every device of the user once it has
+    // another) are not printed again here.
+    let mut sent = std::collections::HashSet::new();
     // Sends run one at a time, in the order typed; stdin EOF ends the loop after the last ack.
     let (lines_tx, mut lines_rx) = tokio::sync::mpsc::channel::<String>(64);
     tokio::spawn(async move {
@@ -185,7 +237,11 @@ pub async fn chat(args: ChatArgs) -> Result<()> {
     loop {
         tokio::select! {
             line = lines_rx.recv() => match line {
-                Some(line) => send_line(&handle, &line).await,
+                Some(line) => {
+                    if let Some(id) = send_line(&handle, &line).await {
+                        sent.insert(id);
+                    }
+                }
                 None => {
                     handle.flush().await;
                     return Ok(());
@@ -193,7 +249,13 @@ pub async fn chat(args: ChatArgs) -> Result<()> {
             },
             event = client.next_event() => match event {
                 Some(ClientEvent::Message(m)) => {
-                    println!("{}: {}", m.from, m.body);
+                    if m.from == l.user && m.to != l.user {
+                        if !sent.remove(&m.client_msg_id) {
+                            println!("{} (you) -> {}: {}", m.from, m.to, m.body);
+                        }
+                    } else {
+                        println!("{}: {}", m.from, m.body);
+                    }
                     handle.ack(m.seq).await?;
                 }
                 Some(ClientEvent::Connected { node_id, .. }) => {
@@ -209,17 +271,24 @@ pub async fn chat(args: ChatArgs) -> Result<()> {
     }
 }
 
-async fn send_line(sender: &Handle, line: &str) {
+/// Sends one typed line; the client_msg_id of what was stored.
+async fn send_line(sender: &Handle, line: &str) -> Option<String> {
     let line = line.trim();
     if line.is_empty() {
-        return;
+        return None;
     }
     let Some((to, text)) = line.split_once(':') else {
         eprintln!("type `<to>: <text>`");
-        return;
+        return None;
     };
     match sender.send(to.trim(), text.trim()).await {
-        Ok(ack) => eprintln!("(sent to {}, seq {})", to.trim(), ack.seq),
-        Err(e) => eprintln!("not sent: {e}"),
+        Ok(ack) => {
+            eprintln!("(sent to {}, seq {})", to.trim(), ack.seq);
+            Some(ack.client_msg_id)
+        }
+        Err(e) => {
+            eprintln!("not sent: {e}");
+            None
+        }
     }
 }

@@ -50,8 +50,74 @@ pub fn client_msg_id(id: &str) -> Result<(), IdError> {
     check("client_msg_id", id, MAX_CLIENT_MSG_ID)
 }
 
+/// A conversation, as its id names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conversation {
+    /// The direct conversation of two users (the same one twice: a user's notes to themself),
+    /// the smaller id first.
+    Direct(String, String),
+}
+
+impl Conversation {
+    /// The direct conversation of `a` and `b` (either order).
+    pub fn direct(a: &str, b: &str) -> Self {
+        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+        Conversation::Direct(lo.to_string(), hi.to_string())
+    }
+
+    /// Parses an id that [`Conversation::id`] gave.
+    pub fn parse(id: &str) -> Result<Self, IdError> {
+        let bad = || IdError(format!("{id:?} is not a conversation id"));
+        let rest = id.strip_prefix("d:").ok_or_else(bad)?;
+        let (len, pair) = rest.split_once(':').ok_or_else(bad)?;
+        let len: usize = len.parse().map_err(|_| bad())?;
+        if !pair.is_char_boundary(len) || pair.as_bytes().get(len) != Some(&b':') {
+            return Err(bad());
+        }
+        let (lo, hi) = (&pair[..len], &pair[len + 1..]);
+        user(lo)?;
+        user(hi)?;
+        if lo > hi {
+            return Err(bad());
+        }
+        Ok(Conversation::Direct(lo.to_string(), hi.to_string()))
+    }
+
+    /// The id: `d:<length of the smaller user id>:<smaller>:<larger>` for a direct one (user ids
+    /// may hold ':', the length keeps it unambiguous).
+    pub fn id(&self) -> String {
+        match self {
+            Conversation::Direct(lo, hi) => format!("d:{}:{lo}:{hi}", lo.len()),
+        }
+    }
+
+    /// Whether `user` may read and write it.
+    pub fn has_member(&self, user: &str) -> bool {
+        match self {
+            Conversation::Direct(lo, hi) => lo == user || hi == user,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::Conversation;
+
+    #[test]
+    fn conversation_ids_are_stable_and_unambiguous() {
+        let c = Conversation::direct("bob", "alice");
+        assert_eq!(c, Conversation::direct("alice", "bob"));
+        assert_eq!(c.id(), "d:5:alice:bob");
+        assert_eq!(Conversation::parse(&c.id()).unwrap(), c);
+        // ':' inside ids: the length says where the first ends.
+        let odd = Conversation::direct("a:b", "a:c");
+        assert_eq!(Conversation::parse(&odd.id()).unwrap(), odd);
+        assert!(odd.has_member("a:b") && !odd.has_member("a"));
+        for bad in ["", "d:", "d:9:alice:bob", "d:5:bob:alice", "x:5:alice:bob", "d:5:alice-bob"] {
+            assert!(Conversation::parse(bad).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn ids() {
         assert!(super::user("alice@example.com").is_ok());

@@ -32,6 +32,8 @@ enum Command {
     Send(cli::SendArgs),
     /// Interactive chat: prints `<from>: <body>`, sends lines typed as `<to>: <text>`.
     Chat(cli::ChatArgs),
+    /// Prints a direct conversation oldest first, as `[seq] from: body`.
+    History(cli::HistoryArgs),
     /// Start nodes and Redis, drive users while killing and restarting them, check delivery
     /// (runs `tim-chaos`; `tim chaos --help` for its flags).
     #[command(disable_help_flag = true)]
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
             Command::Serve(config) => cli::serve(*config).await,
             Command::Send(args) => cli::send(args).await,
             Command::Chat(args) => cli::chat(args).await,
+            Command::History(args) => cli::history(args).await,
             Command::Chaos(args) => cli::forward("tim-chaos", args).await,
             Command::Bench(args) => cli::forward("tim-bench", args).await,
         }

@@ -14,6 +14,9 @@ impl From<StoredMessage> for proto::Message {
             body: m.body,
             sent_at: m.sent_at,
             msg_id: m.msg_id,
+            conversation: m.conversation,
+            conv_seq: m.conv_seq,
+            client_msg_id: m.client_msg_id,
         }
     }
 }
@@ -27,6 +30,9 @@ impl From<proto::Message> for StoredMessage {
             to: m.to,
             body: m.body,
             sent_at: m.sent_at,
+            conversation: m.conversation,
+            conv_seq: m.conv_seq,
+            client_msg_id: m.client_msg_id,
         }
     }
 }
@@ -45,7 +51,13 @@ impl From<proto::SendRequest> for Outgoing {
 
 impl From<Appended> for proto::SendResponse {
     fn from(a: Appended) -> Self {
-        proto::SendResponse { msg_id: a.message.msg_id, seq: a.message.seq, duplicate: a.duplicate }
+        proto::SendResponse {
+            msg_id: a.message.msg_id,
+            seq: a.message.seq,
+            duplicate: a.duplicate,
+            conversation: a.message.conversation,
+            conv_seq: a.message.conv_seq,
+        }
     }
 }
 
@@ -62,6 +74,8 @@ pub fn send_reply(
             msg_id: a.message.msg_id,
             seq: a.message.seq,
             duplicate: a.duplicate,
+            conversation: a.message.conversation,
+            conv_seq: a.message.conv_seq,
         }),
         Err(status) => Frame::SendError(proto::SendError {
             client_msg_id,
@@ -101,6 +115,9 @@ mod tests {
             to: "bob".into(),
             body: "hi".into(),
             sent_at: 42,
+            conversation: "d:5:alice:bob".into(),
+            conv_seq: 3,
+            client_msg_id: "c".into(),
         };
         assert_eq!(StoredMessage::from(proto::Message::from(m.clone())), m);
     }

@@ -520,6 +520,7 @@ async fn relay_takes_only_node_tokens_signed_with_the_node_secret() {
         body: "forged".into(),
         sent_at: 1,
         msg_id: "m1".into(),
+        ..Default::default()
     };
     let relay = async || {
         let ch = client::channel(&node.endpoint(), &Options::default()).await.unwrap();

@@ -83,9 +83,13 @@ async fn users_on_different_nodes_chat_both_ways() {
         alice.sender().send("bob", &format!("a{i}")).await.unwrap();
         bob.sender().send("alice", &format!("b{i}")).await.unwrap();
     }
+    // Bob has two devices: each gets what he sent (from the phone, on another node) in order
+    // with what he received.
     for i in 1..=5 {
-        assert_eq!(next_message(&mut bob).await.body, format!("a{i}"));
-        assert_eq!(next_message(&mut bob_tablet).await.body, format!("a{i}"));
+        for device in [&mut bob, &mut bob_tablet] {
+            assert_eq!(next_message(device).await.body, format!("a{i}"));
+            assert_eq!(next_message(device).await.body, format!("b{i}"));
+        }
         assert_eq!(next_message(&mut alice).await.body, format!("b{i}"));
     }
     // A sender on a node that holds none of the recipient's streams: relayed, not polled.

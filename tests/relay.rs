@@ -125,6 +125,7 @@ fn message(to: &str, seq: u64) -> StoredMessage {
         to: to.into(),
         body: "hello".into(),
         sent_at: 1,
+        ..StoredMessage::default()
     }
 }
 
@@ -145,7 +146,7 @@ async fn relays_waiting_for_a_peer_go_in_few_calls_each_users_in_order() {
     let total = 2 * MAX_RELAY_BATCH as u64 + 60;
     for seq in 1..=total {
         let to = users[seq as usize % users.len()];
-        assert!(peers.relay("node-b", message(to, seq)), "queued");
+        assert!(peers.relay("node-b", to, message(to, seq)), "queued");
     }
     eventually(|| async { (peer.handed().len() == total as usize).then_some(()) }).await;
 
@@ -162,25 +163,25 @@ async fn relays_waiting_for_a_peer_go_in_few_calls_each_users_in_order() {
     }
 
     // Neither this node nor an unknown one is relayed to; after close, nothing is.
-    assert!(!peers.relay("node-a", message("bob", 1)));
-    assert!(!peers.relay("node-x", message("bob", 1)));
+    assert!(!peers.relay("node-a", "bob", message("bob", 1)));
+    assert!(!peers.relay("node-x", "bob", message("bob", 1)));
     peers.close();
-    assert!(!peers.relay("node-b", message("bob", total + 1)));
+    assert!(!peers.relay("node-b", "bob", message("bob", total + 1)));
     peers.sync(&[NodeInfo { id: "node-b".into(), endpoint, load: 0 }]);
-    assert!(!peers.relay("node-b", message("bob", total + 1)), "closed for good");
+    assert!(!peers.relay("node-b", "bob", message("bob", total + 1)), "closed for good");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_peer_without_batches_is_sent_one_call_per_user() {
     let (peer, endpoint) = PeerDouble::start(true, Duration::ZERO).await;
     let peers = peers_with(&endpoint);
-    assert!(peers.relay("node-b", message("bob", 1)));
+    assert!(peers.relay("node-b", "bob", message("bob", 1)));
     eventually(|| async { (peer.calls() == [Call::Refused]).then_some(()) }).await;
 
     // The refused batch was a lost hint (the inbox has it); what follows goes as Deliver calls.
     for seq in 2..=4 {
-        assert!(peers.relay("node-b", message("bob", seq)));
-        assert!(peers.relay("node-b", message("carol", seq)));
+        assert!(peers.relay("node-b", "bob", message("bob", seq)));
+        assert!(peers.relay("node-b", "carol", message("carol", seq)));
     }
     eventually(|| async { (peer.handed().len() == 6).then_some(()) }).await;
     let calls = peer.calls();

@@ -112,6 +112,8 @@ async fn a_revocation_is_per_device_replaced_by_a_later_one_and_lapses(backend: 
 fn message(to: &str, client_msg_id: &str, body: &str) -> NewMessage {
     NewMessage {
         from: "alice".into(),
+        origin_device: "phone".into(),
+        conversation: tim::ids::Conversation::direct("alice", to).id(),
         to: to.into(),
         client_msg_id: client_msg_id.into(),
         body: body.into(),

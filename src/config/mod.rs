@@ -224,6 +224,12 @@ pub struct Config {
     /// Messages older than this are dropped from inboxes even if unacked.
     #[arg(long, env = "TIM_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub retention: Duration,
+    /// How long a conversation's history keeps a message.
+    #[arg(long, env = "TIM_HISTORY_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub history_retention: Duration,
+    /// Messages a conversation's history keeps at most; the oldest go first.
+    #[arg(long, env = "TIM_HISTORY_MAX", default_value_t = 100_000)]
+    pub history_max: u64,
     /// How long a (sender, client_msg_id) pair is remembered, so retries are not stored twice.
     #[arg(long, env = "TIM_DEDUP_TTL", default_value = "24h", value_parser = parse_duration)]
     pub dedup_ttl: Duration,
@@ -341,6 +347,8 @@ impl Config {
             wait_replicas: self.redis_wait_replicas,
             max_devices: self.max_devices,
             device_ttl: self.device_ttl,
+            history_retention: self.history_retention,
+            history_max: self.history_max,
         }
     }
 

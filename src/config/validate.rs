@@ -55,6 +55,9 @@ impl Config {
         if self.inbox_max == 0 {
             return fail("--inbox-max must be at least 1");
         }
+        if self.history_max == 0 || self.history_retention < Duration::from_secs(1) {
+            return fail("--history-max must be at least 1 and --history-retention at least 1s");
+        }
         if !(1..=10_000).contains(&self.max_devices) {
             return fail("--max-devices must be between 1 and 10000");
         }

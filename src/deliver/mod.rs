@@ -72,14 +72,14 @@ impl Delivery {
         &self.sessions
     }
 
-    /// Pushes a stored message to every device of its recipient: local sessions at once, and
-    /// queued once for each other live node that holds one of `routes` (the recipient's routes
-    /// read with the append), whose relay task sends it with what else is waiting. Returns
-    /// without waiting for any relay.
-    pub fn fan_out(&self, message: &StoredMessage, routes: &[(String, Route)]) {
-        self.sessions.deliver(&message.to, std::slice::from_ref(message));
+    /// Pushes a message stored in `user`'s inbox (the recipient's, or the sender's copy) to
+    /// every device of `user`: local sessions at once, and queued once for each other live node
+    /// that holds one of `routes` (the user's routes read with the append), whose relay task
+    /// sends it with what else is waiting. Returns without waiting for any relay.
+    pub fn fan_out(&self, user: &str, message: &StoredMessage, routes: &[(String, Route)]) {
+        self.sessions.deliver(user, std::slice::from_ref(message));
         for node_id in self.remote_nodes(routes) {
-            if !self.peers.relay(&node_id, message.clone()) {
+            if !self.peers.relay(&node_id, user, message.clone()) {
                 debug!(peer = %node_id, "relay queue full or peer gone; the inbox has it");
             }
         }

@@ -58,7 +58,8 @@ struct Inner {
 struct Peer {
     endpoint: String,
     client: RelayClient<Channel>,
-    queue: mpsc::Sender<StoredMessage>,
+    /// (user, a message of that user's inbox).
+    queue: mpsc::Sender<(String, StoredMessage)>,
     /// The task sending the queue; it stops when the peer is dropped.
     _relay: AbortOnDrop,
 }
@@ -159,12 +160,12 @@ impl Peers {
             .ok_or_else(|| Status::unavailable(format!("node {node_id} is not a live peer")))
     }
 
-    /// Queues a stored message for its recipient's sessions on `node_id`. Returns false when
-    /// it was dropped: not a live peer, or its queue is full.
-    pub fn relay(&self, node_id: &str, message: StoredMessage) -> bool {
+    /// Queues a message of `user`'s inbox for `user`'s sessions on `node_id`. Returns false
+    /// when it was dropped: not a live peer, or its queue is full.
+    pub fn relay(&self, node_id: &str, user: &str, message: StoredMessage) -> bool {
         let peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
         let peer = peers.as_ref().and_then(|p| p.get(node_id));
-        peer.is_some_and(|p| p.queue.try_send(message).is_ok())
+        peer.is_some_and(|p| p.queue.try_send((user.to_string(), message)).is_ok())
     }
 
     /// Ends `user`'s `device` session on `node_id`: `session_id`'s (a newer one took over), or
@@ -197,7 +198,11 @@ struct Relay {
 }
 
 impl Relay {
-    async fn run(mut self, mut queue: mpsc::Receiver<StoredMessage>, token: Arc<NodeToken>) {
+    async fn run(
+        mut self,
+        mut queue: mpsc::Receiver<(String, StoredMessage)>,
+        token: Arc<NodeToken>,
+    ) {
         let mut waiting = Vec::with_capacity(MAX_BATCH);
         while queue.recv_many(&mut waiting, MAX_BATCH).await > 0 {
             let mut rest = waiting.drain(..).peekable();
@@ -233,20 +238,20 @@ impl Relay {
 /// Takes the next batch off `messages`: at most [`MAX_BATCH`] of them and about
 /// [`MAX_BATCH_BYTES`] of bodies (at least one message), grouped by recipient in queue order.
 fn batch(
-    messages: &mut std::iter::Peekable<impl Iterator<Item = StoredMessage>>,
+    messages: &mut std::iter::Peekable<impl Iterator<Item = (String, StoredMessage)>>,
 ) -> proto::DeliverBatchRequest {
     let mut deliveries: Vec<proto::DeliverRequest> = Vec::new();
     let mut by_user: HashMap<String, usize> = HashMap::new();
     let (mut count, mut bytes) = (0, 0);
-    while let Some(next) = messages.peek() {
+    while let Some((_, next)) = messages.peek() {
         if count > 0 && (count == MAX_BATCH || bytes + next.body.len() > MAX_BATCH_BYTES) {
             break;
         }
-        let Some(m) = messages.next() else { break };
+        let Some((user, m)) = messages.next() else { break };
         count += 1;
         bytes += m.body.len();
-        let at = *by_user.entry(m.to.clone()).or_insert_with(|| {
-            deliveries.push(proto::DeliverRequest { user_id: m.to.clone(), messages: Vec::new() });
+        let at = *by_user.entry(user.clone()).or_insert_with(|| {
+            deliveries.push(proto::DeliverRequest { user_id: user, messages: Vec::new() });
             deliveries.len() - 1
         });
         deliveries[at].messages.push(m.into());
@@ -258,15 +263,17 @@ fn batch(
 mod tests {
     use super::*;
 
-    fn message(to: &str, seq: u64, body_len: usize) -> StoredMessage {
-        StoredMessage {
+    fn message(to: &str, seq: u64, body_len: usize) -> (String, StoredMessage) {
+        let m = StoredMessage {
             seq,
             msg_id: format!("m{seq}"),
             from: "alice".into(),
             to: to.into(),
             body: "x".repeat(body_len),
             sent_at: 1,
-        }
+            ..StoredMessage::default()
+        };
+        (to.to_string(), m)
     }
 
     fn shape(batch: &proto::DeliverBatchRequest) -> Vec<(String, Vec<u64>)> {

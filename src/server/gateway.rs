@@ -4,7 +4,9 @@
 //! Who may call: Login anyone (it is the authentication); Send, Presence and Logout only with a
 //! session token (`authorization: Bearer`) whose device has not logged out, acting as the
 //! token's user. Logout acts on the caller's own devices only. Presence tells other users only
-//! online, or when last seen; devices and nodes only to the user themself.
+//! online, or when last seen; devices and nodes only to the user themself. History reads only
+//! conversations the caller is a member of (else PERMISSION_DENIED), one bounded page a call
+//! (100 messages, about 1 MiB), and counts against the caller's send allowance like a Send.
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -36,7 +38,7 @@ impl Gateway for GatewayService {
         req: Request<proto::SendRequest>,
     ) -> Result<Response<proto::SendResponse>, Status> {
         let claims = self.node.authorize(req.metadata()).await?;
-        let appended = self.node.send(&claims.sub, req.into_inner().into()).await?;
+        let appended = self.node.send(&claims.sub, &claims.dev, req.into_inner().into()).await?;
         Ok(Response::new(appended.into()))
     }
 
@@ -67,5 +69,13 @@ impl Gateway for GatewayService {
         let claims = self.node.authorize(req.metadata()).await?;
         let device = self.node.logout(&claims, &req.into_inner().device).await?;
         Ok(Response::new(proto::LogoutResponse { device }))
+    }
+
+    async fn history(
+        &self,
+        req: Request<proto::HistoryRequest>,
+    ) -> Result<Response<proto::HistoryResponse>, Status> {
+        let claims = self.node.authorize(req.metadata()).await?;
+        Ok(Response::new(self.node.history(&claims.sub, req.into_inner()).await?))
     }
 }

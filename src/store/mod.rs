@@ -3,10 +3,13 @@
 //! - `memory`: the embedded default; one process, nothing survives a restart.
 //! - `redis`: durable and shared by all nodes; a single server or a Redis Cluster.
 //!
-//! Every user has an inbox whose messages carry a seq contiguous from 1. Appending deduplicates on
-//! (recipient, sender, client_msg_id), assigns the seq, stores the message and reads the
-//! recipient's routes in one atomic step, so the sender can be acked and the message pushed with
-//! a single store round trip.
+//! Every message belongs to a conversation, whose log holds it once with a conversation seq
+//! contiguous from 1 (history, kept for `history_retention` and at most `history_max`
+//! messages). Every user has an inbox whose messages carry a seq contiguous from 1: a copy of
+//! each message they receive, and of each they send while they have another device. Appending
+//! deduplicates on (recipient, sender, client_msg_id), stores the message in the log, the
+//! recipient's inbox and the sender's copy, and reads the routes of both, so the sender can be
+//! acked and the message pushed after one append.
 use async_trait::async_trait;
 
 pub mod memory;
@@ -54,11 +57,16 @@ pub struct Outgoing {
     pub body: String,
 }
 
-/// A message to append to `to`'s inbox.
+/// A message to append to its conversation and `to`'s inbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {
     pub from: String,
+    /// The device it was sent from: the sender's copy goes to their inbox only when they have
+    /// another device.
+    pub origin_device: String,
     pub to: String,
+    /// The conversation id ([`crate::ids::Conversation::id`]).
+    pub conversation: String,
     /// The sender's idempotency key.
     pub client_msg_id: String,
     pub body: String,
@@ -68,15 +76,20 @@ pub struct NewMessage {
     pub sent_at: i64,
 }
 
-/// A message in an inbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A message in an inbox (or, with `seq` 0, in a conversation's history).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StoredMessage {
+    /// Position in the inbox it was read from.
     pub seq: u64,
     pub msg_id: String,
     pub from: String,
     pub to: String,
     pub body: String,
     pub sent_at: i64,
+    pub conversation: String,
+    /// Position in the conversation's log.
+    pub conv_seq: u64,
+    pub client_msg_id: String,
 }
 
 /// Where one device's stream is held.
@@ -107,6 +120,26 @@ pub struct Appended {
     pub duplicate: bool,
     /// The recipient's unexpired routes (device, route) at the time of the append.
     pub routes: Vec<(String, Route)>,
+    /// The copy stored in the sender's inbox for their other devices, if one was (never for a
+    /// duplicate, nor to oneself).
+    pub copy: Option<SenderCopy>,
+}
+
+/// The sender's copy of a message: its place in the sender's inbox and the sender's routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SenderCopy {
+    pub message: StoredMessage,
+    pub routes: Vec<(String, Route)>,
+}
+
+/// Which part of a conversation's log [`Inbox::history`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// Above 0: the oldest messages with a conversation seq above it.
+    pub after: u64,
+    /// Otherwise the newest below it (0: the newest of all).
+    pub before: u64,
+    pub limit: usize,
 }
 
 /// Message `seq` of `user`'s inbox, if the inbox still holds it (not acked by every device, not
@@ -126,9 +159,18 @@ pub async fn message_at(
 /// Per-user durable message queues with per-device ack cursors.
 #[async_trait]
 pub trait Inbox: Send + Sync + 'static {
-    /// Dedup + inbox rate + next seq + append + route read, atomically. A retry of a stored
+    /// Dedup + inbox rate + the conversation log + next seq + append + route read, and the
+    /// sender's copy when they have a device other than `origin_device`. A retry of a stored
     /// message is answered as a duplicate even when the inbox is over its rate.
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError>;
+
+    /// A page of `conversation`'s log, in conversation seq order (`seq` 0), never past the
+    /// history retention.
+    async fn history(
+        &self,
+        conversation: &str,
+        page: HistoryPage,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
 
     /// Up to `limit` messages of `user` with seq > `after`, in seq order. Messages acked by
     /// every device may be gone; messages older than the retention are never returned, whether
@@ -250,6 +292,10 @@ pub struct StoreOptions {
     pub max_devices: u32,
     /// A device unseen (no Hello, no ack) this long is forgotten with its cursor.
     pub device_ttl: std::time::Duration,
+    /// How long a conversation's log keeps a message (history).
+    pub history_retention: std::time::Duration,
+    /// Messages one conversation's log keeps at most; the oldest go first.
+    pub history_max: u64,
 }
 
 impl Default for StoreOptions {
@@ -262,6 +308,8 @@ impl Default for StoreOptions {
             wait_replicas: 0,
             max_devices: 20,
             device_ttl: std::time::Duration::from_secs(30 * 24 * 3600),
+            history_retention: std::time::Duration::from_secs(30 * 24 * 3600),
+            history_max: 100_000,
         }
     }
 }

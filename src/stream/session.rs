@@ -338,7 +338,9 @@ impl Session {
     async fn send(&mut self, m: proto::SendMessage) -> Frame {
         let id = m.client_msg_id.clone();
         let result = match self.gate.admit(&id) {
-            Ok(()) => self.node.send(&self.user, m.into()).await.map_err(Status::from),
+            Ok(()) => {
+                self.node.send(&self.user, &self.device, m.into()).await.map_err(Status::from)
+            }
             Err(refused) => Err(refused),
         };
         self.gate.settle(&id, result.as_ref().err());

@@ -226,6 +226,35 @@ impl TestNode {
         self.gateway().await.send(client::authorized(req, &token)).await.map(|r| r.into_inner())
     }
 
+    /// Gateway.History as `user` (from a device that never held a stream).
+    pub async fn history(
+        &self,
+        user: &str,
+        req: proto::HistoryRequest,
+    ) -> Result<proto::HistoryResponse, tonic::Status> {
+        let token = self.login(user, "history-reader").await.token;
+        self.gateway().await.history(client::authorized(req, &token)).await.map(|r| r.into_inner())
+    }
+
+    /// The direct conversation of `user` and `with` as (conv_seq, from, body), oldest first:
+    /// a page before `before` (0: the newest) of at most `limit`.
+    pub async fn history_with(
+        &self,
+        user: &str,
+        with: &str,
+        before: u64,
+        limit: u32,
+    ) -> Vec<(u64, String, String)> {
+        let req = proto::HistoryRequest {
+            with: with.into(),
+            before_seq: before,
+            limit,
+            ..Default::default()
+        };
+        let page = self.history(user, req).await.unwrap().messages;
+        page.into_iter().map(|m| (m.conv_seq, m.from, m.body)).collect()
+    }
+
     /// Devices of `user` that Presence reports online.
     pub async fn presence(&self, user: &str) -> Vec<String> {
         self.presence_nodes(user).await.into_iter().map(|(device, _)| device).collect()

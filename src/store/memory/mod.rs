@@ -10,10 +10,17 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 
-use super::{Appended, Inbox, NewMessage, Route, StoreError, StoreOptions, StoredMessage};
+use super::{
+    Appended, HistoryPage, Inbox, NewMessage, Route, StoreError, StoreOptions, StoredMessage,
+};
 use crate::auth::unix_ms;
 
+mod append;
+mod log;
 mod routes;
+
+use append::Taken;
+use log::ConvLog;
 
 const SHARDS: usize = 64;
 /// Retry keys remembered per inbox in memory.
@@ -25,6 +32,10 @@ const WINDOW: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct MemoryStore {
     shards: Vec<Mutex<HashMap<String, UserState>>>,
+    /// Conversation logs, by conversation id. An append holds its conversation's lock while it
+    /// takes the users' (one at a time, never the other way round), so one conversation's
+    /// messages reach every inbox in conversation seq order.
+    convs: Vec<Mutex<HashMap<String, ConvLog>>>,
     hasher: RandomState,
     opts: StoreOptions,
 }
@@ -57,6 +68,7 @@ struct UserState {
 #[derive(Debug, Clone)]
 struct DedupEntry {
     seq: u64,
+    conv_seq: u64,
     msg_id: String,
     sent_at: i64,
     expires: Instant,
@@ -113,6 +125,7 @@ impl MemoryStore {
     pub fn new(opts: StoreOptions) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            convs: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             opts,
         }
@@ -132,6 +145,11 @@ impl MemoryStore {
 
     fn shard(&self, user: &str) -> std::sync::MutexGuard<'_, HashMap<String, UserState>> {
         let shard = &self.shards[self.hasher.hash_one(user) as usize % SHARDS];
+        shard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn conv_shard(&self, id: &str) -> std::sync::MutexGuard<'_, HashMap<String, ConvLog>> {
+        let shard = &self.convs[self.hasher.hash_one(id) as usize % SHARDS];
         shard.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -169,6 +187,13 @@ impl MemoryStore {
                     && u.cursors.is_empty())
             });
         }
+        for shard in &self.convs {
+            let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            map.retain(|_, log| {
+                log.expire(&self.opts);
+                !log.is_empty()
+            });
+        }
     }
 }
 
@@ -176,63 +201,36 @@ impl MemoryStore {
 impl Inbox for MemoryStore {
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
         let now = Instant::now();
-        let dedup_ttl: Duration = self.opts.dedup_ttl;
-        self.with_user(&msg.to.clone(), |u| {
-            u.expire(&self.opts, now);
-            let routes = u.live_routes(now);
-            let key = (msg.from.clone(), msg.client_msg_id.clone());
-            if let Some(e) = u.dedup.get(&key) {
-                let message = StoredMessage {
-                    seq: e.seq,
-                    msg_id: e.msg_id.clone(),
-                    from: msg.from,
-                    to: msg.to,
-                    body: msg.body,
-                    sent_at: e.sent_at,
-                };
-                return Ok(Appended { message, duplicate: true, routes });
+        let mut convs = self.conv_shard(&msg.conversation);
+        let log = convs.entry(msg.conversation.clone()).or_default();
+        log.expire(&self.opts);
+        let conv_seq = log.next_seq();
+        let stored = self.with_user(&msg.to.clone(), |u| self.take(u, &msg, conv_seq, now))?;
+        let (message, routes) = match stored {
+            Taken::Duplicate(message, routes) => {
+                return Ok(Appended { message, duplicate: true, routes, copy: None });
             }
-            if u.messages.len() as u64 >= self.opts.inbox_max {
-                return Err(StoreError::InboxFull { max: self.opts.inbox_max });
-            }
-            let rate = self.opts.inbox_rate;
-            if rate > 0 {
-                let (start, taken) =
-                    u.window.filter(|(s, _)| now < *s + WINDOW).unwrap_or((now, 0));
-                if taken >= rate {
-                    let retry_after = (start + WINDOW).saturating_duration_since(now);
-                    return Err(StoreError::InboxRate { rate, retry_after });
-                }
-                u.window = Some((start, taken + 1));
-            }
-            u.last_seq += 1;
-            let stored = StoredMessage {
-                seq: u.last_seq,
-                msg_id: msg.msg_id,
-                from: msg.from,
-                to: msg.to,
-                body: msg.body,
-                sent_at: msg.sent_at,
-            };
-            let expires = now + dedup_ttl;
-            let entry = DedupEntry {
-                seq: stored.seq,
-                msg_id: stored.msg_id.clone(),
-                sent_at: stored.sent_at,
-                expires,
-            };
-            u.dedup.insert(key.clone(), entry);
-            u.dedup_expiry.push_back((expires, key));
-            // Bounded per inbox: past the bound the oldest keys are forgotten first (a retry
-            // that old would be stored again; Redis keeps them all for the dedup TTL).
-            while u.dedup_expiry.len() > DEDUP_MAX {
-                if let Some((_, oldest)) = u.dedup_expiry.pop_front() {
-                    u.dedup.remove(&oldest);
-                }
-            }
-            u.messages.push_back(stored.clone());
-            Ok(Appended { message: stored, duplicate: false, routes })
-        })
+            Taken::New(message, routes) => (message, routes),
+        };
+        log.push(StoredMessage { seq: 0, ..message.clone() }, &self.opts);
+        drop(convs);
+        let copy = if msg.from == msg.to {
+            None
+        } else {
+            self.with_user(&msg.from, |u| self.sender_copy(u, &message, &msg.origin_device, now))
+        };
+        Ok(Appended { message, duplicate: false, routes, copy })
+    }
+
+    async fn history(
+        &self,
+        conversation: &str,
+        page: HistoryPage,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let mut convs = self.conv_shard(conversation);
+        let Some(log) = convs.get_mut(conversation) else { return Ok(Vec::new()) };
+        log.expire(&self.opts);
+        Ok(log.page(page))
     }
 
     async fn read(
@@ -316,7 +314,9 @@ mod tests {
     fn message(n: usize) -> NewMessage {
         NewMessage {
             from: "alice".into(),
+            origin_device: "default".into(),
             to: "bob".into(),
+            conversation: crate::ids::Conversation::direct("alice", "bob").id(),
             client_msg_id: format!("c{n}"),
             body: "x".into(),
             msg_id: format!("m{n}"),

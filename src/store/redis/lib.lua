@@ -45,8 +45,8 @@ local function sent_at(entry)
   return nil
 end
 
--- Drops the entries sent before cut (ms) from the head of an inbox stream, looking at `most`
--- of them at the most. Returns how many it dropped.
+-- Drops the entries sent before cut (ms) from the head of a stream (an inbox or a conversation
+-- log), looking at `most` of them at the most. Returns how many it dropped.
 local function drop_expired(inbox, cut, most)
   local last = nil
   local dropped = 0
@@ -58,8 +58,9 @@ local function drop_expired(inbox, cut, most)
     dropped = dropped + 1
   end
   if last then
-    local seq = tonumber(string.match(last, '^(%d+)'))
-    redis.call('XTRIM', inbox, 'MINID', (seq + 1) .. '-0')
+    -- Inbox ids are <seq>-0, log ids 0-<conversation seq>: the id just after the last dropped.
+    local ms, n = string.match(last, '^(%d+)-(%d+)$')
+    redis.call('XTRIM', inbox, 'MINID', ms .. '-' .. (tonumber(n) + 1))
   end
   return dropped
 end

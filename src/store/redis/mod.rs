@@ -5,8 +5,15 @@
 //! - `<p>:epoch:{uid}`: id of this incarnation of the inbox (a lost inbox gets a new one)
 //! - `<p>:seq:{uid}`: INCR counter, the inbox's last seq
 //! - `<p>:inbox:{uid}`: stream, entry id `<seq>-0`, fields from, to, client_msg_id, body,
-//!   msg_id, sent_at
-//! - `<p>:dedup:{uid}:<len(from)>:<from>:<client_msg_id>`: `seq|msg_id|sent_at`, with a TTL
+//!   msg_id, sent_at, conv (conversation id), cseq (its seq there)
+//! - `<p>:log:{conv}`: a conversation's log (history), entry id `0-<conversation seq>` (Redis
+//!   numbers them), fields from, to, client_msg_id, body, msg_id, sent_at; at most
+//!   `--history-max` entries, gone `--history-retention` after its newest (set with a slack)
+//! - `<p>:logdedup:{conv}:<len(from)>:<from>:<client_msg_id>` (Cluster): `conv_seq|msg_id|
+//!   sent_at` of a logged message, so a retry between the Cluster's steps logs it once;
+//!   `<p>:sent:{uid}:<client_msg_id>` (Cluster): the sender's copy of that message was made
+//! - `<p>:dedup:{uid}:<len(from)>:<from>:<client_msg_id>`: `seq|msg_id|sent_at|conv_seq`,
+//!   with a TTL
 //! - `<p>:ack:{uid}`: hash device → highest acked seq; `<p>:low:{uid}`: the same as a sorted
 //!   set (the lowest cursor in O(log n)); `<p>:devices:{uid}`: sorted set device → last seen
 //!   (ms), for `--max-devices` and `--device-ttl`. All three expire after the device TTL.
@@ -18,7 +25,9 @@
 //!   logged out), with a TTL of the token lifetime
 //!
 //! The Lua scripts sit beside this file and run by EVALSHA (reloaded after NOSCRIPT, e.g. after
-//! a Redis restart); `lib.lua` holds the helpers several of them share and is put before them; `writer` group-commits appends, ack cursors and route refreshes; `routes` is the RouteStore
+//! a Redis restart); `lib.lua` holds the helpers several of them share and is put before them,
+//! `message.lua` what storing a message takes. `writer` group-commits appends, ack cursors and
+//! route refreshes, `messages` the steps a message is stored in; `routes` is the RouteStore
 //! half; `values` writes and reads the values of these keys; `conn` is the connection (single
 //! server or Cluster).
 use std::time::Duration;
@@ -27,9 +36,10 @@ use async_trait::async_trait;
 use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, RedisError, Script};
 
-use super::{Appended, Inbox, NewMessage, StoreError, StoreOptions, StoredMessage};
+use super::{Appended, HistoryPage, Inbox, NewMessage, StoreError, StoreOptions, StoredMessage};
 
 mod conn;
+mod messages;
 mod routes;
 mod values;
 mod writer;
@@ -37,7 +47,8 @@ mod writer;
 pub use conn::Access;
 
 pub use conn::Conn;
-use values::{now_ms, stored_message};
+use messages::Scripts;
+use values::{logged_message, now_ms, stored_message};
 use writer::{Committer, Writer};
 
 /// Most expired head entries one read drops (one script call; Redis is busy for it).
@@ -45,8 +56,8 @@ const TRIM_AT_ONCE: usize = 1000;
 
 /// The script in `file` with `lib.lua`'s helpers before it, as one chunk.
 macro_rules! with_lib {
-    ($file:literal) => {
-        Script::new(concat!(include_str!("lib.lua"), include_str!($file)))
+    ($($file:literal),+) => {
+        Script::new(concat!(include_str!("lib.lua"), $(include_str!($file)),+))
     };
 }
 
@@ -120,7 +131,13 @@ impl RedisStore {
             keys: keys.clone(),
             opts: opts.clone(),
             timeout,
-            append: with_lib!("append.lua"),
+            messages: Scripts {
+                send: with_lib!("message.lua", "send.lua"),
+                admit: with_lib!("message.lua", "admit.lua"),
+                log: with_lib!("message.lua", "log.lua"),
+                append: with_lib!("message.lua", "append.lua"),
+                copy: with_lib!("message.lua", "copy.lua"),
+            },
             ack: with_lib!("ack.lua"),
             refresh: with_lib!("route_refresh.lua"),
         });
@@ -159,6 +176,11 @@ impl Keys {
 
     fn dedup(&self, user: &str, from: &str, client_msg_id: &str) -> String {
         format!("{}:{}:{from}:{client_msg_id}", self.key("dedup", user), from.len())
+    }
+
+    /// A conversation log's key for one sent message (Cluster: `log.lua`).
+    fn log_dedup(&self, conversation: &str, from: &str, client_msg_id: &str) -> String {
+        format!("{}:{}:{from}:{client_msg_id}", self.key("logdedup", conversation), from.len())
     }
 
     /// How long a user's seq counter and epoch outlive their last activity: longer than any
@@ -223,6 +245,53 @@ impl Inbox for RedisStore {
                 return Ok(page);
             }
         }
+    }
+
+    async fn history(
+        &self,
+        conversation: &str,
+        page: HistoryPage,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        // Expired entries sit at the head of the log until its TTL renewal drops them (within
+        // the slack): skipped here, never returned.
+        let cut = now_ms() - self.opts.history_retention.as_millis() as i64;
+        let key = self.key("log", conversation);
+        let fresh = |e| logged_message(e, conversation).map(|m| (m.sent_at >= cut).then_some(m));
+        let mut conn = self.conn.clone();
+        if page.after == 0 {
+            let end = match page.before {
+                0 => "+".to_string(),
+                before => format!("0-{}", before - 1),
+            };
+            let reply: StreamRangeReply = conn.xrevrange_count(&key, end, "-", page.limit).await?;
+            let mut out: Vec<StoredMessage> = reply
+                .ids
+                .into_iter()
+                .map(fresh)
+                .filter_map(Result::transpose)
+                .collect::<Result<_, _>>()?;
+            out.reverse();
+            return Ok(out);
+        }
+        let mut out = Vec::new();
+        let mut from = page.after + 1;
+        while out.len() < page.limit {
+            let want = page.limit - out.len();
+            let reply: StreamRangeReply =
+                conn.xrange_count(&key, format!("0-{from}"), "+", want).await?;
+            let got = reply.ids.len();
+            for e in reply.ids {
+                let m = logged_message(e, conversation)?;
+                from = m.conv_seq + 1;
+                if m.sent_at >= cut {
+                    out.push(m);
+                }
+            }
+            if got < want {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     async fn epoch(&self, user: &str) -> Result<String, StoreError> {

@@ -7,6 +7,7 @@ use redis::Value;
 use redis::streams::StreamId;
 
 use crate::auth::unix_ms;
+use crate::ids::Conversation;
 use crate::store::{Route, StoreError, StoredMessage};
 
 pub(super) fn now_ms() -> i64 {
@@ -17,17 +18,27 @@ pub(super) fn bad(what: &str) -> StoreError {
     StoreError::Internal(format!("unexpected reply from Redis: {what}"))
 }
 
-/// Parses `seq|msg_id|sent_at`.
-pub(super) fn parse_stored(s: &str) -> Result<(u64, String, i64), StoreError> {
-    let mut it = s.splitn(3, '|');
+/// A dedup or log value: `seq|msg_id|sent_at`, then `|conv_seq` in a recipient's dedup value
+/// (0 when written before conversations).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Stored {
+    pub(super) seq: u64,
+    pub(super) msg_id: String,
+    pub(super) sent_at: i64,
+    pub(super) conv_seq: u64,
+}
+
+pub(super) fn parse_stored(s: &str) -> Result<Stored, StoreError> {
+    let mut it = s.splitn(4, '|');
     let (Some(seq), Some(id), Some(at)) = (it.next(), it.next(), it.next()) else {
         return Err(bad("dedup value"));
     };
-    Ok((
-        seq.parse().map_err(|_| bad("seq"))?,
-        id.to_string(),
-        at.parse().map_err(|_| bad("sent_at"))?,
-    ))
+    Ok(Stored {
+        seq: seq.parse().map_err(|_| bad("seq"))?,
+        msg_id: id.to_string(),
+        sent_at: at.parse().map_err(|_| bad("sent_at"))?,
+        conv_seq: it.next().map_or(Ok(0), |c| c.parse().map_err(|_| bad("conv_seq")))?,
+    })
 }
 
 /// `node_id|session_id|started_at_ms|lapses_at_ms` for a route that lives `ttl` from now.
@@ -66,16 +77,39 @@ pub(super) fn field(map: &HashMap<String, Value>, name: &str) -> Result<String, 
     }
 }
 
-/// One inbox stream entry as a message.
+/// One inbox stream entry as a message. Entries stored before conversations have no `conv`
+/// and `cseq`: theirs is the direct conversation, at seq 0 (not known).
 pub(super) fn stored_message(e: StreamId) -> Result<StoredMessage, StoreError> {
     let seq = e.id.split('-').next().and_then(|s| s.parse().ok()).ok_or(bad("id"))?;
+    let mut m = entry(&e)?;
+    m.seq = seq;
+    m.conversation = match field(&e.map, "conv") {
+        Ok(conv) => conv,
+        Err(_) => Conversation::direct(&m.from, &m.to).id(),
+    };
+    m.conv_seq = field(&e.map, "cseq").ok().and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok(m)
+}
+
+/// One conversation log entry (id `0-<conv_seq>`) as a message of `conversation`'s history.
+pub(super) fn logged_message(e: StreamId, conversation: &str) -> Result<StoredMessage, StoreError> {
+    let conv_seq = e.id.strip_prefix("0-").and_then(|s| s.parse().ok()).ok_or(bad("log id"))?;
+    let mut m = entry(&e)?;
+    m.conversation = conversation.to_string();
+    m.conv_seq = conv_seq;
+    Ok(m)
+}
+
+/// The fields an inbox entry and a log entry share.
+fn entry(e: &StreamId) -> Result<StoredMessage, StoreError> {
     Ok(StoredMessage {
-        seq,
         msg_id: field(&e.map, "msg_id")?,
         from: field(&e.map, "from")?,
         to: field(&e.map, "to")?,
         body: field(&e.map, "body")?,
         sent_at: field(&e.map, "sent_at")?.parse().map_err(|_| bad("sent_at"))?,
+        client_msg_id: field(&e.map, "client_msg_id").unwrap_or_default(),
+        ..StoredMessage::default()
     })
 }
 
@@ -98,7 +132,9 @@ mod tests {
         let live = live_routes(flat, 200);
         assert_eq!(live.len(), 1);
         assert_eq!(live[0].0, "tab");
-        assert_eq!(parse_stored("7|id|123").unwrap(), (7, "id".into(), 123));
+        let old = Stored { seq: 7, msg_id: "id".into(), sent_at: 123, conv_seq: 0 };
+        assert_eq!(parse_stored("7|id|123").unwrap(), old);
+        assert_eq!(parse_stored("7|id|123|9").unwrap(), Stored { conv_seq: 9, ..old });
         assert!(parse_stored("7|id").is_err());
     }
 }

@@ -2,11 +2,12 @@
 //! task, which takes
 //! what is waiting (up to [`MAX_BATCH`]) while at most [`MAX_IN_FLIGHT`] batches are out, and
 //! stores it in as few Redis calls as the deployment allows:
-//! - a single server: one `append.lua` call for all the batch's messages, one `ack.lua` call
+//! - a single server: one `send.lua` call for all the batch's messages, one `ack.lua` call
 //!   for all its acks and one `route_refresh.lua` call for all its route refreshes, sent
 //!   together;
-//! - a Redis Cluster: one call per recipient (its keys share a slot), all sent at once; the
-//!   cluster connection pipelines those bound for one master.
+//! - a Redis Cluster: one call per user (its keys share a slot), all sent at once (messages
+//!   take a few steps, one call per hash tag each: `messages`); the cluster connection
+//!   pipelines those bound for one master.
 //!
 //! No timer holds a message back: under light load a batch is the one message that came, and
 //! batches grow by themselves while Redis is busy with earlier ones. Each caller is answered when
@@ -22,14 +23,15 @@ use futures_util::stream::FuturesUnordered;
 use redis::{FromRedisValue as _, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::values::{bad, live_routes, now_ms, parse_stored};
+use super::messages::{Scripts, appended};
+use super::values::{bad, now_ms};
 use super::{Conn, Keys};
-use crate::store::{Appended, NewMessage, StoreError, StoreOptions, StoredMessage};
+use crate::store::{Appended, NewMessage, StoreError, StoreOptions};
 
 /// Most requests one batch takes.
 const MAX_BATCH: usize = 256;
 /// Most messages (or acks) in one script call; a larger batch makes several calls.
-const MAX_CALL: usize = 128;
+pub(super) const MAX_CALL: usize = 128;
 /// Batches in flight at once; while they are, new requests gather into the next. More than one,
 /// so a slow call (a Cluster redirect, a reconnect) does not stall every write of the node.
 const MAX_IN_FLIGHT: usize = 4;
@@ -107,7 +109,7 @@ pub(super) struct Committer {
     pub(super) opts: StoreOptions,
     /// The command timeout (WAIT is bounded by it).
     pub(super) timeout: Duration,
-    pub(super) append: Script,
+    pub(super) messages: Scripts,
     pub(super) ack: Script,
     pub(super) refresh: Script,
 }
@@ -146,7 +148,7 @@ impl Committer {
 
     /// The calls a batch is stored in: on a Cluster one per recipient (one slot), else chunks.
     fn calls<T>(&self, items: Vec<T>, user: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
-        if matches!(self.conn, Conn::Single(_)) {
+        if self.single_server() {
             let mut calls = Vec::new();
             let mut items = items.into_iter().peekable();
             while items.peek().is_some() {
@@ -170,79 +172,22 @@ impl Committer {
         if appends.is_empty() {
             return;
         }
-        let calls = self.calls(appends, |(m, _)| m.to.as_str());
-        let results =
-            futures_util::future::join_all(calls.iter().map(|c| self.append_call(c))).await;
+        let (msgs, replies): (Vec<_>, Vec<_>) = appends.into_iter().unzip();
+        let outcomes = self.store_messages(&msgs).await;
         // One WAIT covers every write made on the connection so far: the whole batch.
         let replicated = match self.opts.wait_replicas {
             0 => Ok(()),
             _ => self.wait_for_replicas().await,
         };
-        for ((msg, reply), outcome) in each(calls, results) {
+        for ((msg, reply), outcome) in msgs.into_iter().zip(replies).zip(outcomes) {
             let outcome = outcome.and_then(|r| replicated.clone().map(|()| appended(msg, r)));
             let _ = reply.send(outcome);
         }
     }
 
-    /// One `append.lua` call for `call`'s messages: each one's reply, or the call's error.
-    async fn append_call(
-        &self,
-        call: &[(NewMessage, Reply<Appended>)],
-    ) -> Result<Vec<Result<AppendReply, StoreError>>, StoreError> {
-        let now = now_ms();
-        let mut inv = self.append.prepare_invoke();
-        inv.arg(self.opts.dedup_ttl.as_millis() as u64)
-            .arg(now)
-            .arg(now - self.opts.retention.as_millis() as i64)
-            .arg(self.opts.inbox_rate)
-            .arg(self.opts.inbox_max)
-            .arg(self.keys.keep_ms(&self.opts))
-            .arg(self.opts.retention.as_millis() as u64)
-            .arg(self.keys.ttl_slack_ms(&self.opts));
-        for (m, _) in call {
-            let to = m.to.as_str();
-            inv.key(self.keys.key("seq", to))
-                .key(self.keys.key("inbox", to))
-                .key(self.keys.dedup(to, &m.from, &m.client_msg_id))
-                .key(self.keys.key("route", to))
-                .key(self.keys.key("inrate", to))
-                .key(self.keys.key("epoch", to));
-            inv.arg(&m.from)
-                .arg(&m.to)
-                .arg(&m.client_msg_id)
-                .arg(&m.body)
-                .arg(&m.msg_id)
-                .arg(m.sent_at);
-        }
-        let replies: Vec<(i64, String, Vec<String>)> =
-            inv.invoke_async(&mut self.conn.clone()).await?;
-        Ok(replies
-            .into_iter()
-            .map(|(code, value, routes)| self.append_reply(code, value, routes, now))
-            .collect())
-    }
-
-    fn append_reply(
-        &self,
-        code: i64,
-        value: String,
-        routes: Vec<String>,
-        now: i64,
-    ) -> Result<AppendReply, StoreError> {
-        match code {
-            0 | 1 => {
-                let (seq, msg_id, sent_at) = parse_stored(&value)?;
-                let routes = live_routes(routes, now);
-                Ok(AppendReply { duplicate: code == 1, seq, msg_id, sent_at, routes })
-            }
-            2 => {
-                let ms = value.parse().map_err(|_| bad("inbox rate wait"))?;
-                let retry_after = Duration::from_millis(ms);
-                Err(StoreError::InboxRate { rate: self.opts.inbox_rate, retry_after })
-            }
-            3 => Err(StoreError::InboxFull { max: self.opts.inbox_max }),
-            _ => Err(StoreError::Internal(value)),
-        }
+    /// Whether Redis is one server (every key in reach of one script) rather than a Cluster.
+    pub(super) fn single_server(&self) -> bool {
+        matches!(self.conn, Conn::Single(_))
     }
 
     async fn ack_all(&self, acks: Vec<(String, String, u64, Reply<u64>)>) {
@@ -351,28 +296,4 @@ fn each<T, R: Clone>(
         };
         items.into_iter().zip(replies)
     })
-}
-
-/// The stored message `msg` became. For a duplicate: the first copy's seq, id and time (the body
-/// is the caller's; same key, same message).
-fn appended(msg: NewMessage, r: AppendReply) -> Appended {
-    let message = StoredMessage {
-        seq: r.seq,
-        msg_id: r.msg_id,
-        from: msg.from,
-        to: msg.to,
-        body: msg.body,
-        sent_at: r.sent_at,
-    };
-    Appended { message, duplicate: r.duplicate, routes: r.routes }
-}
-
-/// One message's outcome in `append.lua`'s reply.
-#[derive(Clone)]
-struct AppendReply {
-    duplicate: bool,
-    seq: u64,
-    msg_id: String,
-    sent_at: i64,
-    routes: Vec<(String, crate::store::Route)>,
 }

@@ -73,16 +73,21 @@ async fn relay(users: Arc<Users>, mut inbound: Streaming<ClientFrame>, tx: Tx) {
             *seq += 1;
             (to_tx.clone(), *seq)
         });
-        let mut ack = proto::SendAck { client_msg_id: m.client_msg_id, ..Default::default() };
+        let mut ack =
+            proto::SendAck { client_msg_id: m.client_msg_id.clone(), ..Default::default() };
         if let Some((to_tx, seq)) = target {
             ack.seq = seq;
+            // The same fields tim's Message carries, so the frames weigh the same.
             let msg = proto::Message {
                 seq,
                 from: user.clone(),
+                conversation: tim::ids::Conversation::direct(&user, &m.to).id(),
                 to: m.to,
                 body: m.body,
                 sent_at: tim::auth::unix_ms(std::time::SystemTime::now()),
                 msg_id: String::new(),
+                conv_seq: seq,
+                client_msg_id: m.client_msg_id.clone(),
             };
             let _ = to_tx.send(frame(Frame::Message(msg))).await;
         }

@@ -51,8 +51,11 @@ pub async fn append_baseline(
                         _ = stop.wait_for(|s| *s) => break,
                         () = pacer.wait() => {}
                     }
+                    let from = format!("store-s{i}");
                     let msg = NewMessage {
-                        from: format!("store-s{i}"),
+                        conversation: tim::ids::Conversation::direct(&from, &to).id(),
+                        from,
+                        origin_device: "bench".into(),
                         to: to.clone(),
                         client_msg_id: tim::ids::new_id(),
                         body: body(&clock, shape.size),

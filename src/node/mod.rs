@@ -1,6 +1,6 @@
 //! One running node: what its gRPC services and sessions share, and the flows they run — Login,
-//! Send and Presence. Handlers translate the wire and call these; sessions also reach the
-//! stores and [`Delivery`] through the accessors here.
+//! Send and Presence here, History in `conversations`. Handlers translate the wire and call
+//! these; sessions also reach the stores and [`Delivery`] through the accessors here.
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -17,11 +17,17 @@ use crate::deliver::{Delivery, Peers};
 use crate::discovery::{Membership, NodeInfo};
 use crate::error::Error;
 use crate::ids;
+use crate::ids::Conversation;
 use crate::lb::{NodeSelectLayer, Placed};
 use crate::limit::{QueueBudget, SendLimits};
 use crate::proto;
 use crate::store::{Appended, Inbox, NewMessage, Outgoing, RouteStore, message_at};
+
 use crate::tls::{ClientTls, ServerTls};
+
+mod conversations;
+
+pub use conversations::{MAX_HISTORY_BYTES, MAX_HISTORY_PAGE};
 
 /// Device name used when Login names none.
 pub const DEFAULT_DEVICE: &str = "default";
@@ -220,18 +226,12 @@ impl Node {
         Ok(reply)
     }
 
-    /// Validates, stores and pushes one message from `from`. Returns only after the message is
-    /// in the recipient's inbox. Refused (RESOURCE_EXHAUSTED, with a retry hint) when `from` is
+    /// Validates, stores and pushes one message from `from`'s `device`. Returns only after the
+    /// message is in its conversation's log and the recipient's inbox (and in the sender's, for
+    /// their other devices). Refused (RESOURCE_EXHAUSTED, with a retry hint) when `from` is
     /// over its send allowance on this node or the recipient's inbox over its rate.
-    pub async fn send(&self, from: &str, msg: Outgoing) -> Result<Appended, Error> {
-        if let Err(retry_after) = self.limits.take(from, std::time::Instant::now()) {
-            let (rate, burst) = (self.limits.rate(), self.limits.burst());
-            let message = format!(
-                "send rate limit: {rate} messages/s per user (bursts of {burst}); retry with the \
-                 same client_msg_id"
-            );
-            return Err(Error::RateLimited { message, retry_after });
-        }
+    pub async fn send(&self, from: &str, device: &str, msg: Outgoing) -> Result<Appended, Error> {
+        self.take_allowance(from, "retry with the same client_msg_id")?;
         ids::client_msg_id(&msg.client_msg_id)?;
         ids::user(&msg.to).map_err(|e| Error::invalid(format!("recipient: {e}")))?;
         if msg.body.is_empty() {
@@ -248,6 +248,8 @@ impl Node {
             .inbox
             .append(NewMessage {
                 from: from.to_string(),
+                origin_device: device.to_string(),
+                conversation: Conversation::direct(from, &msg.to).id(),
                 to: msg.to,
                 client_msg_id: msg.client_msg_id,
                 body: msg.body,
@@ -256,7 +258,10 @@ impl Node {
             })
             .await?;
         if !appended.duplicate {
-            self.delivery.fan_out(&appended.message, &appended.routes);
+            self.delivery.fan_out(&appended.message.to, &appended.message, &appended.routes);
+            if let Some(copy) = &appended.copy {
+                self.delivery.fan_out(from, &copy.message, &copy.routes);
+            }
             return Ok(appended);
         }
         // A retry: the first attempt may have been stored but never pushed (its caller gave up
@@ -265,9 +270,22 @@ impl Node {
         // Sessions drop seqs they already sent.
         let stored = &appended.message;
         if let Some(first) = message_at(self.inbox.as_ref(), &stored.to, stored.seq).await? {
-            self.delivery.fan_out(&first, &appended.routes);
+            self.delivery.fan_out(&stored.to, &first, &appended.routes);
         }
         Ok(appended)
+    }
+
+    /// Takes one from `user`'s send allowance on this node (sends and history pages share it);
+    /// over it: RESOURCE_EXHAUSTED with a retry hint, and `what_then` to say what to do.
+    pub(crate) fn take_allowance(&self, user: &str, what_then: &str) -> Result<(), Error> {
+        if let Err(retry_after) = self.limits.take(user, std::time::Instant::now()) {
+            let (rate, burst) = (self.limits.rate(), self.limits.burst());
+            let message = format!(
+                "send rate limit: {rate} messages/s per user (bursts of {burst}); {what_then}"
+            );
+            return Err(Error::RateLimited { message, retry_after });
+        }
+        Ok(())
     }
 
     /// Whether `user` holds a stream on a live node (or, if not, when last seen) and, only when

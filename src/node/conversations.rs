@@ -1,0 +1,66 @@
+//! Conversations: their history (and, as they come, groups).
+use crate::auth::AuthError;
+use crate::error::Error;
+use crate::ids::{self, Conversation};
+use crate::proto;
+use crate::store::{HistoryPage, StoredMessage};
+
+use super::Node;
+
+/// Most messages one History page holds.
+pub const MAX_HISTORY_PAGE: usize = 100;
+/// A History page without a limit holds this many.
+const DEFAULT_HISTORY_PAGE: usize = 50;
+/// Bodies one History page holds at most, about (always at least one message).
+pub const MAX_HISTORY_BYTES: usize = 1 << 20;
+
+impl Node {
+    /// A page of a conversation's history for `caller`, who must be one of its members:
+    /// `conversation` by id, or the direct one with `with`. At most [`MAX_HISTORY_PAGE`]
+    /// messages and about [`MAX_HISTORY_BYTES`] of bodies.
+    pub async fn history(
+        &self,
+        caller: &str,
+        req: proto::HistoryRequest,
+    ) -> Result<proto::HistoryResponse, Error> {
+        let conversation = match (req.conversation.is_empty(), req.with.is_empty()) {
+            (false, true) => Conversation::parse(&req.conversation)?,
+            (true, false) => {
+                ids::user(&req.with).map_err(|e| Error::invalid(format!("with: {e}")))?;
+                Conversation::direct(caller, &req.with)
+            }
+            _ => return Err(Error::invalid("give exactly one of conversation and with")),
+        };
+        self.take_allowance(caller, "retry later")?;
+        if !conversation.has_member(caller) {
+            return Err(AuthError::Forbidden("not a member of this conversation".into()).into());
+        }
+        let limit = match req.limit {
+            0 => DEFAULT_HISTORY_PAGE,
+            n => (n as usize).min(MAX_HISTORY_PAGE),
+        };
+        let page = HistoryPage { after: req.after_seq, before: req.before_seq, limit };
+        let id = conversation.id();
+        let mut messages = self.inbox.history(&id, page).await?;
+        // About MAX_HISTORY_BYTES at most, always at least one: from the end the page grows
+        // away from (the oldest for a page after a seq, the newest for one before).
+        let mut bytes = 0;
+        let mut keep = |m: &StoredMessage| {
+            bytes += m.body.len();
+            bytes <= MAX_HISTORY_BYTES
+        };
+        let fits = if page.after > 0 {
+            messages.iter().take_while(|m| keep(m)).count()
+        } else {
+            messages.iter().rev().take_while(|m| keep(m)).count()
+        };
+        let fits = fits.max(1).min(messages.len());
+        if page.after > 0 {
+            messages.truncate(fits);
+        } else {
+            messages.drain(..messages.len() - fits);
+        }
+        let messages = messages.into_iter().map(Into::into).collect();
+        Ok(proto::HistoryResponse { conversation: id, messages })
+    }
+}
