@@ -43,8 +43,13 @@ impl Error {
             Error::Store(
                 StoreError::InboxRate { .. }
                 | StoreError::InboxFull { .. }
-                | StoreError::TooManyDevices { .. },
+                | StoreError::TooManyDevices { .. }
+                | StoreError::GroupFull { .. },
             ) => Code::ResourceExhausted,
+            Error::Store(StoreError::NotMember) => Code::NotFound,
+            Error::Store(StoreError::Forbidden) => Code::PermissionDenied,
+            Error::Store(StoreError::GroupExists) => Code::AlreadyExists,
+            Error::Store(StoreError::OwnerMustStay) => Code::FailedPrecondition,
         }
     }
 

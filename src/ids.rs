@@ -56,6 +56,8 @@ pub enum Conversation {
     /// The direct conversation of two users (the same one twice: a user's notes to themself),
     /// the smaller id first.
     Direct(String, String),
+    /// A group, by the id its creation drew (`g:<id>`).
+    Group(String),
 }
 
 impl Conversation {
@@ -68,6 +70,10 @@ impl Conversation {
     /// Parses an id that [`Conversation::id`] gave.
     pub fn parse(id: &str) -> Result<Self, IdError> {
         let bad = || IdError(format!("{id:?} is not a conversation id"));
+        if let Some(group) = id.strip_prefix("g:") {
+            check("group id", group, MAX_USER_ID).map_err(|_| bad())?;
+            return Ok(Conversation::Group(group.to_string()));
+        }
         let rest = id.strip_prefix("d:").ok_or_else(bad)?;
         let (len, pair) = rest.split_once(':').ok_or_else(bad)?;
         let len: usize = len.parse().map_err(|_| bad())?;
@@ -84,17 +90,11 @@ impl Conversation {
     }
 
     /// The id: `d:<length of the smaller user id>:<smaller>:<larger>` for a direct one (user ids
-    /// may hold ':', the length keeps it unambiguous).
+    /// may hold ':', the length keeps it unambiguous), `g:<id>` for a group.
     pub fn id(&self) -> String {
         match self {
             Conversation::Direct(lo, hi) => format!("d:{}:{lo}:{hi}", lo.len()),
-        }
-    }
-
-    /// Whether `user` may read and write it.
-    pub fn has_member(&self, user: &str) -> bool {
-        match self {
-            Conversation::Direct(lo, hi) => lo == user || hi == user,
+            Conversation::Group(id) => format!("g:{id}"),
         }
     }
 }
@@ -112,8 +112,17 @@ mod tests {
         // ':' inside ids: the length says where the first ends.
         let odd = Conversation::direct("a:b", "a:c");
         assert_eq!(Conversation::parse(&odd.id()).unwrap(), odd);
-        assert!(odd.has_member("a:b") && !odd.has_member("a"));
-        for bad in ["", "d:", "d:9:alice:bob", "d:5:bob:alice", "x:5:alice:bob", "d:5:alice-bob"] {
+        assert_eq!(Conversation::parse("g:7f").unwrap(), Conversation::Group("7f".into()));
+        for bad in [
+            "",
+            "d:",
+            "d:9:alice:bob",
+            "d:5:bob:alice",
+            "x:5:alice:bob",
+            "d:5:alice-bob",
+            "g:",
+            "g:{x}",
+        ] {
             assert!(Conversation::parse(bad).is_err(), "{bad}");
         }
     }

@@ -30,10 +30,13 @@ enum Command {
     Serve(Box<tim::Config>),
     /// Log in, send one message, print its seq once it is stored.
     Send(cli::SendArgs),
-    /// Interactive chat: prints `<from>: <body>`, sends lines typed as `<to>: <text>`.
+    /// Interactive chat: prints `<from>: <body>` (`[<group>] <from>: <body>` for a group), sends
+    /// lines typed as `<to>: <text>` or `#<group id>: <text>`.
     Chat(cli::ChatArgs),
-    /// Prints a direct conversation oldest first, as `[seq] from: body`.
+    /// Prints a conversation (direct or a group) oldest first, as `[seq] from: body`.
     History(cli::HistoryArgs),
+    /// Creates a group (prints `group=<ID>` last), adds or removes members.
+    Group(cli::GroupArgs),
     /// Start nodes and Redis, drive users while killing and restarting them, check delivery
     /// (runs `tim-chaos`; `tim chaos --help` for its flags).
     #[command(disable_help_flag = true)]
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
             Command::Send(args) => cli::send(args).await,
             Command::Chat(args) => cli::chat(args).await,
             Command::History(args) => cli::history(args).await,
+            Command::Group(args) => cli::group(args).await,
             Command::Chaos(args) => cli::forward("tim-chaos", args).await,
             Command::Bench(args) => cli::forward("tim-bench", args).await,
         }

@@ -3,6 +3,7 @@
 use tonic::Status;
 
 use crate::proto;
+use crate::store::groups::{EventKind, GroupEvent, GroupInfo, Member, Role};
 use crate::store::{Appended, Outgoing, StoredMessage};
 
 impl From<StoredMessage> for proto::Message {
@@ -17,6 +18,7 @@ impl From<StoredMessage> for proto::Message {
             conversation: m.conversation,
             conv_seq: m.conv_seq,
             client_msg_id: m.client_msg_id,
+            event: m.event.map(Into::into),
         }
     }
 }
@@ -33,19 +35,59 @@ impl From<proto::Message> for StoredMessage {
             conversation: m.conversation,
             conv_seq: m.conv_seq,
             client_msg_id: m.client_msg_id,
+            event: m.event.and_then(|e| e.try_into().ok()),
         }
+    }
+}
+
+impl From<GroupEvent> for proto::GroupEvent {
+    fn from(e: GroupEvent) -> Self {
+        proto::GroupEvent { kind: e.kind as i32, users: e.users, name: e.name }
+    }
+}
+
+impl TryFrom<proto::GroupEvent> for GroupEvent {
+    type Error = ();
+
+    fn try_from(e: proto::GroupEvent) -> Result<Self, ()> {
+        let kind = EventKind::from_number(e.kind.into()).ok_or(())?;
+        Ok(GroupEvent { kind, users: e.users, name: e.name })
+    }
+}
+
+impl From<GroupInfo> for proto::GroupInfo {
+    fn from(g: GroupInfo) -> Self {
+        proto::GroupInfo {
+            id: g.id,
+            name: g.name,
+            owner: g.owner,
+            member_count: g.member_count,
+            history_for_new_members: g.history_for_new_members,
+            created_at: g.created_at,
+        }
+    }
+}
+
+impl From<Member> for proto::Member {
+    fn from(m: Member) -> Self {
+        let role = match m.role {
+            Role::Member => proto::Role::Member,
+            Role::Admin => proto::Role::Admin,
+            Role::Owner => proto::Role::Owner,
+        };
+        proto::Member { user_id: m.user, role: role as i32, joined_seq: m.joined_seq }
     }
 }
 
 impl From<proto::SendMessage> for Outgoing {
     fn from(m: proto::SendMessage) -> Self {
-        Outgoing { client_msg_id: m.client_msg_id, to: m.to, body: m.body }
+        Outgoing { client_msg_id: m.client_msg_id, to: m.to, body: m.body, group: m.group }
     }
 }
 
 impl From<proto::SendRequest> for Outgoing {
     fn from(m: proto::SendRequest) -> Self {
-        Outgoing { client_msg_id: m.client_msg_id, to: m.to, body: m.body }
+        Outgoing { client_msg_id: m.client_msg_id, to: m.to, body: m.body, group: m.group }
     }
 }
 
@@ -115,9 +157,14 @@ mod tests {
             to: "bob".into(),
             body: "hi".into(),
             sent_at: 42,
-            conversation: "d:5:alice:bob".into(),
+            conversation: "g:7f".into(),
             conv_seq: 3,
             client_msg_id: "c".into(),
+            event: Some(GroupEvent {
+                kind: EventKind::Joined,
+                users: vec!["carol".into(), "dave".into()],
+                name: String::new(),
+            }),
         };
         assert_eq!(StoredMessage::from(proto::Message::from(m.clone())), m);
     }

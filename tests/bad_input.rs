@@ -26,6 +26,7 @@ fn send(id: &str, to: &str, body: &str) -> client_frame::Frame {
         client_msg_id: id.into(),
         to: to.into(),
         body: body.into(),
+        ..Default::default()
     })
 }
 
@@ -129,12 +130,21 @@ async fn bad_tokens_are_unauthenticated(b: &Backend) {
         raw.send(send("c1", "bob", "sneaky")).await;
         assert_eq!(raw.status().await.code(), Code::Unauthenticated, "hello with {token:?}");
 
-        let req =
-            proto::SendRequest { client_msg_id: "c1".into(), to: "bob".into(), body: "x".into() };
+        let req = proto::SendRequest {
+            client_msg_id: "c1".into(),
+            to: "bob".into(),
+            body: "x".into(),
+            ..Default::default()
+        };
         let err = node.gateway().await.send(client::authorized(req, token)).await.unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated, "unary send with {token:?}");
     }
-    let req = proto::SendRequest { client_msg_id: "c1".into(), to: "bob".into(), body: "x".into() };
+    let req = proto::SendRequest {
+        client_msg_id: "c1".into(),
+        to: "bob".into(),
+        body: "x".into(),
+        ..Default::default()
+    };
     let err = node.gateway().await.send(req).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "unary send without a token");
     let err = node.gateway().await.presence(proto::PresenceRequest { user_id: "bob".into() }).await;
@@ -422,7 +432,12 @@ async fn an_inbox_over_its_rate_refuses_new_messages_with_a_hint(b: &Backend) {
         for i in 0..2 {
             let id = format!("{sender}-{i}");
             ids.push((sender, id.clone()));
-            let req = proto::SendRequest { client_msg_id: id, to: "bob".into(), body: "x".into() };
+            let req = proto::SendRequest {
+                client_msg_id: id,
+                to: "bob".into(),
+                body: "x".into(),
+                ..Default::default()
+            };
             let mut gateway = node.gateway().await;
             let token = token.clone();
             sends.push(async move { gateway.send(client::authorized(req, &token)).await });
@@ -589,6 +604,7 @@ async fn over_the_node_queue_budget_readers_go_on_and_non_readers_are_cut_off() 
             client_msg_id: format!("c{i}"),
             to: "bob".into(),
             body: format!("{i}:{body}"),
+            ..Default::default()
         };
         gateway.send(client::authorized(req, &token)).await.unwrap();
     }

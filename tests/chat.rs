@@ -258,8 +258,12 @@ async fn logout_ends_the_devices_streams_and_refuses_its_tokens(b: &Backend) {
     let opts = client::Options::default();
     let again = client::Session::connect(&node.endpoint(), &phone_login.token, 0, &opts).await;
     assert!(matches!(again, Err(client::ClientError::LoggedOut(_))), "{:?}", again.err());
-    let req =
-        tim::proto::SendRequest { client_msg_id: "x".into(), to: "alice".into(), body: "x".into() };
+    let req = tim::proto::SendRequest {
+        client_msg_id: "x".into(),
+        to: "alice".into(),
+        body: "x".into(),
+        ..Default::default()
+    };
     let err = node.gateway().await.send(client::authorized(req, &phone_login.token)).await;
     assert_eq!(err.unwrap_err().code(), Code::Unauthenticated);
     assert_eq!(node.presence_nodes("bob").await.len(), 0, "the phone's route is gone");

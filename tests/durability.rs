@@ -410,6 +410,7 @@ async fn the_inbox_rate_holds_across_nodes() {
             client_msg_id: id.into(),
             to: "bob".into(),
             body: "x".into(),
+            ..Default::default()
         };
         node.gateway().await.send(client::authorized(req, token)).await
     };
@@ -578,6 +579,7 @@ async fn non_reading_devices_cost_bounded_memory_and_slow_readers_are_cut_off() 
             client_msg_id: format!("c{i}"),
             to: "bob".into(),
             body: body.clone(),
+            ..Default::default()
         };
         gateway.send(client::authorized(req, &token)).await.unwrap();
     }

@@ -121,7 +121,7 @@ async fn health_is_serving_and_reflection_lists_the_services() {
     let node = TestNode::start(&Backend::Memory).await;
     let ch = client::channel(&node.endpoint(), &Options::default()).await.unwrap();
     let mut health = HealthClient::new(ch.clone());
-    for service in ["", "im.v1.Gateway", "im.v1.Chat"] {
+    for service in ["", "im.v1.Gateway", "im.v1.Chat", "im.v1.Groups"] {
         let r = health.check(HealthCheckRequest { service: service.into() }).await.unwrap();
         assert_eq!(r.into_inner().status(), ServingStatus::Serving, "{service:?}");
     }
@@ -146,7 +146,7 @@ async fn health_is_serving_and_reflection_lists_the_services() {
         panic!("expected a service list");
     };
     let names: Vec<_> = services.service.into_iter().map(|s| s.name).collect();
-    for want in ["im.v1.Gateway", "im.v1.Chat", "grpc.health.v1.Health"] {
+    for want in ["im.v1.Gateway", "im.v1.Chat", "im.v1.Groups", "grpc.health.v1.Health"] {
         assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
     }
     let Some(MessageResponse::FileDescriptorResponse(files)) =
@@ -272,6 +272,68 @@ async fn cli_send_and_chat() {
     let mut bob = node.connect("bob", "cli", 0).await;
     assert_eq!(bob.welcome.resume_from, 1);
     common::assert_quiet(&mut bob, Duration::from_millis(200)).await;
+}
+
+/// The CLI walk-through: create a group, send to it, chat prints it with the group's
+/// id and sends `#<id>: text` to it, history prints the conversation oldest first.
+#[tokio::test]
+async fn cli_groups_send_chat_and_history() {
+    use std::process::Stdio;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let node = TestNode::start(&Backend::Memory).await;
+    let tim = env!("CARGO_BIN_EXE_tim");
+    let addr = node.endpoint();
+    let run = |args: Vec<&str>| {
+        let mut cmd = tokio::process::Command::new(tim);
+        cmd.args(args);
+        async move {
+            let out = cmd.output().await.unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    let created = run(vec![
+        "group",
+        "create",
+        "--addr",
+        &addr,
+        "--user",
+        "alice",
+        "--members",
+        "bob,carol",
+        "--name",
+        "team",
+    ])
+    .await;
+    let group = created.lines().last().unwrap().strip_prefix("group=").unwrap().to_string();
+    run(vec!["send", "--addr", &addr, "--user", "alice", "--group", &group, "hello team"]).await;
+
+    let mut chat = tokio::process::Command::new(tim)
+        .args(["chat", "--addr", &addr, "--user", "bob"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(chat.stdout.take().unwrap()).lines();
+    let mut line = async || tokio::time::timeout(WAIT, stdout.next_line()).await.unwrap().unwrap();
+    let created_line = line().await.unwrap();
+    assert!(
+        created_line.starts_with(&format!("[{group}] alice: (created \"team\"")),
+        "{created_line}"
+    );
+    assert_eq!(line().await.unwrap(), format!("[{group}] alice: hello team"));
+    let mut stdin = chat.stdin.take().unwrap();
+    stdin.write_all(format!("#{group}: hi all\n").as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(WAIT, chat.wait_with_output()).await.unwrap().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let history = run(vec!["history", "--addr", &addr, "--user", "carol", "--group", &group]).await;
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines.len(), 3, "{history}");
+    assert!(lines[0].starts_with("[1] alice: (created"), "{history}");
+    assert_eq!(&lines[1..], ["[2] alice: hello team", "[3] bob: hi all"]);
 }
 
 #[tokio::test]

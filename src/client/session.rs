@@ -111,6 +111,23 @@ impl Sender {
         self.submit(client_msg_id, to, body).await?.await
     }
 
+    /// Sends `body` to the group `group` (its conversation id) with the given client_msg_id;
+    /// resolves once the server stored it in every member's inbox.
+    pub async fn send_to_group(
+        &self,
+        client_msg_id: &str,
+        group: &str,
+        body: &str,
+    ) -> Result<proto::SendAck, ClientError> {
+        let msg = proto::SendMessage {
+            client_msg_id: client_msg_id.to_string(),
+            body: body.to_string(),
+            group: group.to_string(),
+            ..Default::default()
+        };
+        self.submit_message(msg).await?.await
+    }
+
     /// Queues a send frame and returns at once with the future of its ack, so that several
     /// sends can be in flight; the server stores them in the order they were submitted.
     pub async fn submit(
@@ -120,14 +137,25 @@ impl Sender {
         body: &str,
     ) -> Result<impl Future<Output = Result<proto::SendAck, ClientError>> + use<>, ClientError>
     {
-        let rx = self.pending.register(client_msg_id)?;
-        let frame = client_frame::Frame::Send(proto::SendMessage {
+        self.submit_message(proto::SendMessage {
             client_msg_id: client_msg_id.to_string(),
             to: to.to_string(),
             body: body.to_string(),
-        });
-        if self.frame(frame).await.is_err() {
-            self.pending.forget(client_msg_id);
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// [`Sender::submit`] for a message to a user or a group.
+    pub async fn submit_message(
+        &self,
+        msg: proto::SendMessage,
+    ) -> Result<impl Future<Output = Result<proto::SendAck, ClientError>> + use<>, ClientError>
+    {
+        let id = msg.client_msg_id.clone();
+        let rx = self.pending.register(&id)?;
+        if self.frame(client_frame::Frame::Send(msg)).await.is_err() {
+            self.pending.forget(&id);
             return Err(ClientError::Closed);
         }
         Ok(async move { rx.await.unwrap_or(Err(ClientError::Closed)) })

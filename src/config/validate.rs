@@ -58,6 +58,9 @@ impl Config {
         if self.history_max == 0 || self.history_retention < Duration::from_secs(1) {
             return fail("--history-max must be at least 1 and --history-retention at least 1s");
         }
+        if !(2..=100_000).contains(&self.group_max_members) {
+            return fail("--group-max-members must be between 2 and 100000");
+        }
         if !(1..=10_000).contains(&self.max_devices) {
             return fail("--max-devices must be between 1 and 10000");
         }

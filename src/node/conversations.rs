@@ -1,9 +1,9 @@
-//! Conversations: their history (and, as they come, groups).
+//! Conversations: their history, for their members.
 use crate::auth::AuthError;
 use crate::error::Error;
 use crate::ids::{self, Conversation};
 use crate::proto;
-use crate::store::{HistoryPage, StoredMessage};
+use crate::store::{HistoryPage, StoreError, StoredMessage};
 
 use super::Node;
 
@@ -32,16 +32,29 @@ impl Node {
             _ => return Err(Error::invalid("give exactly one of conversation and with")),
         };
         self.take_allowance(caller, "retry later")?;
-        if !conversation.has_member(caller) {
-            return Err(AuthError::Forbidden("not a member of this conversation".into()).into());
-        }
+        let id = conversation.id();
+        // What of the log the caller may see: all of a direct conversation they are in; of a
+        // group, from when they joined unless the group shows earlier history to newcomers.
+        let first_seen = match &conversation {
+            Conversation::Direct(lo, hi) if lo == caller || hi == caller => 0,
+            Conversation::Direct(..) => {
+                let why = "not a member of this conversation".to_string();
+                return Err(AuthError::Forbidden(why).into());
+            }
+            Conversation::Group(_) => {
+                let member = self.groups.member(&id, caller).await?;
+                let member = member.ok_or(StoreError::NotMember)?;
+                let info = self.groups.group(&id).await?.ok_or(StoreError::NotMember)?;
+                if info.history_for_new_members { 0 } else { member.joined_seq }
+            }
+        };
         let limit = match req.limit {
             0 => DEFAULT_HISTORY_PAGE,
             n => (n as usize).min(MAX_HISTORY_PAGE),
         };
         let page = HistoryPage { after: req.after_seq, before: req.before_seq, limit };
-        let id = conversation.id();
         let mut messages = self.inbox.history(&id, page).await?;
+        messages.retain(|m| m.conv_seq >= first_seen);
         // About MAX_HISTORY_BYTES at most, always at least one: from the end the page grows
         // away from (the oldest for a page after a seq, the newest for one before).
         let mut bytes = 0;

@@ -21,13 +21,16 @@ use crate::ids::Conversation;
 use crate::lb::{NodeSelectLayer, Placed};
 use crate::limit::{QueueBudget, SendLimits};
 use crate::proto;
+use crate::store::groups::Groups;
 use crate::store::{Appended, Inbox, NewMessage, Outgoing, RouteStore, message_at};
 
 use crate::tls::{ClientTls, ServerTls};
 
 mod conversations;
+mod groups;
 
 pub use conversations::{MAX_HISTORY_BYTES, MAX_HISTORY_PAGE};
+pub use groups::MAX_GROUP_NAME;
 
 /// Device name used when Login names none.
 pub const DEFAULT_DEVICE: &str = "default";
@@ -60,6 +63,7 @@ pub type LoginWorker = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'stati
 pub struct Stores {
     pub inbox: Arc<dyn Inbox>,
     pub routes: Arc<dyn RouteStore>,
+    pub groups: Arc<dyn Groups>,
 }
 
 /// How a node proves who calls it, and who it calls: login, node certificates, peer TLS.
@@ -83,6 +87,7 @@ pub struct Node {
     limits: SendLimits,
     inbox: Arc<dyn Inbox>,
     routes: Arc<dyn RouteStore>,
+    groups: Arc<dyn Groups>,
     delivery: Delivery,
     login: LoginService,
 }
@@ -122,6 +127,7 @@ impl Node {
             signer,
             node_signer,
             inbox: stores.inbox,
+            groups: stores.groups,
             routes: stores.routes,
             login,
             config,
@@ -233,7 +239,13 @@ impl Node {
     pub async fn send(&self, from: &str, device: &str, msg: Outgoing) -> Result<Appended, Error> {
         self.take_allowance(from, "retry with the same client_msg_id")?;
         ids::client_msg_id(&msg.client_msg_id)?;
-        ids::user(&msg.to).map_err(|e| Error::invalid(format!("recipient: {e}")))?;
+        match (msg.to.is_empty(), msg.group.is_empty()) {
+            (true, false) => {}
+            (false, true) => {
+                ids::user(&msg.to).map_err(|e| Error::invalid(format!("recipient: {e}")))?
+            }
+            _ => return Err(Error::invalid("give exactly one of to and group")),
+        }
         if msg.body.is_empty() {
             return Err(Error::invalid("body is empty"));
         }
@@ -243,6 +255,9 @@ impl Node {
                 msg.body.len(),
                 self.config.max_body
             )));
+        }
+        if !msg.group.is_empty() {
+            return self.send_to_group(from, device, msg).await;
         }
         let appended = self
             .inbox

@@ -17,7 +17,7 @@ use crate::discovery::Membership;
 use crate::node::{Node, Security, Stores};
 use crate::proto::{
     FILE_DESCRIPTOR_SET, chat_server::ChatServer, gateway_server::GatewayServer,
-    relay_server::RelayServer,
+    groups_server::GroupsServer, relay_server::RelayServer,
 };
 use crate::store::{MemoryStore, RedisAccess, RedisStore};
 use crate::task::AbortOnDrop;
@@ -27,6 +27,7 @@ mod cluster;
 
 pub mod chat;
 pub mod gateway;
+pub mod groups;
 pub mod relay;
 
 /// Frames up to this size reach validation, so an oversize body is refused with a clear
@@ -69,7 +70,7 @@ async fn open_store(config: &Config, tasks: &mut JoinSet<()>) -> Result<Stores, 
         let store = Arc::new(MemoryStore::new(config.store_options()));
         let sweeper = store.clone();
         tasks.spawn(async move { sweeper.sweep_every(MEMORY_SWEEP).await });
-        return Ok(Stores { inbox: store.clone(), routes: store });
+        return Ok(Stores { inbox: store.clone(), groups: store.clone(), routes: store });
     }
     let shown: Vec<String> = urls.iter().map(|u| redact_url(u)).collect();
     let tls_ca = match &config.redis_ca {
@@ -92,7 +93,7 @@ async fn open_store(config: &Config, tasks: &mut JoinSet<()>) -> Result<Stores, 
     .map_err(|e| ServeError::Store(format!("{}: {e}", shown.join(","))))?;
     info!(redis = %shown.join(","), cluster = config.redis_cluster, "using Redis stores");
     let store = Arc::new(store);
-    Ok(Stores { inbox: store.clone(), routes: store })
+    Ok(Stores { inbox: store.clone(), groups: store.clone(), routes: store })
 }
 
 /// Runs a node on `listener` until `shutdown` resolves, then drains it and returns.
@@ -189,6 +190,7 @@ async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<GatewayServer<gateway::GatewayService>>().await;
     health.set_serving::<ChatServer<chat::ChatService>>().await;
+    health.set_serving::<GroupsServer<groups::GroupsService>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -223,6 +225,10 @@ async fn serve(
                 .max_decoding_message_size(max_frame),
         )
         .add_service(
+            GroupsServer::new(groups::GroupsService::new(node.clone()))
+                .max_decoding_message_size(max_frame),
+        )
+        .add_service(
             ChatServer::new(chat::ChatService::new(node.clone()))
                 .max_decoding_message_size(max_frame),
         )
@@ -252,6 +258,7 @@ async fn serve(
     health.set_service_status("", ServingStatus::NotServing).await;
     health.set_not_serving::<GatewayServer<gateway::GatewayService>>().await;
     health.set_not_serving::<ChatServer<chat::ChatService>>().await;
+    health.set_not_serving::<GroupsServer<groups::GroupsService>>().await;
     if let (Some(registration), Some(heartbeat)) = (&registration, heartbeat) {
         // Stop passing and re-registering first, or the heartbeat would bring the node back.
         heartbeat.stop().await;

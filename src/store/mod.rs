@@ -12,6 +12,7 @@
 //! acked and the message pushed after one append.
 use async_trait::async_trait;
 
+pub mod groups;
 pub mod memory;
 pub mod redis;
 
@@ -45,6 +46,21 @@ pub enum StoreError {
         "the recipient's inbox takes at most {rate} messages/s; retry with the same client_msg_id"
     )]
     InboxRate { rate: u32, retry_after: std::time::Duration },
+    /// No such group, or the caller is not in it (the two are not told apart).
+    #[error("no such group, or you are not a member of it")]
+    NotMember,
+    /// The caller's role in the group does not allow this change.
+    #[error("your role in this group does not allow that")]
+    Forbidden,
+    /// The group would have more than `max` members.
+    #[error("a group has at most {max} members")]
+    GroupFull { max: u32 },
+    /// A group with this id exists already.
+    #[error("the group exists already")]
+    GroupExists,
+    /// The owner may not leave; they hand the group on first.
+    #[error("the owner cannot leave the group")]
+    OwnerMustStay,
 }
 
 /// A message as its sender submitted it (stream `Send` or unary `Gateway.Send`), before the
@@ -53,8 +69,11 @@ pub enum StoreError {
 pub struct Outgoing {
     /// The sender's idempotency key.
     pub client_msg_id: String,
+    /// The recipient, or empty for a group message.
     pub to: String,
     pub body: String,
+    /// A group's conversation id, instead of `to`.
+    pub group: String,
 }
 
 /// A message to append to its conversation and `to`'s inbox.
@@ -90,6 +109,8 @@ pub struct StoredMessage {
     /// Position in the conversation's log.
     pub conv_seq: u64,
     pub client_msg_id: String,
+    /// Set when the message is a change of its group.
+    pub event: Option<groups::GroupEvent>,
 }
 
 /// Where one device's stream is held.
@@ -118,7 +139,8 @@ pub struct Appended {
     pub message: StoredMessage,
     /// True when (to, from, client_msg_id) was already stored: nothing new was written.
     pub duplicate: bool,
-    /// The recipient's unexpired routes (device, route) at the time of the append.
+    /// The recipient's unexpired routes (device, route) at the time of the append (none for a
+    /// group message: each member's come with [`groups::Delivered`]).
     pub routes: Vec<(String, Route)>,
     /// The copy stored in the sender's inbox for their other devices, if one was (never for a
     /// duplicate, nor to oneself).

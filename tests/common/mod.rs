@@ -222,6 +222,7 @@ impl TestNode {
             client_msg_id: client_msg_id.into(),
             to: to.into(),
             body: body.into(),
+            group: String::new(),
         };
         self.gateway().await.send(client::authorized(req, &token)).await.map(|r| r.into_inner())
     }

@@ -71,7 +71,7 @@ pub enum ClientEvent {
 
 /// What a [`Handle`] asks of the supervisor task.
 enum Cmd {
-    Send { to: String, body: String, reply: oneshot::Sender<Result<proto::SendAck, ClientError>> },
+    Send { msg: proto::SendMessage, reply: oneshot::Sender<Result<proto::SendAck, ClientError>> },
     Ack(u64),
     Retry(String),
     Flush(oneshot::Sender<()>),
@@ -94,9 +94,24 @@ impl Handle {
     /// Sends a message; resolves once it is stored, across reconnects if need be. Fails only
     /// for a non-retryable refusal (e.g. INVALID_ARGUMENT) or when the client stopped.
     pub async fn send(&self, to: &str, body: &str) -> Result<proto::SendAck, ClientError> {
+        let msg = proto::SendMessage { to: to.into(), body: body.into(), ..Default::default() };
+        self.submit(msg).await
+    }
+
+    /// [`Handle::send`] to a group (its conversation id).
+    pub async fn send_to_group(
+        &self,
+        group: &str,
+        body: &str,
+    ) -> Result<proto::SendAck, ClientError> {
+        let msg =
+            proto::SendMessage { group: group.into(), body: body.into(), ..Default::default() };
+        self.submit(msg).await
+    }
+
+    async fn submit(&self, msg: proto::SendMessage) -> Result<proto::SendAck, ClientError> {
         let (reply, rx) = oneshot::channel();
-        let cmd = Cmd::Send { to: to.to_string(), body: body.to_string(), reply };
-        self.cmds.send(cmd).await.map_err(|_| ClientError::Closed)?;
+        self.cmds.send(Cmd::Send { msg, reply }).await.map_err(|_| ClientError::Closed)?;
         rx.await.unwrap_or(Err(ClientError::Closed))
     }
 

@@ -15,9 +15,14 @@ use crate::client::{ClientError, Event, Session, login};
 use crate::proto;
 
 struct Outgoing {
-    to: String,
-    body: String,
+    /// The message, without its client_msg_id (kept beside it).
+    msg: proto::SendMessage,
     reply: Option<oneshot::Sender<Result<proto::SendAck, ClientError>>>,
+}
+
+/// `msg` with its client_msg_id.
+fn with_id(id: &str, msg: &proto::SendMessage) -> proto::SendMessage {
+    proto::SendMessage { client_msg_id: id.to_string(), ..msg.clone() }
 }
 
 /// How a connection ended.
@@ -122,7 +127,7 @@ impl Supervisor {
 
     fn offline(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Send { to, body, reply } => self.queue(to, body, reply),
+            Cmd::Send { msg, reply } => self.queue(msg, reply),
             Cmd::Ack(seq) => self.ack(seq),
             Cmd::Retry(_) => {} // re-sent on reconnect anyway
             Cmd::Flush(done) => {
@@ -133,14 +138,12 @@ impl Supervisor {
 
     fn queue(
         &mut self,
-        to: String,
-        body: String,
+        msg: proto::SendMessage,
         reply: oneshot::Sender<Result<proto::SendAck, ClientError>>,
     ) {
         let order = self.next_order;
         self.next_order += 1;
-        self.pending
-            .insert(order, (crate::ids::new_id(), Outgoing { to, body, reply: Some(reply) }));
+        self.pending.insert(order, (crate::ids::new_id(), Outgoing { msg, reply: Some(reply) }));
     }
 
     /// Logs in through the next gateway and opens a session resuming after the last ack.
@@ -186,7 +189,7 @@ impl Supervisor {
         let mut acks = FuturesUnordered::new();
         // Unacked sends go again, in their order, with their ids.
         for (id, out) in self.pending.values() {
-            match sender.submit(id, &out.to, &out.body).await {
+            match sender.submit_message(with_id(id, &out.msg)).await {
                 Ok(ack) => acks.push(tag(id.clone(), ack)),
                 Err(e) => return Ended::Reconnect(self.next_backoff(), e.to_string()),
             }
@@ -206,10 +209,10 @@ impl Supervisor {
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
                     None => return Ended::Stop,
-                    Some(Cmd::Send { to, body, reply }) => {
-                        self.queue(to, body, reply);
+                    Some(Cmd::Send { msg, reply }) => {
+                        self.queue(msg, reply);
                         let (id, out) = self.pending.values().next_back().expect("just queued");
-                        match sender.submit(id, &out.to, &out.body).await {
+                        match sender.submit_message(with_id(id, &out.msg)).await {
                             Ok(ack) => acks.push(tag(id.clone(), ack)),
                             Err(e) => return Ended::Reconnect(self.next_backoff(), e.to_string()),
                         }
@@ -221,7 +224,7 @@ impl Supervisor {
                     }
                     Some(Cmd::Retry(id)) => {
                         if let Some((id, out)) = self.pending.values().find(|(i, _)| *i == id) {
-                            match sender.submit(id, &out.to, &out.body).await {
+                            match sender.submit_message(with_id(id, &out.msg)).await {
                                 Ok(ack) => acks.push(tag(id.clone(), ack)),
                                 // Already re-sent by a reconnect meanwhile.
                                 Err(ClientError::Protocol(_)) => {}

@@ -35,6 +35,7 @@ impl MemoryStore {
             conversation: msg.conversation.clone(),
             conv_seq,
             client_msg_id: msg.client_msg_id.clone(),
+            event: None,
         };
         if let Some(e) = u.dedup.get(&key) {
             message.seq = e.seq;

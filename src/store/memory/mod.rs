@@ -16,6 +16,7 @@ use super::{
 use crate::auth::unix_ms;
 
 mod append;
+mod groups;
 mod log;
 mod routes;
 
@@ -58,6 +59,9 @@ struct UserState {
     window: Option<(Instant, u32)>,
     /// device → when it was last seen (Hello or ack); at most `max_devices` of them.
     devices: HashMap<String, Instant>,
+    /// Conversation → the last conversation seq of a group that reached this inbox (see
+    /// `groups`); losing it (a swept user) only drops a gap check.
+    conv_cursors: HashMap<String, u64>,
     /// (from, client_msg_id) → seq of the stored copy.
     dedup: HashMap<(String, String), DedupEntry>,
     /// Dedup keys in expiry order, for cheap expiry.

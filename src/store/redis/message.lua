@@ -8,8 +8,9 @@
 -- messages an inbox holds, 6 how long the seq counter and epoch outlive the last activity (ms),
 -- 7 inbox retention (ms), 8 TTL slack (ms: how far above those floors a TTL may be set, see
 -- keep_alive), 9 history retention (ms), 10 most messages a conversation log keeps, 11 history
--- cut-off (ms), 12 history TTL slack (ms); then 9 per message: from, to, client_msg_id, body,
--- msg_id, sent_at (ms), conversation id, origin device, conversation seq (0 if not yet known).
+-- cut-off (ms), 12 history TTL slack (ms); then 12 per message: from, to, client_msg_id, body,
+-- msg_id, sent_at (ms), conversation id, origin device, conversation seq (0 if not yet known),
+-- group event kind (0: a plain message), the users it names (space-separated), group name.
 
 local cfg = {
   dedup_ttl = ARGV[1],
@@ -26,7 +27,10 @@ local cfg = {
   history_slack = tonumber(ARGV[12]),
 }
 local ARGS_BEFORE = 12
-local ARGS_EACH = 9
+local ARGS_EACH = 12
+-- Group event kinds (store::groups::EventKind).
+local EVENT_CREATED, EVENT_JOINED, EVENT_LEFT, EVENT_REMOVED = 1, 2, 3, 4
+local EVENT_RENAMED, EVENT_ROLE_CHANGED = 5, 6
 
 -- Message i's fields.
 local function message(i)
@@ -34,8 +38,24 @@ local function message(i)
   return {
     from = ARGV[a + 1], to = ARGV[a + 2], cmid = ARGV[a + 3], body = ARGV[a + 4],
     msg_id = ARGV[a + 5], sent_at = ARGV[a + 6], conv = ARGV[a + 7], origin = ARGV[a + 8],
-    cseq = tonumber(ARGV[a + 9]),
+    cseq = tonumber(ARGV[a + 9]), ev = tonumber(ARGV[a + 10]), evusers = ARGV[a + 11],
+    evname = ARGV[a + 12],
   }
+end
+
+-- XADD's arguments after the id for m: its fields, and for a group event the event's.
+local function fields(m, more)
+  local f = { 'from', m.from, 'to', m.to, 'client_msg_id', m.cmid, 'body', m.body,
+    'msg_id', m.msg_id, 'sent_at', m.sent_at }
+  for _, v in ipairs(more) do
+    f[#f + 1] = v
+  end
+  if m.ev ~= 0 then
+    for _, v in ipairs({ 'ev', m.ev, 'evusers', m.evusers, 'evname', m.evname }) do
+      f[#f + 1] = v
+    end
+  end
+  return f
 end
 
 -- Routes, the expired-head check and the TTL check are done once per key per call: the script
@@ -140,9 +160,14 @@ end
 -- keeps history_most entries and, like an inbox, goes when its newest passes the history
 -- retention; its TTL is set with a slack and its expired head dropped when that is renewed.
 local function log_append(log, m)
-  local id = redis.call('XADD', log, 'MAXLEN', cfg.history_most, '0-*', 'from', m.from,
-    'to', m.to, 'client_msg_id', m.cmid, 'body', m.body, 'msg_id', m.msg_id,
-    'sent_at', m.sent_at)
+  local id
+  if m.ev == 0 then
+    -- A plain message (the hot path): no table to build.
+    id = redis.call('XADD', log, 'MAXLEN', cfg.history_most, '0-*', 'from', m.from, 'to', m.to,
+      'client_msg_id', m.cmid, 'body', m.body, 'msg_id', m.msg_id, 'sent_at', m.sent_at)
+  else
+    id = redis.call('XADD', log, 'MAXLEN', cfg.history_most, '0-*', unpack(fields(m, {})))
+  end
   local ttl = redis.call('PTTL', log)
   if ttl < cfg.history or ttl > cfg.history + cfg.history_slack then
     redis.call('PEXPIRE', log, cfg.history + cfg.history_slack)
@@ -154,9 +179,12 @@ end
 -- Appends m (with its conversation seq) to a user's inbox with the user's next seq.
 local function inbox_append(seq_key, inbox, epoch, was_empty, m)
   local seq = redis.call('INCR', seq_key)
-  redis.call('XADD', inbox, seq .. '-0', 'from', m.from, 'to', m.to, 'client_msg_id', m.cmid,
-    'body', m.body, 'msg_id', m.msg_id, 'sent_at', m.sent_at, 'conv', m.conv,
-    'cseq', m.cseq)
+  if m.ev == 0 then
+    redis.call('XADD', inbox, seq .. '-0', 'from', m.from, 'to', m.to, 'client_msg_id', m.cmid,
+      'body', m.body, 'msg_id', m.msg_id, 'sent_at', m.sent_at, 'conv', m.conv, 'cseq', m.cseq)
+  else
+    redis.call('XADD', inbox, seq .. '-0', unpack(fields(m, { 'conv', m.conv, 'cseq', m.cseq })))
+  end
   keep_alive(seq_key, inbox, epoch, was_empty)
   return seq
 end

@@ -16,9 +16,10 @@ use redis::Value;
 use redis::{FromRedisValue as _, ScriptInvocation};
 use tracing::warn;
 
+use super::Keys;
 use super::values::{Stored, bad, live_routes, now_ms, parse_stored};
 use super::writer::Committer;
-use crate::store::{Appended, NewMessage, Route, SenderCopy, StoreError, StoredMessage};
+use crate::store::{NewMessage, Route, StoreError, StoreOptions};
 
 /// The scripts messages are stored with.
 pub(super) struct Scripts {
@@ -32,11 +33,11 @@ pub(super) struct Scripts {
 /// One message's outcome.
 #[derive(Clone)]
 pub(super) struct AppendReply {
-    duplicate: bool,
-    stored: Stored,
-    routes: Vec<(String, Route)>,
+    pub(super) duplicate: bool,
+    pub(super) stored: Stored,
+    pub(super) routes: Vec<(String, Route)>,
     /// The sender's copy: its seq in their inbox and their routes.
-    copy: CopyReply,
+    pub(super) copy: CopyReply,
 }
 
 type Outcome = Result<AppendReply, StoreError>;
@@ -140,20 +141,8 @@ impl Committer {
 
     /// A message script invocation with the arguments every one of them takes first.
     fn invocation<'a>(&self, script: &'a Script, now: i64) -> ScriptInvocation<'a> {
-        let (opts, keys) = (&self.opts, &self.keys);
         let mut inv = script.prepare_invoke();
-        inv.arg(opts.dedup_ttl.as_millis() as u64)
-            .arg(now)
-            .arg(now - opts.retention.as_millis() as i64)
-            .arg(opts.inbox_rate)
-            .arg(opts.inbox_max)
-            .arg(keys.keep_ms(opts))
-            .arg(opts.retention.as_millis() as u64)
-            .arg(keys.ttl_slack_ms(opts))
-            .arg(opts.history_retention.as_millis() as u64)
-            .arg(opts.history_max)
-            .arg(now - opts.history_retention.as_millis() as i64)
-            .arg(slack(opts.history_retention));
+        common_args(&mut inv, &self.opts, &self.keys, now);
         inv
     }
 
@@ -171,7 +160,10 @@ impl Committer {
             .arg(sent_at)
             .arg(&m.conversation)
             .arg(&m.origin_device)
-            .arg(conv_seq);
+            .arg(conv_seq)
+            .arg(0)
+            .arg("")
+            .arg("");
     }
 
     async fn send_call(
@@ -339,6 +331,27 @@ impl Committer {
     }
 }
 
+/// The arguments every message script (`message.lua`) takes first.
+pub(super) fn common_args(
+    inv: &mut ScriptInvocation<'_>,
+    opts: &StoreOptions,
+    keys: &Keys,
+    now: i64,
+) {
+    inv.arg(opts.dedup_ttl.as_millis() as u64)
+        .arg(now)
+        .arg(now - opts.retention.as_millis() as i64)
+        .arg(opts.inbox_rate)
+        .arg(opts.inbox_max)
+        .arg(keys.keep_ms(opts))
+        .arg(opts.retention.as_millis() as u64)
+        .arg(keys.ttl_slack_ms(opts))
+        .arg(opts.history_retention.as_millis() as u64)
+        .arg(opts.history_max)
+        .arg(now - opts.history_retention.as_millis() as i64)
+        .arg(slack(opts.history_retention));
+}
+
 /// `{ seq, device, route, ... }` of a sender's copy, or nothing for `{}`.
 fn copy_of(flat: Vec<String>, now: i64) -> Result<CopyReply, StoreError> {
     let mut it = flat.into_iter();
@@ -364,25 +377,4 @@ fn group<'a>(ids: &[usize], key: impl Fn(usize) -> &'a str) -> Vec<Vec<usize>> {
 /// How far above the history retention a log's TTL is set (as `Keys::ttl_slack_ms`).
 fn slack(retention: Duration) -> u64 {
     (retention / 10).min(Duration::from_secs(3600)).as_millis().max(1) as u64
-}
-
-/// The stored message `msg` became, and the sender's copy. For a duplicate: the first copy's
-/// seqs, id and time (the body is the caller's; same key, same message).
-pub(super) fn appended(msg: NewMessage, r: AppendReply) -> Appended {
-    let message = StoredMessage {
-        seq: r.stored.seq,
-        msg_id: r.stored.msg_id,
-        from: msg.from,
-        to: msg.to,
-        body: msg.body,
-        sent_at: r.stored.sent_at,
-        conversation: msg.conversation,
-        conv_seq: r.stored.conv_seq,
-        client_msg_id: msg.client_msg_id,
-    };
-    let copy = r.copy.map(|(seq, routes)| SenderCopy {
-        message: StoredMessage { seq, ..message.clone() },
-        routes,
-    });
-    Appended { message, duplicate: r.duplicate, routes: r.routes, copy }
 }

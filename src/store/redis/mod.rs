@@ -9,6 +9,8 @@
 //! - `<p>:log:{conv}`: a conversation's log (history), entry id `0-<conversation seq>` (Redis
 //!   numbers them), fields from, to, client_msg_id, body, msg_id, sent_at; at most
 //!   `--history-max` entries, gone `--history-retention` after its newest (set with a slack)
+//! - a group `{g:<id>}`: `<p>:group:`, `<p>:members:` and its log (see `groups`); a member's
+//!   `<p>:convs:{uid}`: conversation → the last group conversation seq in their inbox
 //! - `<p>:logdedup:{conv}:<len(from)>:<from>:<client_msg_id>` (Cluster): `conv_seq|msg_id|
 //!   sent_at` of a logged message, so a retry between the Cluster's steps logs it once;
 //!   `<p>:sent:{uid}:<client_msg_id>` (Cluster): the sender's copy of that message was made
@@ -39,6 +41,7 @@ use redis::{AsyncCommands, RedisError, Script};
 use super::{Appended, HistoryPage, Inbox, NewMessage, StoreError, StoreOptions, StoredMessage};
 
 mod conn;
+mod groups;
 mod messages;
 mod routes;
 mod values;
@@ -47,6 +50,7 @@ mod writer;
 pub use conn::Access;
 
 pub use conn::Conn;
+use groups::{GroupScripts, MemberCache};
 use messages::Scripts;
 use values::{logged_message, now_ms, stored_message};
 use writer::{Committer, Writer};
@@ -73,6 +77,9 @@ pub struct RedisStore {
     trim: Script,
     enroll: Script,
     forget: Script,
+    groups: GroupScripts,
+    /// Each group's members as this node last saw them (see `groups`).
+    member_cache: MemberCache,
 }
 
 impl From<RedisError> for StoreError {
@@ -151,6 +158,12 @@ impl RedisStore {
             trim: with_lib!("trim.lua"),
             enroll: Script::new(include_str!("enroll.lua")),
             forget: Script::new(include_str!("forget.lua")),
+            groups: GroupScripts {
+                change: with_lib!("message.lua", "group.lua"),
+                log: with_lib!("message.lua", "glog.lua"),
+                deliver: with_lib!("message.lua", "gdeliver.lua"),
+            },
+            member_cache: MemberCache::default(),
         })
     }
 
@@ -160,6 +173,11 @@ impl RedisStore {
 
     fn keep_ms(&self) -> u64 {
         self.keys.keep_ms(&self.opts)
+    }
+
+    /// Whether Redis is one server rather than a Cluster.
+    fn single_server(&self) -> bool {
+        matches!(self.conn, Conn::Single(_))
     }
 }
 

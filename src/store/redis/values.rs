@@ -8,6 +8,7 @@ use redis::streams::StreamId;
 
 use crate::auth::unix_ms;
 use crate::ids::Conversation;
+use crate::store::groups::{EventKind, GroupEvent};
 use crate::store::{Route, StoreError, StoredMessage};
 
 pub(super) fn now_ms() -> i64 {
@@ -85,6 +86,7 @@ pub(super) fn stored_message(e: StreamId) -> Result<StoredMessage, StoreError> {
     m.seq = seq;
     m.conversation = match field(&e.map, "conv") {
         Ok(conv) => conv,
+        // Stored before conversations: always a direct message.
         Err(_) => Conversation::direct(&m.from, &m.to).id(),
     };
     m.conv_seq = field(&e.map, "cseq").ok().and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -102,7 +104,20 @@ pub(super) fn logged_message(e: StreamId, conversation: &str) -> Result<StoredMe
 
 /// The fields an inbox entry and a log entry share.
 fn entry(e: &StreamId) -> Result<StoredMessage, StoreError> {
+    let event = match field(&e.map, "ev") {
+        Ok(kind) => Some(GroupEvent {
+            kind: kind.parse().ok().and_then(EventKind::from_number).ok_or(bad("event kind"))?,
+            users: field(&e.map, "evusers")?
+                .split(' ')
+                .filter(|u| !u.is_empty())
+                .map(String::from)
+                .collect(),
+            name: field(&e.map, "evname").unwrap_or_default(),
+        }),
+        Err(_) => None,
+    };
     Ok(StoredMessage {
+        event,
         msg_id: field(&e.map, "msg_id")?,
         from: field(&e.map, "from")?,
         to: field(&e.map, "to")?,

@@ -23,10 +23,10 @@ use futures_util::stream::FuturesUnordered;
 use redis::{FromRedisValue as _, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::messages::{Scripts, appended};
+use super::messages::{AppendReply, Scripts};
 use super::values::{bad, now_ms};
 use super::{Conn, Keys};
-use crate::store::{Appended, NewMessage, StoreError, StoreOptions};
+use crate::store::{Appended, NewMessage, SenderCopy, StoreError, StoreOptions, StoredMessage};
 
 /// Most requests one batch takes.
 const MAX_BATCH: usize = 256;
@@ -296,4 +296,26 @@ fn each<T, R: Clone>(
         };
         items.into_iter().zip(replies)
     })
+}
+
+/// The stored message `msg` became, and the sender's copy. For a duplicate: the first copy's
+/// seqs, id and time (the body is the caller's; same key, same message).
+fn appended(msg: NewMessage, r: AppendReply) -> Appended {
+    let message = StoredMessage {
+        seq: r.stored.seq,
+        msg_id: r.stored.msg_id,
+        from: msg.from,
+        to: msg.to,
+        body: msg.body,
+        sent_at: r.stored.sent_at,
+        conversation: msg.conversation,
+        conv_seq: r.stored.conv_seq,
+        client_msg_id: msg.client_msg_id,
+        event: None,
+    };
+    let copy = r.copy.map(|(seq, routes)| SenderCopy {
+        message: StoredMessage { seq, ..message.clone() },
+        routes,
+    });
+    Appended { message, duplicate: r.duplicate, routes: r.routes, copy }
 }

@@ -87,6 +87,7 @@ async fn relay(users: Arc<Users>, mut inbound: Streaming<ClientFrame>, tx: Tx) {
                 sent_at: tim::auth::unix_ms(std::time::SystemTime::now()),
                 msg_id: String::new(),
                 conv_seq: seq,
+                event: None,
                 client_msg_id: m.client_msg_id.clone(),
             };
             let _ = to_tx.send(frame(Frame::Message(msg))).await;

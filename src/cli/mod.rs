@@ -10,6 +10,11 @@ use tim::client::resilient::{Client, ClientEvent, Config, Handle};
 use tim::client::{self, Options};
 use tim::proto::{self, gateway_client::GatewayClient};
 
+mod group;
+
+use group::text;
+pub use group::{GroupArgs, group};
+
 type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
 
 /// Who to log in as, and where.
@@ -59,8 +64,11 @@ pub struct SendArgs {
     #[command(flatten)]
     pub login: LoginArgs,
     /// Recipient user id.
+    #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+    pub to: Option<String>,
+    /// A group's id (`g:...`, as `tim group create` printed it), instead of --to.
     #[arg(long)]
-    pub to: String,
+    pub group: Option<String>,
     /// Message body.
     pub body: String,
 }
@@ -70,8 +78,11 @@ pub struct HistoryArgs {
     #[command(flatten)]
     pub login: LoginArgs,
     /// The other user of the direct conversation to print.
+    #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+    pub with: Option<String>,
+    /// A group's id, instead of --with.
     #[arg(long)]
-    pub with: String,
+    pub group: Option<String>,
     /// Print only the newest N messages (default: all the history keeps).
     #[arg(long)]
     pub last: Option<usize>,
@@ -165,8 +176,12 @@ pub async fn send(args: SendArgs) -> Result<()> {
     let opts = l.options()?;
     let login = client::login(&l.addr, &l.user, &l.device, &l.jwt, &opts).await?;
     let mut gw = GatewayClient::new(client::channel(&l.addr, &opts).await?);
-    let req =
-        proto::SendRequest { client_msg_id: tim::ids::new_id(), to: args.to, body: args.body };
+    let req = proto::SendRequest {
+        client_msg_id: tim::ids::new_id(),
+        to: args.to.unwrap_or_default(),
+        body: args.body,
+        group: args.group.unwrap_or_default(),
+    };
     let ack = gw
         .send(client::authorized(req, &login.token))
         .await
@@ -188,7 +203,8 @@ pub async fn history(args: HistoryArgs) -> Result<()> {
     while got < want {
         let limit = (want - got).min(tim::node::MAX_HISTORY_PAGE) as u32;
         let req = proto::HistoryRequest {
-            with: args.with.clone(),
+            with: args.with.clone().unwrap_or_default(),
+            conversation: args.group.clone().unwrap_or_default(),
             before_seq: before,
             limit,
             ..Default::default()
@@ -208,7 +224,7 @@ pub async fn history(args: HistoryArgs) -> Result<()> {
         }
     }
     for m in pages.into_iter().rev().flatten() {
-        println!("[{}] {}: {}", m.conv_seq, m.from, m.body);
+        println!("[{}] {}: {}", m.conv_seq, m.from, text(&m));
     }
     Ok(())
 }
@@ -249,17 +265,21 @@ pub async fn chat(args: ChatArgs) -> Result<()> {
             },
             event = client.next_event() => match event {
                 Some(ClientEvent::Message(m)) => {
-                    if m.from == l.user && m.to != l.user {
-                        if !sent.remove(&m.client_msg_id) {
-                            println!("{} (you) -> {}: {}", m.from, m.to, m.body);
-                        }
+                    let group = m.conversation.strip_prefix("g:").is_some();
+                    let own = m.from == l.user && (group || m.to != l.user);
+                    if own && sent.remove(&m.client_msg_id) {
+                        // Printed when it was typed here.
+                    } else if group {
+                        println!("[{}] {}: {}", m.conversation, m.from, text(&m));
+                    } else if own {
+                        println!("{} (you) -> {}: {}", m.from, m.to, m.body);
                     } else {
                         println!("{}: {}", m.from, m.body);
                     }
                     handle.ack(m.seq).await?;
                 }
                 Some(ClientEvent::Connected { node_id, .. }) => {
-                    eprintln!("connected as {}/{} to {node_id}; type `<to>: <text>`", l.user, l.device);
+                    eprintln!("connected as {}/{} to {node_id}; type `<to>: <text>` or `#<group id>: <text>`", l.user, l.device);
                 }
                 Some(ClientEvent::Disconnected { reason }) => eprintln!("disconnected ({reason}); reconnecting"),
                 Some(ClientEvent::Kicked(reason)) => return Err(format!("kicked: {reason}").into()),
@@ -277,11 +297,20 @@ async fn send_line(sender: &Handle, line: &str) -> Option<String> {
     if line.is_empty() {
         return None;
     }
-    let Some((to, text)) = line.split_once(':') else {
-        eprintln!("type `<to>: <text>`");
+    // `#<group id>: text` for a group (its id holds ':' itself), `<to>: text` for a user.
+    let split = match line.strip_prefix('#') {
+        Some(rest) => rest.split_once(": ").map(|(g, t)| (g, t, true)),
+        None => line.split_once(':').map(|(to, t)| (to, t, false)),
+    };
+    let Some((to, text, group)) = split else {
+        eprintln!("type `<to>: <text>` or `#<group id>: <text>`");
         return None;
     };
-    match sender.send(to.trim(), text.trim()).await {
+    let sent = match group {
+        true => sender.send_to_group(to.trim(), text.trim()).await,
+        false => sender.send(to.trim(), text.trim()).await,
+    };
+    match sent {
         Ok(ack) => {
             eprintln!("(sent to {}, seq {})", to.trim(), ack.seq);
             Some(ack.client_msg_id)

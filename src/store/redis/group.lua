@@ -1,0 +1,132 @@
+-- Changes a group (one call, atomic in the group's slot): checks the actor's role and the
+-- member limit, changes the members, and logs the change as an event message in the group's
+-- conversation, so members see it in order with the messages.
+-- KEYS: 1 group hash (name, owner, created_at, history, ver), 2 members hash (user ->
+--       role|joined conversation seq), 3 the conversation log
+-- ARGV: as message.lua says, for one message (the event: from = the actor; its group name
+--       field the new name for create and rename, the role for role); then op (create, add,
+--       remove, leave, rename, role), most members, history for new members (1/0), then the
+--       users (role: the one user).
+-- Returns { code, event conversation seq (0: nothing changed), members after the change,
+--   users removed, the event's kind, the users it names (space-separated) }; code 0 done, 5 no such group or the actor is not in it, 6 the actor's
+--   role does not allow it, 7 over the member limit, 8 the group exists, 9 an owner may not
+--   leave.
+
+local group, members, log = KEYS[1], KEYS[2], KEYS[3]
+local m = message(1)
+local a = ARGS_BEFORE + ARGS_EACH
+local op, most, history = ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3]
+local users, seen = {}, {}
+for i = a + 4, #ARGV do
+  if not seen[ARGV[i]] and ARGV[i] ~= m.from then
+    seen[ARGV[i]] = true
+    users[#users + 1] = ARGV[i]
+  end
+end
+
+local function role(user)
+  local v = redis.call('HGET', members, user)
+  return v and string.match(v, '^(%a+)')
+end
+
+local function done(cseq, removed)
+  redis.call('HINCRBY', group, 'ver', 1)
+  return { 0, cseq, redis.call('HKEYS', members), removed, m.ev, m.evusers }
+end
+
+local function log_event(kind, who)
+  m.ev = kind
+  m.evusers = table.concat(who, ' ')
+  m.cseq = log_append(log, m)
+  return m.cseq
+end
+
+if op == 'create' then
+  if redis.call('EXISTS', group) == 1 then
+    return { 8, 0, {}, {}, 0, '' }
+  end
+  if #users + 1 > most then
+    return { 7, 0, {}, {}, 0, '' }
+  end
+  redis.call('HSET', group, 'name', m.evname, 'owner', m.from, 'created_at', m.sent_at,
+    'history', history, 'ver', 0)
+  local all = { m.from }
+  for _, u in ipairs(users) do
+    all[#all + 1] = u
+  end
+  local cseq = log_event(EVENT_CREATED, all)
+  redis.call('HSET', members, m.from, 'owner|' .. cseq)
+  for _, u in ipairs(users) do
+    redis.call('HSET', members, u, 'member|' .. cseq)
+  end
+  return done(cseq, {})
+end
+
+local mine = role(m.from)
+if not mine or redis.call('EXISTS', group) == 0 then
+  return { 5, 0, {}, {}, 0, '' }
+end
+if op == 'leave' then
+  if mine == 'owner' then
+    return { 9, 0, {}, {}, 0, '' }
+  end
+  local cseq = log_event(EVENT_LEFT, { m.from })
+  redis.call('HDEL', members, m.from)
+  return done(cseq, { m.from })
+end
+if mine ~= 'owner' and mine ~= 'admin' then
+  return { 6, 0, {}, {}, 0, '' }
+end
+if op == 'rename' then
+  redis.call('HSET', group, 'name', m.evname)
+  return done(log_event(EVENT_RENAMED, {}), {})
+end
+if op == 'role' then
+  local user = users[1]
+  if mine ~= 'owner' then
+    return { 6, 0, {}, {}, 0, '' }
+  end
+  local theirs = user and redis.call('HGET', members, user)
+  if not theirs then
+    return { 5, 0, {}, {}, 0, '' }
+  end
+  local cseq = log_event(EVENT_ROLE_CHANGED, { user })
+  if m.evname == 'owner' then
+    local own = redis.call('HGET', members, m.from)
+    redis.call('HSET', members, m.from, 'admin|' .. string.match(own, '|(%d+)$'))
+    redis.call('HSET', group, 'owner', user)
+  end
+  redis.call('HSET', members, user, m.evname .. '|' .. string.match(theirs, '|(%d+)$'))
+  return done(cseq, {})
+end
+local changing = {}
+for _, u in ipairs(users) do
+  local theirs = role(u)
+  if op == 'add' and not theirs then
+    changing[#changing + 1] = u
+  elseif op == 'remove' and theirs then
+    -- The owner stays; an admin removes plain members only.
+    if theirs == 'owner' or (mine == 'admin' and theirs ~= 'member') then
+      return { 6, 0, {}, {}, 0, '' }
+    end
+    changing[#changing + 1] = u
+  end
+end
+if #changing == 0 then
+  return { 0, 0, redis.call('HKEYS', members), {}, 0, '' }
+end
+if op == 'add' then
+  if redis.call('HLEN', members) + #changing > most then
+    return { 7, 0, {}, {}, 0, '' }
+  end
+  local cseq = log_event(EVENT_JOINED, changing)
+  for _, u in ipairs(changing) do
+    redis.call('HSET', members, u, 'member|' .. cseq)
+  end
+  return done(cseq, {})
+end
+local cseq = log_event(EVENT_REMOVED, changing)
+for _, u in ipairs(changing) do
+  redis.call('HDEL', members, u)
+end
+return done(cseq, changing)

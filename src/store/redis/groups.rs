@@ -1,0 +1,360 @@
+//! Groups in Redis. A group's keys share its conversation's hash tag `{g:<id>}`:
+//! `<p>:group:{g}` (hash: name, owner, created_at, history, ver — the membership version),
+//! `<p>:members:{g}` (hash: user → `role|joined conversation seq`) and its log. A member's
+//! `<p>:convs:{uid}` (hash: conversation → the last conversation seq in their inbox) makes the
+//! delivery of a group message into their inbox idempotent and ordered (`gdeliver.lua`).
+//!
+//! A node keeps each group's member list with its version, so logging a message
+//! (`glog.lua`) sends the list back only after a change.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use redis::streams::StreamRangeReply;
+use redis::{AsyncCommands, Script, ScriptInvocation};
+
+use super::RedisStore;
+use super::messages::common_args;
+use super::values::{Stored, bad, live_routes, logged_message, now_ms, parse_stored};
+use crate::store::groups::{
+    Changed, Delivered, EventKind, GroupChange, GroupEvent, GroupInfo, Groups, Logged, Member, Role,
+};
+use crate::store::{NewMessage, StoreError, StoredMessage};
+
+/// Most items in one `gdeliver.lua` call on a single server.
+const DELIVER_AT_ONCE: usize = 128;
+/// Times a member's delivery is retried after filling a gap (another node's message of the
+/// group raced it); each fill brings the member up to the message.
+const GAP_ROUNDS: usize = 3;
+/// Groups whose member lists a node keeps; past it the cache starts again.
+const CACHED_GROUPS: usize = 10_000;
+
+pub(super) struct GroupScripts {
+    pub(super) change: Script,
+    pub(super) log: Script,
+    pub(super) deliver: Script,
+}
+
+/// A group's members as last seen, with the membership version they are of.
+type Versioned = (i64, Arc<Vec<String>>);
+
+/// Member lists by group, with their membership version.
+#[derive(Default)]
+pub(super) struct MemberCache(Mutex<HashMap<String, Versioned>>);
+
+impl MemberCache {
+    fn get(&self, group: &str) -> Option<Versioned> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(group).cloned()
+    }
+
+    fn put(&self, group: &str, version: i64, members: Arc<Vec<String>>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= CACHED_GROUPS {
+            map.clear();
+        }
+        map.insert(group.to_string(), (version, members));
+    }
+}
+
+/// The 12 per-message arguments (`message.lua`) of a stored message.
+fn stored_args(inv: &mut ScriptInvocation<'_>, m: &StoredMessage, origin: &str) {
+    let (ev, users, name) = match &m.event {
+        Some(e) => (e.kind as i64, e.users.join(" "), e.name.as_str()),
+        None => (0, String::new(), ""),
+    };
+    inv.arg(&m.from)
+        .arg(&m.to)
+        .arg(&m.client_msg_id)
+        .arg(&m.body)
+        .arg(&m.msg_id)
+        .arg(m.sent_at)
+        .arg(&m.conversation)
+        .arg(origin)
+        .arg(m.conv_seq)
+        .arg(ev)
+        .arg(users)
+        .arg(name);
+}
+
+fn refused(code: i64, max: u32) -> StoreError {
+    match code {
+        5 => StoreError::NotMember,
+        6 => StoreError::Forbidden,
+        7 => StoreError::GroupFull { max },
+        8 => StoreError::GroupExists,
+        9 => StoreError::OwnerMustStay,
+        _ => bad("group reply"),
+    }
+}
+
+fn parse_member(user: String, value: &str) -> Result<Member, StoreError> {
+    let (role, seq) = value.split_once('|').ok_or(bad("member"))?;
+    Ok(Member {
+        user,
+        role: Role::parse(role).ok_or(bad("role"))?,
+        joined_seq: seq.parse().map_err(|_| bad("joined seq"))?,
+    })
+}
+
+impl RedisStore {
+    fn invocation<'a>(&self, script: &'a Script, now: i64) -> ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        common_args(&mut inv, &self.opts, &self.keys, now);
+        inv
+    }
+
+    /// One `gdeliver.lua` call: each (member, message) item's reply.
+    async fn deliver_call(
+        &self,
+        items: &[(&str, &StoredMessage)],
+        origin: &str,
+    ) -> Result<Vec<(i64, String, Vec<String>)>, StoreError> {
+        let mut inv = self.invocation(&self.groups.deliver, now_ms());
+        for (user, m) in items {
+            for kind in ["convs", "seq", "inbox", "epoch", "route", "devices"] {
+                inv.key(self.key(kind, user));
+            }
+            stored_args(&mut inv, m, origin);
+        }
+        for (user, _) in items {
+            inv.arg(*user);
+        }
+        Ok(inv.invoke_async(&mut self.conn.clone()).await?)
+    }
+
+    /// The log's messages with conversation seqs in (after, before).
+    async fn between(
+        &self,
+        conv: &str,
+        after: u64,
+        before: u64,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let reply: StreamRangeReply = self
+            .conn
+            .clone()
+            .xrange(self.key("log", conv), format!("0-{}", after + 1), format!("0-{}", before - 1))
+            .await?;
+        reply.ids.into_iter().map(|e| logged_message(e, conv)).collect()
+    }
+}
+
+#[async_trait]
+impl Groups for RedisStore {
+    async fn change_group(
+        &self,
+        event: NewMessage,
+        change: GroupChange,
+        max_members: u32,
+    ) -> Result<Changed, StoreError> {
+        let conv = event.conversation.clone();
+        let (op, users, name, history) = match change {
+            GroupChange::Create { name, members, history_for_new_members } => {
+                ("create", members, name, history_for_new_members)
+            }
+            GroupChange::Add(users) => ("add", users, String::new(), false),
+            GroupChange::Remove(users) => ("remove", users, String::new(), false),
+            GroupChange::Leave => ("leave", Vec::new(), String::new(), false),
+            GroupChange::Rename(name) => ("rename", Vec::new(), name, false),
+            GroupChange::SetRole(user, role) => {
+                ("role", vec![user], role.name().to_string(), false)
+            }
+        };
+        let mut message = StoredMessage {
+            msg_id: event.msg_id,
+            from: event.from,
+            sent_at: event.sent_at,
+            conversation: conv.clone(),
+            client_msg_id: event.client_msg_id,
+            event: Some(GroupEvent { kind: EventKind::Created, users: Vec::new(), name }),
+            ..StoredMessage::default()
+        };
+        let mut inv = self.invocation(&self.groups.change, now_ms());
+        inv.key(self.key("group", &conv))
+            .key(self.key("members", &conv))
+            .key(self.key("log", &conv));
+        stored_args(&mut inv, &message, "");
+        inv.arg(op).arg(max_members).arg(u8::from(history));
+        for u in &users {
+            inv.arg(u);
+        }
+        let (code, cseq, members, removed, kind, evusers): (
+            i64,
+            u64,
+            Vec<String>,
+            Vec<String>,
+            i64,
+            String,
+        ) = inv.invoke_async(&mut self.conn.clone()).await?;
+        if code != 0 {
+            return Err(refused(code, max_members));
+        }
+        if cseq == 0 {
+            return Ok(Changed { event: None, members, removed });
+        }
+        message.conv_seq = cseq;
+        if let Some(e) = message.event.as_mut() {
+            e.kind = EventKind::from_number(kind).ok_or(bad("event kind"))?;
+            e.users = evusers.split(' ').filter(|u| !u.is_empty()).map(String::from).collect();
+        }
+        Ok(Changed { event: Some(message), members, removed })
+    }
+
+    async fn group(&self, group: &str) -> Result<Option<GroupInfo>, StoreError> {
+        let mut conn = self.conn.clone();
+        let fields: HashMap<String, String> = conn.hgetall(self.key("group", group)).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let count: u32 = conn.hlen(self.key("members", group)).await?;
+        let get = |f: &str| fields.get(f).cloned().unwrap_or_default();
+        Ok(Some(GroupInfo {
+            id: group.to_string(),
+            name: get("name"),
+            owner: get("owner"),
+            created_at: get("created_at").parse().unwrap_or(0),
+            history_for_new_members: get("history") == "1",
+            member_count: count,
+        }))
+    }
+
+    async fn members(
+        &self,
+        group: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Member>, StoreError> {
+        // A group is bounded (`--group-max-members`): one read, sorted here.
+        let all: HashMap<String, String> =
+            self.conn.clone().hgetall(self.key("members", group)).await?;
+        let mut users: Vec<_> = all.into_iter().filter(|(u, _)| u.as_str() > after).collect();
+        users.sort();
+        users.into_iter().take(limit).map(|(u, v)| parse_member(u, &v)).collect()
+    }
+
+    async fn member(&self, group: &str, user: &str) -> Result<Option<Member>, StoreError> {
+        let value: Option<String> =
+            self.conn.clone().hget(self.key("members", group), user).await?;
+        value.map(|v| parse_member(user.to_string(), &v)).transpose()
+    }
+
+    async fn log_group_message(&self, msg: NewMessage) -> Result<Logged, StoreError> {
+        let conv = msg.conversation.clone();
+        let cached = self.member_cache.get(&conv);
+        let mut inv = self.invocation(&self.groups.log, now_ms());
+        inv.key(self.key("group", &conv))
+            .key(self.key("members", &conv))
+            .key(self.key("log", &conv))
+            .key(self.keys.log_dedup(&conv, &msg.from, &msg.client_msg_id));
+        let mut message = StoredMessage {
+            msg_id: msg.msg_id,
+            from: msg.from,
+            body: msg.body,
+            sent_at: msg.sent_at,
+            conversation: conv.clone(),
+            client_msg_id: msg.client_msg_id,
+            ..StoredMessage::default()
+        };
+        stored_args(&mut inv, &message, &msg.origin_device);
+        inv.arg(cached.as_ref().map_or(-1, |(v, _)| *v));
+        let replies: Vec<(i64, String, i64, Vec<String>)> =
+            inv.invoke_async(&mut self.conn.clone()).await?;
+        let (code, value, version, list) = replies.into_iter().next().ok_or(bad("log reply"))?;
+        match code {
+            0 | 1 => {}
+            4 => return Err(StoreError::Internal(value)),
+            code => return Err(refused(code, 0)),
+        }
+        let Stored { seq, msg_id, sent_at, .. } = parse_stored(&value)?;
+        (message.conv_seq, message.msg_id, message.sent_at) = (seq, msg_id, sent_at);
+        let members = match cached {
+            Some((v, members)) if v == version => members,
+            _ => {
+                let members = Arc::new(list);
+                self.member_cache.put(&conv, version, members.clone());
+                members
+            }
+        };
+        Ok(Logged { message, duplicate: code == 1, members })
+    }
+
+    async fn deliver_group(
+        &self,
+        message: &StoredMessage,
+        origin_device: &str,
+        members: &[String],
+    ) -> Result<Vec<Delivered>, StoreError> {
+        let now = now_ms();
+        let per_call = if self.single_server() { DELIVER_AT_ONCE } else { 1 };
+        let chunks: Vec<Vec<(&str, &StoredMessage)>> = members
+            .chunks(per_call)
+            .map(|c| c.iter().map(|u| (u.as_str(), message)).collect())
+            .collect();
+        let calls = chunks.iter().map(|items| self.deliver_call(items, origin_device));
+        let mut out = Vec::new();
+        let mut gaps = Vec::new();
+        for (items, replies) in chunks.iter().zip(futures_util::future::join_all(calls).await) {
+            for ((user, m), (code, value, routes)) in items.iter().zip(replies?) {
+                match code {
+                    0 | 1 => push(&mut out, user, m, &value, routes, now)?,
+                    2 => {
+                        gaps.push((user.to_string(), value.parse::<u64>().map_err(|_| bad("gap"))?))
+                    }
+                    _ => return Err(StoreError::Internal(value)),
+                }
+            }
+        }
+        for (user, mut cursor) in gaps {
+            for round in 0.. {
+                if round == GAP_ROUNDS {
+                    return Err(StoreError::Unavailable(format!(
+                        "could not bring {user}'s inbox up to {} of {}",
+                        message.conv_seq, message.conversation
+                    )));
+                }
+                let mut todo =
+                    self.between(&message.conversation, cursor, message.conv_seq).await?;
+                todo.push(message.clone());
+                let items: Vec<(&str, &StoredMessage)> =
+                    todo.iter().map(|m| (user.as_str(), m)).collect();
+                let replies = self.deliver_call(&items, origin_device).await?;
+                let mut again = None;
+                for ((_, m), (code, value, routes)) in items.iter().zip(replies) {
+                    match code {
+                        0 | 1 => push(&mut out, &user, m, &value, routes, now)?,
+                        2 => again = Some(value.parse::<u64>().map_err(|_| bad("gap"))?),
+                        _ => return Err(StoreError::Internal(value)),
+                    }
+                    if again.is_some() {
+                        break;
+                    }
+                }
+                match again {
+                    Some(c) => cursor = c,
+                    None => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// An appended item (`value` its inbox seq, empty when skipped) into `out`.
+fn push(
+    out: &mut Vec<Delivered>,
+    user: &str,
+    m: &StoredMessage,
+    value: &str,
+    routes: Vec<String>,
+    now: i64,
+) -> Result<(), StoreError> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    let seq = value.parse().map_err(|_| bad("inbox seq"))?;
+    out.push(Delivered {
+        user: user.to_string(),
+        message: StoredMessage { seq, ..m.clone() },
+        routes: live_routes(routes, now),
+    });
+    Ok(())
+}

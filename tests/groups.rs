@@ -1,0 +1,317 @@
+//! Groups: membership rules and every refusal, messages and membership events in every
+//! member's inbox once and in order, removal, history for members who join later. On every
+//! store.
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, TestNode, assert_quiet, next_message};
+use tim::client::{self, Session};
+use tim::proto::{self, groups_client::GroupsClient};
+use tonic::Code;
+
+/// Groups calls as `user` (logged in as device "phone", like their stream).
+async fn groups(node: &TestNode, user: &str) -> (GroupsClient<tonic::transport::Channel>, String) {
+    let token = node.login(user, "phone").await.token;
+    let ch = client::channel(&node.endpoint(), &node.opts).await.unwrap();
+    (GroupsClient::new(ch), token)
+}
+
+async fn create(node: &TestNode, owner: &str, members: &[&str], history: bool) -> String {
+    let (mut gc, token) = groups(node, owner).await;
+    let req = proto::CreateGroupRequest {
+        name: "team".into(),
+        members: members.iter().map(|m| m.to_string()).collect(),
+        history_for_new_members: history,
+    };
+    let resp = gc.create_group(client::authorized(req, &token)).await.unwrap().into_inner();
+    let group = resp.group.unwrap();
+    assert_eq!((group.name.as_str(), group.owner.as_str()), ("team", owner));
+    assert_eq!(group.member_count as usize, members.len() + 1);
+    assert!(group.id.starts_with("g:"), "{}", group.id);
+    group.id
+}
+
+async fn change(
+    node: &TestNode,
+    actor: &str,
+    group: &str,
+    users: &[&str],
+    add: bool,
+) -> Result<proto::GroupResponse, tonic::Status> {
+    let (mut gc, token) = groups(node, actor).await;
+    let req = proto::ChangeMembersRequest {
+        group: group.into(),
+        users: users.iter().map(|u| u.to_string()).collect(),
+    };
+    let req = client::authorized(req, &token);
+    let resp = if add { gc.add_members(req).await } else { gc.remove_members(req).await };
+    resp.map(|r| r.into_inner())
+}
+
+async fn send(s: &Session, group: &str, client_msg_id: &str, body: &str) -> proto::SendAck {
+    s.sender().send_to_group(client_msg_id, group, body).await.unwrap()
+}
+
+fn event_of(m: &proto::Message) -> (i32, Vec<String>) {
+    let e = m.event.clone().expect("an event");
+    (e.kind, e.users)
+}
+
+async fn messages_and_events_reach_every_member_once_in_order(b: &Backend) {
+    let node = TestNode::start(b).await;
+    let alice = node.connect("alice", "phone", 0).await;
+    let mut bob = node.connect("bob", "phone", 0).await;
+    let mut carol = node.connect("carol", "phone", 0).await;
+    let group = create(&node, "alice", &["bob", "carol"], false).await;
+    for s in [&mut bob, &mut carol] {
+        let created = next_message(s).await;
+        assert_eq!((created.conversation.as_str(), created.conv_seq), (group.as_str(), 1));
+        assert_eq!(
+            event_of(&created),
+            (
+                proto::group_event::Kind::Created as i32,
+                vec!["alice".into(), "bob".into(), "carol".into()]
+            )
+        );
+        assert_eq!(created.event.unwrap().name, "team");
+    }
+    let mut acks = Vec::new();
+    for i in 1..=3 {
+        acks.push(send(&alice, &group, &format!("c{i}"), &format!("m{i}")).await);
+    }
+    assert_eq!(
+        acks.iter().map(|a| (a.seq, a.conv_seq)).collect::<Vec<_>>(),
+        [(0, 2), (0, 3), (0, 4)]
+    );
+    for s in [&mut bob, &mut carol] {
+        for i in 1..=3u64 {
+            let m = next_message(s).await;
+            assert_eq!(
+                (m.seq, m.conv_seq, m.from.as_str(), m.to.as_str()),
+                (i + 1, i + 1, "alice", "")
+            );
+            assert_eq!((m.body, m.conversation.as_str()), (format!("m{i}"), group.as_str()));
+        }
+    }
+    // A retry is stored once and shown once.
+    let again = send(&alice, &group, "c1", "m1").await;
+    assert!(again.duplicate && again.conv_seq == 2);
+    assert_quiet(&mut bob, Duration::from_millis(200)).await;
+    // History has the event and the messages, for every member.
+    let req = proto::HistoryRequest { conversation: group.clone(), ..Default::default() };
+    let page = node.history("carol", req).await.unwrap().messages;
+    assert_eq!(page.iter().map(|m| m.conv_seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert!(page[0].event.is_some() && page[1].event.is_none());
+}
+
+async fn a_removed_member_receives_nothing_after_removal(b: &Backend) {
+    let node = TestNode::start(b).await;
+    let alice = node.connect("alice", "phone", 0).await;
+    let mut bob = node.connect("bob", "phone", 0).await;
+    let mut carol = node.connect("carol", "phone", 0).await;
+    let group = create(&node, "alice", &["bob", "carol"], false).await;
+    next_message(&mut bob).await;
+    next_message(&mut carol).await;
+    let resp = change(&node, "alice", &group, &["carol"], false).await.unwrap();
+    assert_eq!((resp.group.unwrap().member_count, resp.event_seq), (2, 2));
+    // Carol's last message of the group is her removal; bob sees it too.
+    for s in [&mut bob, &mut carol] {
+        let removed = next_message(s).await;
+        assert_eq!(
+            event_of(&removed),
+            (proto::group_event::Kind::Removed as i32, vec!["carol".into()])
+        );
+    }
+    send(&alice, &group, "c1", "after").await;
+    assert_eq!(next_message(&mut bob).await.body, "after");
+    assert_quiet(&mut carol, Duration::from_millis(300)).await;
+    // She can neither send, read nor look it up any more.
+    let err = carol.sender().send_to_group("x", &group, "let me in").await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::NotFound), "{err:?}");
+    let req = proto::HistoryRequest { conversation: group.clone(), ..Default::default() };
+    assert_eq!(node.history("carol", req).await.unwrap_err().code(), Code::NotFound);
+    // Bob leaves: alice sees it as an event.
+    let (mut gc, token) = groups(&node, "bob").await;
+    let req = proto::LeaveGroupRequest { group: group.clone() };
+    gc.leave_group(client::authorized(req, &token)).await.unwrap();
+    let req = proto::HistoryRequest { conversation: group.clone(), ..Default::default() };
+    let last = node.history("alice", req).await.unwrap().messages.pop().unwrap();
+    assert_eq!(event_of(&last), (proto::group_event::Kind::Left as i32, vec!["bob".into()]));
+    drop(alice);
+}
+
+async fn membership_rules_and_every_refusal(b: &Backend) {
+    let node = TestNode::with(b, |c| c.group_max_members = 4).await;
+    let group = create(&node, "alice", &["bob"], false).await;
+    let code = |r: Result<proto::GroupResponse, tonic::Status>| r.unwrap_err().code();
+    // A plain member may not add or remove; a stranger is told the group is not there.
+    assert_eq!(code(change(&node, "bob", &group, &["dave"], true).await), Code::PermissionDenied);
+    assert_eq!(code(change(&node, "mallory", &group, &["mallory"], true).await), Code::NotFound);
+    assert_eq!(code(change(&node, "alice", "g:nope", &["dave"], true).await), Code::NotFound);
+    // The owner stays (removing oneself changes nothing; leaving is refused); the group stays
+    // within its limit; ids and names are checked.
+    assert_eq!(change(&node, "alice", &group, &["alice"], false).await.unwrap().event_seq, 0);
+    let (mut gc, token) = groups(&node, "alice").await;
+    let leave = proto::LeaveGroupRequest { group: group.clone() };
+    let err = gc.leave_group(client::authorized(leave, &token)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(
+        code(change(&node, "alice", &group, &["c", "d", "e"], true).await),
+        Code::ResourceExhausted
+    );
+    assert_eq!(
+        code(change(&node, "alice", "d:5:alice:bob", &["dave"], true).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(code(change(&node, "alice", &group, &["a b"], true).await), Code::InvalidArgument);
+    assert_eq!(code(change(&node, "alice", &group, &[], true).await), Code::InvalidArgument);
+    let bad_name = proto::CreateGroupRequest { name: String::new(), ..Default::default() };
+    let err = gc.create_group(client::authorized(bad_name, &token)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = gc
+        .create_group(proto::CreateGroupRequest { name: "x".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    // Adding someone already in changes nothing and logs nothing.
+    let resp = change(&node, "alice", &group, &["bob"], true).await.unwrap();
+    assert_eq!(resp.event_seq, 0);
+    // A stranger's message is refused and stored nowhere.
+    let mallory = node.connect("mallory", "phone", 0).await;
+    let err = mallory.sender().send_to_group("m1", &group, "spam").await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::NotFound));
+    let err = node.send_unary("alice", "u1", "", "to nobody").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let req = proto::HistoryRequest { conversation: group.clone(), ..Default::default() };
+    assert_eq!(node.history("alice", req).await.unwrap().messages.len(), 1, "the creation only");
+}
+
+async fn history_before_joining_is_a_group_setting(b: &Backend) {
+    let node = TestNode::start(b).await;
+    let alice = node.connect("alice", "phone", 0).await;
+    for history in [false, true] {
+        let group = create(&node, "alice", &["bob"], history).await;
+        send(&alice, &group, "c1", "before dave").await;
+        let joined = change(&node, "alice", &group, &["dave"], true).await.unwrap().event_seq;
+        assert_eq!(joined, 3);
+        send(&alice, &group, "c2", "after dave").await;
+        let req = proto::HistoryRequest { conversation: group.clone(), ..Default::default() };
+        let seen: Vec<u64> =
+            node.history("dave", req).await.unwrap().messages.iter().map(|m| m.conv_seq).collect();
+        let want: &[u64] = if history { &[1, 2, 3, 4] } else { &[3, 4] };
+        assert_eq!(seen, want, "history_for_new_members: {history}");
+    }
+}
+
+async fn get_group_pages_its_members_for_members_only(b: &Backend) {
+    let node = TestNode::start(b).await;
+    let group = create(&node, "alice", &["erin", "bob", "dave", "carol"], false).await;
+    let (mut gc, token) = groups(&node, "carol").await;
+    let page = |after: &str| proto::GetGroupRequest {
+        group: group.clone(),
+        after: after.into(),
+        limit: 2,
+    };
+    let first = gc.get_group(client::authorized(page(""), &token)).await.unwrap().into_inner();
+    assert_eq!(first.group.as_ref().unwrap().member_count, 5);
+    let users = |r: &proto::GetGroupResponse| {
+        r.members.iter().map(|m| (m.user_id.clone(), m.role)).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        users(&first),
+        [("alice".into(), proto::Role::Owner as i32), ("bob".into(), proto::Role::Member as i32)]
+    );
+    let next = gc.get_group(client::authorized(page("bob"), &token)).await.unwrap().into_inner();
+    assert_eq!(users(&next).into_iter().map(|(u, _)| u).collect::<Vec<_>>(), ["carol", "dave"]);
+    let (mut stranger, token) = groups(&node, "mallory").await;
+    let err = stranger.get_group(client::authorized(page(""), &token)).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+async fn set_role(
+    node: &TestNode,
+    actor: &str,
+    group: &str,
+    user: &str,
+    role: proto::Role,
+) -> Result<proto::GroupResponse, tonic::Status> {
+    let (mut gc, token) = groups(node, actor).await;
+    let req = proto::SetRoleRequest { group: group.into(), user: user.into(), role: role as i32 };
+    gc.set_role(client::authorized(req, &token)).await.map(|r| r.into_inner())
+}
+
+async fn rename(
+    node: &TestNode,
+    actor: &str,
+    group: &str,
+    name: &str,
+) -> Result<proto::GroupResponse, tonic::Status> {
+    let (mut gc, token) = groups(node, actor).await;
+    let req = proto::RenameGroupRequest { group: group.into(), name: name.into() };
+    gc.rename_group(client::authorized(req, &token)).await.map(|r| r.into_inner())
+}
+
+async fn admins_manage_members_and_the_owner_hands_the_group_on(b: &Backend) {
+    let node = TestNode::start(b).await;
+    let group = create(&node, "alice", &["bob", "carol"], false).await;
+    let denied = |r: Result<proto::GroupResponse, tonic::Status>| {
+        r.unwrap_err().code() == Code::PermissionDenied
+    };
+    assert!(denied(set_role(&node, "bob", &group, "carol", proto::Role::Admin).await));
+    assert!(denied(rename(&node, "bob", &group, "bob's").await));
+    set_role(&node, "alice", &group, "bob", proto::Role::Admin).await.unwrap();
+    // An admin adds, removes plain members and renames; not the owner, and gives no roles.
+    change(&node, "bob", &group, &["dave"], true).await.unwrap();
+    change(&node, "bob", &group, &["carol"], false).await.unwrap();
+    assert!(denied(change(&node, "bob", &group, &["alice"], false).await));
+    assert!(denied(set_role(&node, "bob", &group, "dave", proto::Role::Admin).await));
+    let renamed = rename(&node, "bob", &group, "the team").await.unwrap();
+    assert_eq!(renamed.group.unwrap().name, "the team");
+    let bad = rename(&node, "bob", &group, "").await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let bad = set_role(&node, "alice", &group, "bob", proto::Role::Unspecified).await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert_eq!(
+        set_role(&node, "alice", &group, "carol", proto::Role::Admin).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    // Handing on: bob owns it, alice is an admin and may leave.
+    let handed = set_role(&node, "alice", &group, "bob", proto::Role::Owner).await.unwrap();
+    assert_eq!(handed.group.unwrap().owner, "bob");
+    let (mut gc, token) = groups(&node, "bob").await;
+    let req = proto::GetGroupRequest { group: group.clone(), ..Default::default() };
+    let members = gc.get_group(client::authorized(req, &token)).await.unwrap().into_inner().members;
+    let roles: Vec<_> = members.iter().map(|m| (m.user_id.as_str(), m.role)).collect();
+    let (owner, admin, member) =
+        (proto::Role::Owner as i32, proto::Role::Admin as i32, proto::Role::Member as i32);
+    assert_eq!(roles, [("alice", admin), ("bob", owner), ("dave", member)]);
+    let (mut gc, token) = groups(&node, "alice").await;
+    gc.leave_group(client::authorized(proto::LeaveGroupRequest { group: group.clone() }, &token))
+        .await
+        .unwrap();
+    // Every change is in the conversation, in order.
+    let req = proto::HistoryRequest { conversation: group.clone(), ..Default::default() };
+    let kinds: Vec<i32> =
+        node.history("bob", req).await.unwrap().messages.iter().map(|m| event_of(m).0).collect();
+    use proto::group_event::Kind;
+    let want = [
+        Kind::Created,
+        Kind::RoleChanged,
+        Kind::Joined,
+        Kind::Removed,
+        Kind::Renamed,
+        Kind::RoleChanged,
+        Kind::Left,
+    ];
+    assert_eq!(kinds, want.map(|k| k as i32));
+}
+
+on_every_store!(
+    admins_manage_members_and_the_owner_hands_the_group_on,
+    messages_and_events_reach_every_member_once_in_order,
+    a_removed_member_receives_nothing_after_removal,
+    membership_rules_and_every_refusal,
+    history_before_joining_is_a_group_setting,
+    get_group_pages_its_members_for_members_only,
+);
