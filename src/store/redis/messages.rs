@@ -16,10 +16,13 @@ use redis::Value;
 use redis::{FromRedisValue as _, ScriptInvocation};
 use tracing::warn;
 
+use super::Committer;
 use super::Keys;
 use super::values::{Stored, bad, live_routes, now_ms, parse_stored};
-use super::writer::Committer;
 use crate::store::{NewMessage, Route, StoreError, StoreOptions};
+
+/// Most messages (or acks) in one script call; a larger batch makes several calls.
+pub(super) const MAX_CALL: usize = 128;
 
 /// The scripts messages are stored with.
 pub(super) struct Scripts {
@@ -50,7 +53,7 @@ impl Committer {
         if self.single_server() {
             let chunks: Vec<Vec<usize>> = (0..msgs.len())
                 .collect::<Vec<_>>()
-                .chunks(super::writer::MAX_CALL)
+                .chunks(MAX_CALL)
                 .map(<[usize]>::to_vec)
                 .collect();
             return self

@@ -53,7 +53,7 @@ pub use conn::Conn;
 use groups::{GroupScripts, MemberCache};
 use messages::Scripts;
 use values::{logged_message, now_ms, stored_message};
-use writer::{Committer, Writer};
+use writer::Writer;
 
 /// Most expired head entries one read drops (one script call; Redis is busy for it).
 const TRIM_AT_ONCE: usize = 1000;
@@ -63,6 +63,18 @@ macro_rules! with_lib {
     ($($file:literal),+) => {
         Script::new(concat!(include_str!("lib.lua"), $(include_str!($file)),+))
     };
+}
+
+/// What the writer task needs to store a batch.
+struct Committer {
+    conn: Conn,
+    keys: Keys,
+    opts: StoreOptions,
+    /// The command timeout (WAIT is bounded by it).
+    timeout: Duration,
+    messages: Scripts,
+    ack: Script,
+    refresh: Script,
 }
 
 /// Redis-backed [`Inbox`] and [`RouteStore`].

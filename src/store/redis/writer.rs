@@ -20,18 +20,16 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
-use redis::{FromRedisValue as _, Script, Value};
+use redis::{FromRedisValue as _, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::messages::{AppendReply, Scripts};
+use super::messages::{AppendReply, MAX_CALL};
 use super::values::{bad, now_ms};
-use super::{Conn, Keys};
-use crate::store::{Appended, NewMessage, SenderCopy, StoreError, StoreOptions, StoredMessage};
+use super::{Committer, Conn};
+use crate::store::{Appended, NewMessage, SenderCopy, StoreError, StoredMessage};
 
 /// Most requests one batch takes.
 const MAX_BATCH: usize = 256;
-/// Most messages (or acks) in one script call; a larger batch makes several calls.
-pub(super) const MAX_CALL: usize = 128;
 /// Batches in flight at once; while they are, new requests gather into the next. More than one,
 /// so a slow call (a Cluster redirect, a reconnect) does not stall every write of the node.
 const MAX_IN_FLIGHT: usize = 4;
@@ -100,18 +98,6 @@ impl Writer {
         self.jobs.send(job).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
-}
-
-/// What the writer task needs to store a batch.
-pub(super) struct Committer {
-    pub(super) conn: Conn,
-    pub(super) keys: Keys,
-    pub(super) opts: StoreOptions,
-    /// The command timeout (WAIT is bounded by it).
-    pub(super) timeout: Duration,
-    pub(super) messages: Scripts,
-    pub(super) ack: Script,
-    pub(super) refresh: Script,
 }
 
 impl Committer {
