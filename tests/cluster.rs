@@ -71,6 +71,46 @@ async fn endpoints_seen_by(node: &TestNode, logins: usize) -> HashMap<String, us
     seen
 }
 
+/// A group whose members hold their streams on different nodes: each message and event is
+/// relayed to the nodes holding members, and a removal stops delivery there too. Redis Cluster
+/// keeps the group, its log and each member's inbox in different slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_spans_nodes_and_a_removal_stops_delivery_everywhere() {
+    use tim::proto::{self, groups_client::GroupsClient};
+    let consul = ConsulDouble::start().await;
+    let backend = Backend::redis_cluster();
+    let nodes = cluster(2, &consul, &backend, StrategyKind::RoundRobin).await;
+    let alice = nodes[0].connect_here("alice", "phone", 0).await;
+    let mut bob = nodes[1].connect_here("bob", "phone", 0).await;
+    let mut carol = nodes[1].connect_here("carol", "phone", 0).await;
+    let token = nodes[0].login("alice", "phone").await.token;
+    let ch = client::channel(&nodes[0].endpoint(), &Options::default()).await.unwrap();
+    let mut groups = GroupsClient::new(ch);
+    let req = proto::CreateGroupRequest {
+        name: "across".into(),
+        members: vec!["bob".into(), "carol".into()],
+        history_for_new_members: false,
+    };
+    let group = groups.create_group(client::authorized(req, &token)).await.unwrap();
+    let group = group.into_inner().group.unwrap().id;
+    for i in 1..=5 {
+        alice.sender().send_to_group(&format!("c{i}"), &group, &format!("m{i}")).await.unwrap();
+    }
+    for member in [&mut bob, &mut carol] {
+        assert!(next_message(member).await.event.is_some(), "the creation first");
+        for i in 1..=5 {
+            assert_eq!(next_message(member).await.body, format!("m{i}"));
+        }
+    }
+    let req = proto::ChangeMembersRequest { group: group.clone(), users: vec!["carol".into()] };
+    groups.remove_members(client::authorized(req, &token)).await.unwrap();
+    assert!(next_message(&mut carol).await.event.is_some(), "her removal is her last");
+    assert!(next_message(&mut bob).await.event.is_some());
+    alice.sender().send_to_group("c6", &group, "after").await.unwrap();
+    assert_eq!(next_message(&mut bob).await.body, "after");
+    common::assert_quiet(&mut carol, Duration::from_millis(300)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_on_different_nodes_chat_both_ways() {
     let consul = ConsulDouble::start().await;
