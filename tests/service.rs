@@ -233,9 +233,20 @@ async fn shutdown_is_bounded_even_if_a_client_never_reads() {
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
 }
 
+/// `tim chat` as `user` against `addr`, with its stdin, stdout and stderr piped.
+fn spawn_chat(addr: &str, user: &str) -> tokio::process::Child {
+    use std::process::Stdio;
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_tim"))
+        .args(["chat", "--addr", addr, "--user", user])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn cli_send_and_chat() {
-    use std::process::Stdio;
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let node = TestNode::start(&Backend::Memory).await;
     let tim = env!("CARGO_BIN_EXE_tim");
@@ -247,13 +258,7 @@ async fn cli_send_and_chat() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("seq=1 "));
 
-    let mut chat = tokio::process::Command::new(tim)
-        .args(["chat", "--addr", &node.endpoint(), "--user", "bob"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut chat = spawn_chat(&node.endpoint(), "bob");
     // The waiting message is printed first...
     let mut stdout = tokio::io::BufReader::new(chat.stdout.take().unwrap()).lines();
     let first = tokio::time::timeout(WAIT, stdout.next_line()).await.unwrap().unwrap();
@@ -278,7 +283,6 @@ async fn cli_send_and_chat() {
 /// id and sends `#<id>: text` to it, history prints the conversation oldest first.
 #[tokio::test]
 async fn cli_groups_send_chat_and_history() {
-    use std::process::Stdio;
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let node = TestNode::start(&Backend::Memory).await;
     let tim = env!("CARGO_BIN_EXE_tim");
@@ -308,13 +312,7 @@ async fn cli_groups_send_chat_and_history() {
     let group = created.lines().last().unwrap().strip_prefix("group=").unwrap().to_string();
     run(vec!["send", "--addr", &addr, "--user", "alice", "--group", &group, "hello team"]).await;
 
-    let mut chat = tokio::process::Command::new(tim)
-        .args(["chat", "--addr", &addr, "--user", "bob"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut chat = spawn_chat(&addr, "bob");
     let mut stdout = tokio::io::BufReader::new(chat.stdout.take().unwrap()).lines();
     let mut line = async || tokio::time::timeout(WAIT, stdout.next_line()).await.unwrap().unwrap();
     let created_line = line().await.unwrap();
