@@ -118,6 +118,30 @@ fn scale_out_runs_every_layout_on_clusters_of_its_own() {
     assert!(out.contains("redis3 "), "each master's CPU is read: {out}");
 }
 
+/// group: one group per size, most members offline; AOF bytes per message grow with the size
+/// (each message goes into every member's inbox), and the run leaves no key behind.
+#[test]
+fn group_measures_each_size_and_what_redis_writes_per_message() {
+    let server = RedisServer::start("redis-server", true, Vec::new).expect("redis-server");
+    let url = server.url();
+    let args = ["--scenario", "group", "--group-sizes", "3,40", "--online", "5", "--pairs", "2"];
+    let (out, last) =
+        bench(&[&args[..], &["--seconds", "0.5", "--warmup", "0.2", "--redis", &url]].concat());
+    assert_eq!((last.scenario.as_str(), last.errors), ("group", 0), "{out}");
+    assert!(last.msgs_per_s > 0.0, "{out}");
+    let bytes: Vec<f64> = out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Redis AOF per stored message: "))
+        .filter_map(|l| l.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(bytes.len(), 2, "{out}");
+    assert!(bytes[1] > bytes[0] * 5.0, "40 members write more than 3: {bytes:?}\n{out}");
+    assert!(out.contains("group of 3 (3 online") && out.contains("group of 40 (5 online"), "{out}");
+    let keys = Command::new("redis-cli").args(["-p", &server.port.to_string(), "DBSIZE"]).output();
+    let keys = String::from_utf8_lossy(&keys.expect("redis-cli").stdout).trim().to_string();
+    assert_eq!(keys, "0", "{out}");
+}
+
 #[test]
 fn in_process_offline_drain_reads_the_whole_backlog() {
     let args = ["--scenario", "offline-drain", "--seconds", "1", "--pairs", "2", "--backlog"];

@@ -14,6 +14,7 @@
 //! - `storm`: `connect-storm` (logins + streams opened per second).
 //! - `idle`: `idle` (streams one node holds, RSS per connection).
 //! - `scale`: `scale-out` (1 and 2 nodes over Redis Clusters of 1 and 3 masters).
+//! - `group`: `group` (messages into groups of several sizes, most members offline).
 //! - `dial`: how simulated users log in and open their streams.
 //! - `load`: the 1:1 traffic engine: paced or closed-loop senders, receivers that check order,
 //!   measure latency and ack.
@@ -35,6 +36,7 @@ use tim::client::{ClientError, Options};
 mod brokers;
 mod dial;
 mod drain;
+mod group;
 mod idle;
 mod load;
 mod meter;
@@ -61,6 +63,8 @@ pub enum Scenario {
     Idle,
     /// 1:1 messages on 1 and 2 nodes over Redis Clusters of 1 and 3 masters, started here.
     ScaleOut,
+    /// Messages into groups of each of `--group-sizes`, `--online` members online.
+    Group,
 }
 
 impl Scenario {
@@ -72,6 +76,7 @@ impl Scenario {
             Scenario::ConnectStorm => "connect-storm",
             Scenario::Idle => "idle",
             Scenario::ScaleOut => "scale-out",
+            Scenario::Group => "group",
         }
     }
 }
@@ -127,6 +132,12 @@ pub struct BenchArgs {
     /// offline-drain: messages stored per offline receiver before it connects.
     #[arg(long, default_value_t = 1000)]
     pub backlog: u64,
+    /// group: the group sizes to measure, one group each (members, comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "10,1000")]
+    pub group_sizes: Vec<u32>,
+    /// group: members holding streams (the first `--pairs` of them send); the rest offline.
+    #[arg(long, default_value_t = 20)]
+    pub online: u32,
     /// idle: how many streams to open (default: 2 × pairs).
     #[arg(long)]
     pub streams: Option<usize>,
@@ -272,6 +283,7 @@ pub async fn run(args: BenchArgs) -> Result<Summary, BenchError> {
     match args.scenario {
         Scenario::SameNode | Scenario::CrossNode => pairs::run(&args).await,
         Scenario::ScaleOut => scale::run(&args).await,
+        Scenario::Group => group::run(&args).await,
         Scenario::OfflineDrain => drain::run(&args).await,
         Scenario::ConnectStorm => storm::run(&args).await,
         Scenario::Idle => idle::run(&args).await,

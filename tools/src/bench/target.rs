@@ -23,6 +23,8 @@ pub struct NodeSpec {
     pub node_secret: String,
     /// Static peers (`--peers`) of the node to start: where it relays to.
     pub peers: Option<String>,
+    /// `--group-max-members` of the node, when the scenario needs more than the default.
+    pub group_max_members: Option<u32>,
     /// `--tim`: the tim executable to start nodes from.
     tim: Option<PathBuf>,
 }
@@ -33,7 +35,16 @@ impl NodeSpec {
         let node_secret = format!("bench-node-{:032x}", rand::random::<u128>());
         let (redis, tim) = (args.redis.clone(), args.tim.clone());
         let prefix = prefix.to_string();
-        Self { redis, redis_cluster: false, prefix, token_secret, node_secret, peers: None, tim }
+        Self {
+            redis,
+            redis_cluster: false,
+            prefix,
+            token_secret,
+            node_secret,
+            peers: None,
+            group_max_members: None,
+            tim,
+        }
     }
 
     /// `tim serve` flags after `--addr`: no per-user send or per-inbox limit, the run's Redis
@@ -49,6 +60,9 @@ impl NodeSpec {
         if let Some(peers) = &self.peers {
             a.extend(["--peers".into(), peers.clone()]);
         }
+        if let Some(max) = self.group_max_members {
+            a.extend(["--group-max-members".into(), max.max(2).to_string()]);
+        }
         a
     }
 
@@ -63,6 +77,7 @@ impl NodeSpec {
             redis_cluster: self.redis_cluster,
             redis_prefix: self.prefix.clone(),
             peers: self.peers.clone(),
+            group_max_members: self.group_max_members.unwrap_or(1000).max(2),
             ..tim::Config::default()
         }
     }
