@@ -1,6 +1,7 @@
 //! The checker behind `tim chaos` and the fault tests: it records what was sent, what was acked
-//! (with the recipient's seq) and what each device received, and says whether anything acked
-//! was lost, shown twice or shown out of order.
+//! (with the recipient's seq, or for a group message its conversation seq) and what each device
+//! received, and says whether anything acked was lost, shown twice or shown out of order
+//! (in its inbox's seq order, in each sender's order, and in each group's conversation order).
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
@@ -19,6 +20,12 @@ struct Inner {
     conflicting_acks: u64,
     /// (recipient, device) → seqs in the order the application saw them.
     received: HashMap<(String, String), Vec<(u64, String)>>,
+    /// group → conversation seq → body, for every acked group message, with its sender.
+    group_acked: HashMap<String, BTreeMap<u64, (String, String)>>,
+    /// group → its members.
+    members: HashMap<String, Vec<String>>,
+    /// (member, device, group) → conversation seqs in the order the application saw them.
+    group_received: HashMap<(String, String, String), Vec<(u64, String)>>,
     max_reconnect_ms: u64,
 }
 
@@ -91,6 +98,36 @@ impl Ledger {
             .push((seq, body.to_string()));
     }
 
+    /// `group` has `members` (fixed for the run).
+    pub fn group(&self, group: &str, members: &[String]) {
+        self.lock().members.insert(group.to_string(), members.to_vec());
+    }
+
+    /// The server acked `body` from `from` into `group` as its conversation seq `conv_seq`.
+    pub fn acked_group(&self, group: &str, conv_seq: u64, from: &str, body: &str) {
+        let mut inner = self.lock();
+        let entry = (from.to_string(), body.to_string());
+        let acked = inner.group_acked.entry(group.to_string()).or_default();
+        if acked.insert(conv_seq, entry.clone()).is_some_and(|p| p != entry) {
+            inner.conflicting_acks += 1;
+        }
+    }
+
+    /// `device` of `user` showed message `seq` of its inbox, which is `conv_seq` of `group`.
+    pub fn received_in_group(
+        &self,
+        user: &str,
+        device: &str,
+        seq: u64,
+        body: &str,
+        group: &str,
+        conv_seq: u64,
+    ) {
+        self.received(user, device, seq, body);
+        let key = (user.to_string(), device.to_string(), group.to_string());
+        self.lock().group_received.entry(key).or_default().push((conv_seq, body.to_string()));
+    }
+
     /// A client was without a stream for `ms`.
     pub fn reconnected(&self, ms: u64) {
         let mut inner = self.lock();
@@ -108,6 +145,7 @@ impl Ledger {
         let mut r = Report {
             sent: inner.sent,
             acked: inner.acked.values().map(|m| m.len() as u64).sum::<u64>()
+                + inner.group_acked.values().map(|m| m.len() as u64).sum::<u64>()
                 + inner.conflicting_acks,
             lost: inner.conflicting_acks,
             max_reconnect_ms: inner.max_reconnect_ms,
@@ -145,8 +183,35 @@ impl Ledger {
                     _ => r.lost += 1,
                 }
             }
+            for (group, members) in &inner.members {
+                if members.contains(user) {
+                    group_check(&inner, &mut r, user, device, group);
+                }
+            }
         }
         r
+    }
+}
+
+/// Every acked message of `group` from another member reached `user`'s `device` once, in the
+/// group's conversation order (duplicates are counted by the inbox checks).
+fn group_check(inner: &Inner, r: &mut Report, user: &str, device: &str, group: &str) {
+    let key = (user.to_string(), device.to_string(), group.to_string());
+    let got = inner.group_received.get(&key).map_or(&[][..], Vec::as_slice);
+    let mut last = 0;
+    let mut seen = HashMap::new();
+    for (conv_seq, body) in got {
+        if *conv_seq <= last && !seen.contains_key(conv_seq) {
+            r.out_of_order += 1;
+        }
+        last = last.max(*conv_seq);
+        seen.insert(*conv_seq, body);
+    }
+    for (conv_seq, (from, body)) in inner.group_acked.get(group).into_iter().flatten() {
+        // One device per user in these runs: a sender's own copy is not made.
+        if from != user && seen.get(conv_seq).is_none_or(|b| *b != body) {
+            r.lost += 1;
+        }
     }
 }
 
@@ -210,6 +275,36 @@ mod tests {
         let l = Ledger::default();
         l.sent();
         assert!(!l.report_for(&devices()).clean(), "a send never acked");
+    }
+
+    #[test]
+    fn a_group_message_reaches_every_other_member_once_in_conversation_order() {
+        let l = Ledger::default();
+        let members = ["alice".to_string(), "bob".to_string(), "carol".to_string()];
+        l.group("g:1", &members);
+        for (cseq, body) in [(2, "alice#1"), (3, "alice#2")] {
+            l.sent();
+            l.acked_group("g:1", cseq, "alice", body);
+        }
+        let all: Vec<(String, String)> =
+            members.iter().map(|m| (m.clone(), "phone".to_string())).collect();
+        l.received_in_group("bob", "phone", 1, "alice#1", "g:1", 2);
+        l.received_in_group("bob", "phone", 2, "alice#2", "g:1", 3);
+        l.received_in_group("carol", "phone", 1, "alice#1", "g:1", 2);
+        let r = l.report_for(&all);
+        assert_eq!(
+            (r.acked, r.lost, r.out_of_order),
+            (2, 1, 0),
+            "carol misses one; alice sent them"
+        );
+        l.received_in_group("carol", "phone", 2, "alice#2", "g:1", 3);
+        assert!(l.report_for(&all).clean());
+        // Shown in another order than the group's (even under increasing inbox seqs).
+        let l = Ledger::default();
+        l.group("g:1", &members);
+        l.received_in_group("bob", "phone", 1, "x", "g:1", 5);
+        l.received_in_group("bob", "phone", 2, "y", "g:1", 4);
+        assert_eq!(l.report_for(&all).out_of_order, 1);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `tim chaos`: nodes and a redis-server as child processes (through the [`crate::harness`]),
-//! users on the resilient client, faults on a schedule, then the ledger's verdict.
+//! users on the resilient client sending to each other and into groups, faults on a schedule,
+//! then the ledger's verdict.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +11,7 @@ use tracing::info;
 use super::{Ledger, Report};
 use crate::harness::{self, HarnessError, Probe, RedisServer, Server};
 use tim::client::resilient::{Client, ClientEvent, Config, Handle};
+use tim::proto::groups_client::GroupsClient;
 
 /// What to run.
 #[derive(Debug, Clone, clap::Args)]
@@ -29,6 +31,12 @@ pub struct ChaosOptions {
     /// Seconds between faults.
     #[arg(long, default_value_t = 3)]
     pub fault_every: u64,
+    /// Groups to create (0: none); a quarter of each member's messages go to one of theirs.
+    #[arg(long, default_value_t = 2)]
+    pub groups: usize,
+    /// Members of each group (at most --users).
+    #[arg(long, default_value_t = 8)]
+    pub group_size: usize,
     /// The redis-server binary.
     #[arg(long, default_value = "redis-server")]
     pub redis_server: String,
@@ -113,13 +121,16 @@ async fn scenario(opts: &ChaosOptions, tim: &Path) -> Result<Report, ChaosError>
         handles.push(client.handle());
         readers.push(tokio::spawn(record(client, user.clone(), ledger.clone())));
     }
+    let groups = create_groups(opts, &addrs[0], &users, &ledger).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let period = Duration::from_secs_f64(1.0 / f64::from(opts.rate.max(1)));
     let mut senders = Vec::new();
     for (i, handle) in handles.iter().enumerate() {
         let (h, ledger, users, stop) =
             (handle.clone(), ledger.clone(), users.clone(), stop.clone());
-        senders.push(tokio::spawn(send_loop(h, i, users, ledger, stop, period)));
+        let mine: Vec<String> =
+            groups.iter().filter(|(_, m)| m.contains(&users[i])).map(|(g, _)| g.clone()).collect();
+        senders.push(tokio::spawn(send_loop(h, i, users, mine, ledger, stop, period)));
     }
 
     // Faults, in rotation, until time is up.
@@ -174,10 +185,44 @@ async fn scenario(opts: &ChaosOptions, tim: &Path) -> Result<Report, ChaosError>
     Ok(report)
 }
 
+/// Creates `--groups` groups of `--group-size` consecutive users (wrapping) through `gateway`,
+/// before any fault, and tells the ledger who is in each.
+async fn create_groups(
+    opts: &ChaosOptions,
+    gateway: &str,
+    users: &[String],
+    ledger: &Ledger,
+) -> Result<Vec<(String, Vec<String>)>, ChaosError> {
+    let size = opts.group_size.clamp(2, users.len());
+    let mut groups = Vec::new();
+    for g in 0..opts.groups {
+        let members: Vec<String> =
+            (0..size).map(|k| users[(g * size + k) % users.len()].clone()).collect();
+        let opts = tim::client::Options::default();
+        let login =
+            tim::client::login(gateway, &members[0], "admin", "", &opts).await.map_err(setup)?;
+        let channel = tim::client::channel(gateway, &opts).await.map_err(setup)?;
+        let req = tim::proto::CreateGroupRequest {
+            name: format!("chaos-{g}"),
+            members: members[1..].to_vec(),
+            history_for_new_members: false,
+        };
+        let created = GroupsClient::new(channel)
+            .create_group(tim::client::authorized(req, &login.token))
+            .await
+            .map_err(setup)?;
+        let id = created.into_inner().group.map(|g| g.id).unwrap_or_default();
+        ledger.group(&id, &members);
+        groups.push((id, members));
+    }
+    Ok(groups)
+}
+
 async fn send_loop(
     h: Handle,
     i: usize,
     users: Vec<String>,
+    groups: Vec<String>,
     ledger: Arc<Ledger>,
     stop: Arc<AtomicBool>,
     period: Duration,
@@ -185,12 +230,19 @@ async fn send_loop(
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
-        let to = &users[(i + 1 + rand::random_range(0..users.len() - 1)) % users.len()];
         let body = format!("{}#{n}", users[i]);
         ledger.sent();
         // Retried across reconnects until stored; only a client that stopped gives up.
-        if let Ok(ack) = h.send(to, &body).await {
-            ledger.acked(to, ack.seq, &body);
+        if !groups.is_empty() && rand::random_range(0..4) == 0 {
+            let group = &groups[rand::random_range(0..groups.len())];
+            if let Ok(ack) = h.send_to_group(group, &body).await {
+                ledger.acked_group(group, ack.conv_seq, &users[i], &body);
+            }
+        } else {
+            let to = &users[(i + 1 + rand::random_range(0..users.len() - 1)) % users.len()];
+            if let Ok(ack) = h.send(to, &body).await {
+                ledger.acked(to, ack.seq, &body);
+            }
         }
         tokio::time::sleep(period).await;
     }
@@ -204,7 +256,15 @@ pub async fn record(mut client: Client, user: String, ledger: Arc<Ledger>) {
     while let Some(event) = client.next_event().await {
         match event {
             ClientEvent::Message(m) => {
-                ledger.received(&user, "phone", m.seq, &m.body);
+                if m.conversation.starts_with("g:") {
+                    // A group change (its creation) is no message of the run.
+                    if m.event.is_none() {
+                        let (conv, cseq) = (&m.conversation, m.conv_seq);
+                        ledger.received_in_group(&user, "phone", m.seq, &m.body, conv, cseq);
+                    }
+                } else {
+                    ledger.received(&user, "phone", m.seq, &m.body);
+                }
                 let _ = acker.ack(m.seq).await;
             }
             ClientEvent::Disconnected { .. } => {
