@@ -8,22 +8,24 @@ use std::time::{Duration, SystemTime};
 
 use common::Backend;
 use tim::auth::unix_ms;
+use tim::store::groups::{GroupChange, Groups};
 use tim::store::{
     Inbox, MemoryStore, NewMessage, PutRoute, RedisStore, Route, RouteStore, StoreError,
     StoreOptions,
 };
 
-/// The two halves of one backend.
+/// The parts of one backend.
 struct Stores {
     inbox: Arc<dyn Inbox>,
     routes: Arc<dyn RouteStore>,
+    groups: Arc<dyn Groups>,
 }
 
 async fn open(backend: &Backend, opts: StoreOptions) -> Stores {
     match backend {
         Backend::Memory => {
             let s = Arc::new(MemoryStore::new(opts));
-            Stores { inbox: s.clone(), routes: s }
+            Stores { inbox: s.clone(), groups: s.clone(), routes: s }
         }
         Backend::Redis { url, prefix, cluster } => {
             let urls: Vec<String> = url.split(',').map(str::to_string).collect();
@@ -31,12 +33,50 @@ async fn open(backend: &Backend, opts: StoreOptions) -> Stores {
                 .await
                 .unwrap();
             let s = Arc::new(s);
-            Stores { inbox: s.clone(), routes: s }
+            Stores { inbox: s.clone(), groups: s.clone(), routes: s }
         }
     }
 }
 
+/// A group message that reaches a member before an earlier one of the group (two nodes racing
+/// from log to delivery) brings the earlier one with it from the log, and the earlier one's
+/// own delivery then adds nothing: the member's inbox holds the group in its order, once.
+async fn a_group_delivery_fills_a_gap_from_the_log_first(backend: &Backend) {
+    let s = open(backend, StoreOptions::default()).await;
+    let group = "g:gap-test";
+    let new = |from: &str, id: &str| NewMessage {
+        from: from.into(),
+        origin_device: "phone".into(),
+        to: String::new(),
+        conversation: group.into(),
+        client_msg_id: id.into(),
+        body: format!("body {id}"),
+        msg_id: tim::ids::new_id(),
+        sent_at: unix_ms(SystemTime::now()),
+    };
+    let create = GroupChange::Create {
+        name: "gap".into(),
+        members: vec!["bob".into(), "carol".into()],
+        history_for_new_members: false,
+    };
+    let created = s.groups.change_group(new("alice", "e1"), create, 10).await.unwrap();
+    let members = created.members.clone();
+    s.groups.deliver_group(&created.event.unwrap(), "phone", &members).await.unwrap();
+    let first = s.groups.log_group_message(new("alice", "c1")).await.unwrap().message;
+    let second = s.groups.log_group_message(new("carol", "c2")).await.unwrap().message;
+    let late = s.groups.deliver_group(&second, "phone", &["bob".into()]).await.unwrap();
+    let got: Vec<(u64, u64)> = late.iter().map(|d| (d.message.seq, d.message.conv_seq)).collect();
+    assert_eq!(got, [(2, first.conv_seq), (3, second.conv_seq)], "the gap came first");
+    let again = s.groups.deliver_group(&first, "phone", &["bob".into()]).await.unwrap();
+    assert!(again.is_empty(), "already there: {again:?}");
+    let inbox = s.inbox.read("bob", 0, 10).await.unwrap();
+    let seqs: Vec<(u64, u64)> = inbox.iter().map(|m| (m.seq, m.conv_seq)).collect();
+    assert_eq!(seqs, [(1, 1), (2, 2), (3, 3)]);
+    assert_eq!(inbox[1].body, "body c1");
+}
+
 on_every_store!(
+    a_group_delivery_fills_a_gap_from_the_log_first,
     each_inbox_counts_from_one_and_a_retry_returns_the_first_copy,
     cursors_only_move_forward_and_the_inbox_keeps_what_a_device_still_needs,
     messages_past_retention_are_never_read,

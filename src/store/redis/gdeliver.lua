@@ -8,13 +8,17 @@
 -- LEFT or REMOVED event is the last thing they get and ends it.
 -- KEYS: 6 per item: the member's 1 conversation cursors hash, 2 seq counter, 3 inbox,
 --       4 epoch, 5 route hash, 6 devices sorted set
--- ARGV: as message.lua says (each item a message with its conversation seq); then one member
---       id per item.
+-- ARGV: as message.lua says, once per distinct message of the call (with its conversation
+--       seq); then two per item: the member, and which of those messages (1, 2, ...). So a
+--       message for a thousand members travels once, not a thousand times.
 -- Returns one reply per item: { 0, seq or "" (no copy), routes } appended or skipped,
 --   { 1, "", {} } it had it, { 2, cursor, {} } a gap after cursor, { 4, error, {} }.
 
 local KEYS_EACH = 6
 local items = #KEYS / KEYS_EACH
+local messages = (#ARGV - ARGS_BEFORE - 2 * items) / ARGS_EACH
+local ITEMS_AT = ARGS_BEFORE + messages * ARGS_EACH
+local parsed = {}
 
 local function names(list, user)
   return string.find(' ' .. list .. ' ', ' ' .. user .. ' ', 1, true) ~= nil
@@ -22,8 +26,13 @@ end
 
 local function deliver(i)
   local k = (i - 1) * KEYS_EACH
-  local m = message(i)
-  local user = ARGV[ARGS_BEFORE + items * ARGS_EACH + i]
+  local user = ARGV[ITEMS_AT + 2 * i - 1]
+  local which = tonumber(ARGV[ITEMS_AT + 2 * i])
+  local m = parsed[which]
+  if not m then
+    m = message(which)
+    parsed[which] = m
+  end
   local cursors = KEYS[k + 1]
   local ev = tonumber(m.ev) or 0
   local joins = (ev == EVENT_CREATED or ev == EVENT_JOINED) and names(m.evusers, user)

@@ -103,21 +103,27 @@ impl RedisStore {
         inv
     }
 
-    /// One `gdeliver.lua` call: each (member, message) item's reply.
+    /// One `gdeliver.lua` call: each (member, message) item's reply. Each distinct message
+    /// (by conversation seq) is sent once, the items name it by its place.
     async fn deliver_call(
         &self,
         items: &[(&str, &StoredMessage)],
         origin: &str,
     ) -> Result<Vec<(i64, String, Vec<String>)>, StoreError> {
         let mut inv = self.invocation(&self.groups.deliver, now_ms());
+        let mut distinct: Vec<u64> = Vec::new();
         for (user, m) in items {
             for kind in ["convs", "seq", "inbox", "epoch", "route", "devices"] {
                 inv.key(self.key(kind, user));
             }
-            stored_args(&mut inv, m, origin);
+            if !distinct.contains(&m.conv_seq) {
+                distinct.push(m.conv_seq);
+                stored_args(&mut inv, m, origin);
+            }
         }
-        for (user, _) in items {
-            inv.arg(*user);
+        for (user, m) in items {
+            let at = distinct.iter().position(|s| *s == m.conv_seq).unwrap_or(0) + 1;
+            inv.arg(*user).arg(at);
         }
         Ok(inv.invoke_async(&mut self.conn.clone()).await?)
     }

@@ -145,10 +145,15 @@ async fn one(args: &BenchArgs, size: u32) -> Result<Summary, BenchError> {
         println!("  server CPU per stored message: {per}");
     }
     match (aof0, aof1) {
-        (Some(a), Some(b)) if stored > 0 => {
+        (Some(a), Some(b)) if stored > 0 && b >= a => {
             println!("  Redis AOF per stored message: {:.0} bytes", (b - a) as f64 / stored as f64)
         }
-        _ => println!("  Redis AOF per stored message: n/a (no --redis, or no AOF)"),
+        (Some(_), Some(_)) if stored > 0 => {
+            println!("  Redis AOF per stored message: n/a (Redis rewrote its AOF meanwhile)")
+        }
+        _ => {
+            println!("  Redis AOF per stored message: n/a (no --redis, no AOF, or nothing stored)")
+        }
     }
     println!("  {}", usage.describe());
     for n in running {
