@@ -163,8 +163,10 @@ async fn the_redis_key_layout_matches_the_design() {
         format!("{prefix}:seq:{{bob}}"),
     ]
     .into();
-    // Logins of the test's helper users add nothing else.
-    assert_eq!(keys, want);
+    // Logins of the test's helper users add nothing else (the node's own entry among the
+    // writers that complete each other's group fan-outs aside: it expires too, checked below).
+    let layout: Vec<String> = keys.iter().filter(|k| !k.contains(":writers:")).cloned().collect();
+    assert_eq!(layout, want);
     // And a user who never comes back leaves nothing behind: every key expires by itself.
     for key in &keys {
         let ttl: i64 = ::redis::cmd("PTTL").arg(key).query_async(&mut conn).await.unwrap();

@@ -346,6 +346,61 @@ async fn concurrent_senders_reach_every_member_in_conversation_order(b: &Backend
     }
 }
 
+/// A node that dies between logging a group message and delivering it leaves a marker; any
+/// node's sweep completes the delivery, once, to every member. (Redis and Redis Cluster only:
+/// a memory store dies with its node.)
+#[tokio::test]
+async fn a_fan_out_cut_short_is_completed_by_a_sweep_on_redis() {
+    fan_out_cut_short(&Backend::redis()).await;
+}
+
+#[tokio::test]
+async fn a_fan_out_cut_short_is_completed_by_a_sweep_on_redis_cluster() {
+    fan_out_cut_short(&Backend::redis_cluster()).await;
+}
+
+async fn fan_out_cut_short(b: &Backend) {
+    use tim::store::groups::{GroupChange, Groups};
+    use tim::store::{Inbox, NewMessage};
+    let Backend::Redis { url, prefix, cluster } = b else { unreachable!("a Redis backend") };
+    let urls: Vec<String> = url.split(',').map(str::to_string).collect();
+    let connect = || async {
+        let opts = tim::store::StoreOptions::default();
+        tim::store::RedisStore::connect(&urls, *cluster, Duration::from_secs(2), prefix, opts)
+            .await
+            .unwrap()
+    };
+    let (dying, survivor) = (connect().await, connect().await);
+    let new = |from: &str, id: &str| NewMessage {
+        from: from.into(),
+        origin_device: "phone".into(),
+        to: String::new(),
+        conversation: "g:cut-short".into(),
+        client_msg_id: id.into(),
+        body: format!("body {id}"),
+        msg_id: tim::ids::new_id(),
+        sent_at: tim::auth::unix_ms(std::time::SystemTime::now()),
+    };
+    let create = GroupChange::Create {
+        name: "cut".into(),
+        members: vec!["bob".into(), "carol".into()],
+        history_for_new_members: false,
+    };
+    let created = dying.change_group(new("alice", "e1"), create, 10).await.unwrap();
+    dying.deliver_group(&created.event.unwrap(), "phone", &created.members).await.unwrap();
+    // Logged, never delivered: the node "died" here.
+    dying.log_group_message(new("alice", "c1")).await.unwrap();
+    dying.log_group_message(new("alice", "c2")).await.unwrap();
+    assert_eq!(survivor.sweep_fanout(Duration::from_secs(3600)).await.unwrap(), 0, "not stale yet");
+    assert_eq!(survivor.sweep_fanout(Duration::ZERO).await.unwrap(), 2);
+    for member in ["bob", "carol"] {
+        let inbox = survivor.read(member, 0, 10).await.unwrap();
+        let got: Vec<(u64, &str)> = inbox.iter().map(|m| (m.conv_seq, m.body.as_str())).collect();
+        assert_eq!(got, [(1, ""), (2, "body c1"), (3, "body c2")], "{member}");
+    }
+    assert_eq!(survivor.sweep_fanout(Duration::ZERO).await.unwrap(), 0, "nothing left");
+}
+
 on_every_store!(
     concurrent_senders_reach_every_member_in_conversation_order,
     admins_manage_members_and_the_owner_hands_the_group_on,

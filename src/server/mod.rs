@@ -20,6 +20,9 @@ use crate::proto::{
     groups_server::GroupsServer, relay_server::RelayServer,
 };
 use crate::store::{MemoryStore, RedisAccess, RedisStore};
+
+/// How often a node looks for group fan-outs other nodes left unfinished.
+const FANOUT_SWEEP: std::time::Duration = std::time::Duration::from_secs(5);
 use crate::task::AbortOnDrop;
 use crate::tls::ServerTls;
 
@@ -93,6 +96,9 @@ async fn open_store(config: &Config, tasks: &mut JoinSet<()>) -> Result<Stores, 
     .map_err(|e| ServeError::Store(format!("{}: {e}", shown.join(","))))?;
     info!(redis = %shown.join(","), cluster = config.redis_cluster, "using Redis stores");
     let store = Arc::new(store);
+    // Completes group fan-outs that a node (any) began and did not finish.
+    let sweeper = store.clone();
+    tasks.spawn(async move { sweeper.sweep_fanout_every(FANOUT_SWEEP).await });
     Ok(Stores { inbox: store.clone(), groups: store.clone(), routes: store })
 }
 

@@ -191,6 +191,10 @@ impl Groups for RedisStore {
             i64,
             String,
         ) = inv.invoke_async(&mut self.conn.clone()).await?;
+        if code != 0 || cseq == 0 {
+            // Nothing was logged: nothing to deliver.
+            self.fanout_done(&conv, &message.from, &message.client_msg_id).await?;
+        }
         if code != 0 {
             return Err(refused(code, max_members));
         }
@@ -262,9 +266,13 @@ impl Groups for RedisStore {
         };
         stored_args(&mut inv, &message, &msg.origin_device);
         inv.arg(cached.as_ref().map_or(-1, |(v, _)| *v));
+        self.fanout_begins(&conv, &message.from, &message.client_msg_id).await?;
         let replies: Vec<(i64, String, i64, Vec<String>)> =
             inv.invoke_async(&mut self.conn.clone()).await?;
         let (code, value, version, list) = replies.into_iter().next().ok_or(bad("log reply"))?;
+        if code != 0 && code != 1 {
+            self.fanout_done(&conv, &message.from, &message.client_msg_id).await?;
+        }
         match code {
             0 | 1 => {}
             4 => return Err(StoreError::Internal(value)),
@@ -340,6 +348,7 @@ impl Groups for RedisStore {
                 }
             }
         }
+        self.fanout_done(&message.conversation, &message.from, &message.client_msg_id).await?;
         Ok(out)
     }
 }

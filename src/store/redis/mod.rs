@@ -10,7 +10,9 @@
 //!   numbers them), fields from, to, client_msg_id, body, msg_id, sent_at; at most
 //!   `--history-max` entries, gone `--history-retention` after its newest (set with a slack)
 //! - a group `{g:<id>}`: `<p>:group:`, `<p>:members:` and its log (see `groups`); a member's
-//!   `<p>:convs:{uid}`: conversation → the last group conversation seq in their inbox
+//!   `<p>:convs:{uid}`: conversation → the last group conversation seq in their inbox;
+//!   `<p>:inflight:{w:<writer>}` and `<p>:writers:{all}`: group fan-outs begun and not finished,
+//!   per node (see `fanout`)
 //! - `<p>:logdedup:{conv}:<len(from)>:<from>:<client_msg_id>` (Cluster): `conv_seq|msg_id|
 //!   sent_at` of a logged message, so a retry between the Cluster's steps logs it once;
 //!   `<p>:sent:{uid}:<client_msg_id>` (Cluster): the sender's copy of that message was made
@@ -41,6 +43,7 @@ use redis::{AsyncCommands, RedisError, Script};
 use super::{Appended, HistoryPage, Inbox, NewMessage, StoreError, StoreOptions, StoredMessage};
 
 mod conn;
+mod fanout;
 mod groups;
 mod messages;
 mod routes;
@@ -48,6 +51,7 @@ mod values;
 mod writer;
 
 pub use conn::Access;
+pub use fanout::FANOUT_GRACE;
 
 pub use conn::Conn;
 use groups::{GroupScripts, MemberCache};
@@ -92,6 +96,9 @@ pub struct RedisStore {
     groups: GroupScripts,
     /// Each group's members as this node last saw them (see `groups`).
     member_cache: MemberCache,
+    /// This store's id among the writers whose unfinished group fan-outs others complete
+    /// (`fanout`).
+    writer_id: String,
 }
 
 impl From<RedisError> for StoreError {
@@ -160,7 +167,7 @@ impl RedisStore {
             ack: with_lib!("ack.lua"),
             refresh: with_lib!("route_refresh.lua"),
         });
-        Ok(Self {
+        let store = Self {
             conn,
             keys,
             opts,
@@ -176,7 +183,10 @@ impl RedisStore {
                 deliver: with_lib!("message.lua", "gdeliver.lua"),
             },
             member_cache: MemberCache::default(),
-        })
+            writer_id: crate::ids::new_id(),
+        };
+        store.register_writer().await?;
+        Ok(store)
     }
 
     fn key(&self, kind: &str, user: &str) -> String {

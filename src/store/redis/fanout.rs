@@ -1,0 +1,145 @@
+//! Group fan-out that survives its node: a durable marker for every group message (and event)
+//! whose delivery into the members' inboxes has begun and not finished, resumed by any node.
+//!
+//! Before a group message is logged, its node adds `<group>|<from>|<client_msg_id>` to its own
+//! in-flight set `<p>:inflight:{w:<writer>}` (scored by the time), and removes it once every
+//! member has it. A node that dies in between leaves the marker behind. Every node runs
+//! [`RedisStore::sweep_fanout_every`]: it lists the writers (`<p>:writers`, each node's id with
+//! the time it last swept) and takes their markers older than a grace; for each it delivers the
+//! newest message of that group's log to the current members. The members' cursors make that
+//! idempotent and bring each member up to it from wherever they are (the gap is read from the
+//! log), so whichever message the dead node was delivering reaches them, once. A sender who
+//! retries instead gets there first; the sweep then finds nothing left to do.
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::streams::StreamRangeReply;
+use tracing::{debug, warn};
+
+use super::RedisStore;
+use super::values::{logged_message, now_ms};
+use crate::store::StoreError;
+use crate::store::groups::Groups;
+
+/// How old a marker must be before another node takes it over: longer than any delivery that
+/// is still running takes.
+pub const FANOUT_GRACE: Duration = Duration::from_secs(10);
+/// Markers one sweep takes per writer.
+const SWEEP_AT_ONCE: isize = 100;
+/// A writer not seen for this long, with nothing in flight, is forgotten.
+const WRITER_GONE: Duration = Duration::from_secs(300);
+/// An in-flight set outlives its node's last sweep this long (others take it over long before).
+const INFLIGHT_KEPT: Duration = Duration::from_secs(86_400);
+
+impl RedisStore {
+    /// This node's in-flight set.
+    fn inflight_key(&self, writer: &str) -> String {
+        self.key("inflight", &format!("w:{writer}"))
+    }
+
+    /// The marker of a group message from `from` with `client_msg_id`.
+    fn marker(group: &str, from: &str, client_msg_id: &str) -> String {
+        format!("{group}|{from}|{client_msg_id}")
+    }
+
+    /// Marks a group message's fan-out as begun (before it is logged).
+    pub(super) async fn fanout_begins(
+        &self,
+        group: &str,
+        from: &str,
+        client_msg_id: &str,
+    ) -> Result<(), StoreError> {
+        let member = Self::marker(group, from, client_msg_id);
+        let key = self.inflight_key(&self.writer_id);
+        let _: i64 = self.conn.clone().zadd(key, member, now_ms()).await?;
+        Ok(())
+    }
+
+    /// Marks it done (every member has it).
+    pub(super) async fn fanout_done(
+        &self,
+        group: &str,
+        from: &str,
+        client_msg_id: &str,
+    ) -> Result<(), StoreError> {
+        let member = Self::marker(group, from, client_msg_id);
+        let _: i64 = self.conn.clone().zrem(self.inflight_key(&self.writer_id), member).await?;
+        Ok(())
+    }
+
+    /// Puts this store among the writers whose markers others sweep (at connect, and at each
+    /// sweep: the time says it is alive). Returns the writers' key.
+    pub(super) async fn register_writer(&self) -> Result<String, StoreError> {
+        let mut conn = self.conn.clone();
+        let writers_key = self.key("writers", "all");
+        let _: i64 = conn.zadd(&writers_key, &self.writer_id, now_ms()).await?;
+        // Both go when every node is gone for long enough (as every key does).
+        let _: i64 = conn.pexpire(&writers_key, (WRITER_GONE * 2).as_millis() as i64).await?;
+        let inflight = self.inflight_key(&self.writer_id);
+        let _: i64 = conn.pexpire(inflight, INFLIGHT_KEPT.as_millis() as i64).await?;
+        Ok(writers_key)
+    }
+
+    /// Sweeps every `every`, forever (the node runs it as one of its background tasks).
+    pub async fn sweep_fanout_every(&self, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.sweep_fanout(FANOUT_GRACE).await {
+                warn!(error = %e, "group fan-out sweep failed; the next one tries again");
+            }
+        }
+    }
+
+    /// One sweep: completes the fan-out behind every marker older than `grace`, of any node.
+    /// Returns how many it completed.
+    pub async fn sweep_fanout(&self, grace: Duration) -> Result<usize, StoreError> {
+        let mut conn = self.conn.clone();
+        let now = now_ms();
+        let writers_key = self.register_writer().await?;
+        let writers: Vec<(String, i64)> = conn.zrange_withscores(&writers_key, 0, -1).await?;
+        let cut = now - grace.as_millis() as i64;
+        let mut done = 0;
+        for (writer, seen) in writers {
+            let key = self.inflight_key(&writer);
+            let stale: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(&key)
+                .arg("-inf")
+                .arg(cut)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(SWEEP_AT_ONCE)
+                .query_async(&mut conn)
+                .await?;
+            for marker in stale {
+                let group = marker.split('|').next().unwrap_or_default();
+                self.redeliver_newest(group).await?;
+                let _: i64 = conn.zrem(&key, &marker).await?;
+                done += 1;
+            }
+            let left: i64 = conn.zcard(&key).await?;
+            if writer != self.writer_id && left == 0 && seen < now - WRITER_GONE.as_millis() as i64
+            {
+                let _: i64 = conn.zrem(&writers_key, &writer).await?;
+            }
+        }
+        if done > 0 {
+            debug!(done, "completed group fan-outs other nodes left unfinished");
+        }
+        Ok(done)
+    }
+
+    /// Delivers the newest message of `group`'s log to its current members (each brought up to
+    /// it from their cursor).
+    async fn redeliver_newest(&self, group: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let reply: StreamRangeReply =
+            conn.xrevrange_count(self.key("log", group), "+", "-", 1).await?;
+        let Some(entry) = reply.ids.into_iter().next() else { return Ok(()) };
+        let newest = logged_message(entry, group)?;
+        let members: Vec<String> = conn.hkeys(self.key("members", group)).await?;
+        self.deliver_group(&newest, "", &members).await?;
+        Ok(())
+    }
+}
