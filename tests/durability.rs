@@ -665,3 +665,62 @@ async fn with_wait_replicas_a_send_is_acked_only_once_a_replica_has_it() {
     let retry = node.send_unary("alice", "c2", "bob", "m2").await.unwrap();
     assert!(retry.duplicate, "the primary had it: the retry finds it");
 }
+
+/// A Cluster node that died between the steps of a direct message (logged in the conversation,
+/// not yet in the recipient's inbox) left its in-flight mark: another node's sweep stores the
+/// message from its log entry, once, as the sender's retry would. The dead node's state is
+/// written here as `log.lua` and the mark would have left it.
+#[tokio::test]
+async fn a_direct_message_cut_short_between_steps_is_completed_by_a_sweep() {
+    use tim::store::{Inbox, RedisStore, StoreOptions};
+    let backend = Backend::redis();
+    let Backend::Redis { url, prefix, .. } = &backend else { unreachable!() };
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let conv = "d:5:alice:bob";
+    let now = tim::auth::unix_ms(std::time::SystemTime::now());
+    let _: String = ::redis::cmd("XADD")
+        .arg(format!("{prefix}:log:{{{conv}}}"))
+        .arg("0-*")
+        .arg(&["from", "alice", "to", "bob", "client_msg_id", "c1", "body", "cut short"])
+        .arg(&["msg_id", "m1", "sent_at", &now.to_string()])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let logged = format!("1|m1|{now}");
+    let _: () = ::redis::cmd("SET")
+        .arg(format!("{prefix}:logdedup:{{{conv}}}:5:alice:c1"))
+        .arg(logged)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mark = format!("{conv} alice c1");
+    let _: i64 = ::redis::cmd("ZADD")
+        .arg(format!("{prefix}:inflight:{{w:dead}}"))
+        .arg(now - 60_000)
+        .arg(&mark)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: i64 = ::redis::cmd("ZADD")
+        .arg(format!("{prefix}:writers:{{all}}"))
+        .arg(now - 60_000)
+        .arg("dead")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let urls = vec![url.clone()];
+    let opts = StoreOptions::default();
+    let store =
+        RedisStore::connect(&urls, false, Duration::from_secs(2), prefix, opts).await.unwrap();
+    assert_eq!(store.sweep_fanout(Duration::from_secs(10)).await.unwrap(), 1);
+    let inbox = store.read("bob", 0, 10).await.unwrap();
+    let got: Vec<_> = inbox.iter().map(|m| (m.seq, m.conv_seq, m.msg_id.as_str())).collect();
+    assert_eq!(got, [(1, 1, "m1")], "stored once, as logged");
+    assert_eq!(store.sweep_fanout(Duration::ZERO).await.unwrap(), 0, "the mark is gone");
+    // And the sender's retry now finds it stored.
+    let node = TestNode::start(&backend).await;
+    let again = node.send_unary("alice", "c1", "bob", "cut short").await.unwrap();
+    assert!(again.duplicate && again.seq == 1 && again.conv_seq == 1, "{again:?}");
+}

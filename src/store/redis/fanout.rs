@@ -1,15 +1,17 @@
-//! Group fan-out that survives its node: a durable marker for every group message (and event)
-//! whose delivery into the members' inboxes has begun and not finished, resumed by any node.
+//! Fan-out that survives its node: a durable marker for every group message (and event) whose
+//! delivery into the members' inboxes has begun and not finished, and for every direct message
+//! a Cluster stores in steps, resumed by any node.
 //!
-//! Before a group message is logged, its node adds `<group>|<from>|<client_msg_id>` to its own
-//! in-flight set `<p>:inflight:{w:<writer>}` (scored by the time), and removes it once every
-//! member has it. A node that dies in between leaves the marker behind. Every node runs
+//! Before such a message is logged, its node adds `<conversation> <from> <client_msg_id>` to its
+//! own in-flight set `<p>:inflight:{w:<writer>}` (scored by the time), and removes it once every
+//! inbox has it. A node that dies in between leaves the marker behind. Every node runs
 //! [`RedisStore::sweep_fanout_every`]: it lists the writers (`<p>:writers`, each node's id with
 //! the time it last swept) and takes their markers older than a grace; for each it delivers the
 //! newest message of that group's log to the current members. The members' cursors make that
 //! idempotent and bring each member up to it from wherever they are (the gap is read from the
-//! log), so whichever message the dead node was delivering reaches them, once. A sender who
-//! retries instead gets there first; the sweep then finds nothing left to do.
+//! log), so whichever message the dead node was delivering reaches them, once. A direct message
+//! is stored again from its log entry, as its sender's retry would be. A sender who retries
+//! gets there first; the sweep then finds nothing left to do.
 use std::time::Duration;
 
 use redis::AsyncCommands;
@@ -17,9 +19,10 @@ use redis::streams::StreamRangeReply;
 use tracing::{debug, warn};
 
 use super::RedisStore;
-use super::values::{logged_message, now_ms};
-use crate::store::StoreError;
+use super::values::{logged_message, now_ms, parse_stored};
+use crate::ids::Conversation;
 use crate::store::groups::Groups;
+use crate::store::{NewMessage, StoreError};
 
 /// How old a marker must be before another node takes it over: longer than any delivery that
 /// is still running takes.
@@ -31,15 +34,16 @@ const WRITER_GONE: Duration = Duration::from_secs(300);
 /// An in-flight set outlives its node's last sweep this long (others take it over long before).
 const INFLIGHT_KEPT: Duration = Duration::from_secs(86_400);
 
+/// The marker of a message of `conversation` from `from` with `client_msg_id`: spaces apart,
+/// which none of the three may hold.
+pub(super) fn marker(conversation: &str, from: &str, client_msg_id: &str) -> String {
+    format!("{conversation} {from} {client_msg_id}")
+}
+
 impl RedisStore {
     /// This node's in-flight set.
     fn inflight_key(&self, writer: &str) -> String {
         self.key("inflight", &format!("w:{writer}"))
-    }
-
-    /// The marker of a group message from `from` with `client_msg_id`.
-    fn marker(group: &str, from: &str, client_msg_id: &str) -> String {
-        format!("{group}|{from}|{client_msg_id}")
     }
 
     /// Marks a group message's fan-out as begun (before it is logged).
@@ -49,7 +53,7 @@ impl RedisStore {
         from: &str,
         client_msg_id: &str,
     ) -> Result<(), StoreError> {
-        let member = Self::marker(group, from, client_msg_id);
+        let member = marker(group, from, client_msg_id);
         let key = self.inflight_key(&self.writer_id);
         let _: i64 = self.conn.clone().zadd(key, member, now_ms()).await?;
         Ok(())
@@ -62,7 +66,7 @@ impl RedisStore {
         from: &str,
         client_msg_id: &str,
     ) -> Result<(), StoreError> {
-        let member = Self::marker(group, from, client_msg_id);
+        let member = marker(group, from, client_msg_id);
         let _: i64 = self.conn.clone().zrem(self.inflight_key(&self.writer_id), member).await?;
         Ok(())
     }
@@ -112,11 +116,24 @@ impl RedisStore {
                 .arg(SWEEP_AT_ONCE)
                 .query_async(&mut conn)
                 .await?;
-            for marker in stale {
-                let group = marker.split('|').next().unwrap_or_default();
-                self.redeliver_newest(group).await?;
-                let _: i64 = conn.zrem(&key, &marker).await?;
-                done += 1;
+            for mark in stale {
+                let mut parts = mark.split(' ');
+                let (conv, from, id) = (parts.next(), parts.next(), parts.next());
+                let finished = match (conv.map(Conversation::parse), from, id) {
+                    (Some(Ok(Conversation::Group(_))), ..) => {
+                        self.redeliver_newest(conv.unwrap_or_default()).await?;
+                        true
+                    }
+                    (Some(Ok(Conversation::Direct(..))), Some(from), Some(id)) => {
+                        self.redeliver_direct(conv.unwrap_or_default(), from, id).await
+                    }
+                    // Not a mark this version writes: nothing to complete.
+                    _ => true,
+                };
+                if finished {
+                    let _: i64 = conn.zrem(&key, &mark).await?;
+                    done += 1;
+                }
             }
             let left: i64 = conn.zcard(&key).await?;
             if writer != self.writer_id && left == 0 && seen < now - WRITER_GONE.as_millis() as i64
@@ -128,6 +145,41 @@ impl RedisStore {
             debug!(done, "completed group fan-outs other nodes left unfinished");
         }
         Ok(done)
+    }
+
+    /// Completes a direct message a Cluster node logged and may not have appended (its steps
+    /// were cut short): the steps after the log run again from its log entry (the recipient's
+    /// dedup key and the sender's copy key say what was done). Whether it is done now (or
+    /// never was logged); a refusal (a full inbox) is tried again at the next sweep.
+    async fn redeliver_direct(&self, conv: &str, from: &str, client_msg_id: &str) -> bool {
+        let logged: Option<String> =
+            match self.conn.clone().get(self.keys.log_dedup(conv, from, client_msg_id)).await {
+                Ok(v) => v,
+                Err(_) => return false,
+            };
+        let Some(stored) = logged.and_then(|v| parse_stored(&v).ok()) else { return true };
+        let at = format!("0-{}", stored.seq);
+        let entry: Result<StreamRangeReply, _> =
+            self.conn.clone().xrange(self.key("log", conv), &at, &at).await;
+        let Some(entry) = entry.ok().and_then(|r| r.ids.into_iter().next()) else { return true };
+        let Ok(m) = logged_message(entry, conv) else { return true };
+        let again = NewMessage {
+            from: m.from,
+            origin_device: String::new(),
+            to: m.to,
+            conversation: conv.to_string(),
+            client_msg_id: m.client_msg_id,
+            body: m.body,
+            msg_id: m.msg_id,
+            sent_at: m.sent_at,
+        };
+        match self.writer.complete(again, stored).await {
+            Ok(_) => true,
+            Err(e) => {
+                debug!(error = %e, "could not complete a direct message yet");
+                false
+            }
+        }
     }
 
     /// Delivers the newest message of `group`'s log to its current members (each brought up to

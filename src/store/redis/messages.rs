@@ -1,20 +1,15 @@
 //! How the writer stores a batch of messages (see `message.lua`):
 //! - a single server: one `send.lua` call per chunk, every message in one atomic step;
 //! - a Redis Cluster, where the conversation log, the recipient's inbox and the sender's inbox
-//!   sit in different slots: `admit.lua` per recipient, then `log.lua` per conversation, then
-//!   `append.lua` per recipient beside `copy.lua` per sender, each step's calls sent at once.
-//!   Every step is idempotent, so a sender that retries after a failure between two steps (it
-//!   was not acked) completes the message once; what a failure leaves behind is at most a
-//!   logged message (in history) that no inbox has yet, until that retry.
-use std::collections::HashMap;
+//!   sit in different slots: idempotent steps, one call per hash tag each (`cluster`). What a
+//!   failure between them leaves behind (a logged message no inbox has yet) is completed by the
+//!   sender's retry, or by any node's sweep (`fanout`).
 use std::future::Future;
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use redis::Script;
-use redis::Value;
-use redis::{FromRedisValue as _, ScriptInvocation};
-use tracing::warn;
+use redis::ScriptInvocation;
 
 use super::Committer;
 use super::Keys;
@@ -43,9 +38,9 @@ pub(super) struct AppendReply {
     pub(super) copy: CopyReply,
 }
 
-type Outcome = Result<AppendReply, StoreError>;
+pub(super) type Outcome = Result<AppendReply, StoreError>;
 /// A sender's copy: its seq in their inbox and their routes; None when none was made.
-type CopyReply = Option<(u64, Vec<(String, Route)>)>;
+pub(super) type CopyReply = Option<(u64, Vec<(String, Route)>)>;
 
 impl Committer {
     /// Every message of the batch stored (or refused); one outcome each, in order.
@@ -65,7 +60,10 @@ impl Committer {
 
     /// Runs `call` for each group of message indices at once, and spreads each call's replies
     /// (or its error) over its messages.
-    async fn step<R: Clone, F: Future<Output = Result<Vec<Result<R, StoreError>>, StoreError>>>(
+    pub(super) async fn step<
+        R: Clone,
+        F: Future<Output = Result<Vec<Result<R, StoreError>>, StoreError>>,
+    >(
         &self,
         msgs: &[NewMessage],
         groups: Vec<Vec<usize>>,
@@ -86,71 +84,19 @@ impl Committer {
         out.into_iter().map(|r| r.unwrap_or_else(|| Err(bad("missing reply")))).collect()
     }
 
-    async fn cluster_steps(&self, msgs: &[NewMessage]) -> Vec<Outcome> {
-        let all: Vec<usize> = (0..msgs.len()).collect();
-        let by_recipient = group(&all, |i| msgs[i].to.as_str());
-        let admitted = self
-            .step(msgs, by_recipient, |ids| async move { self.admit_call(msgs, &ids).await })
-            .await;
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; msgs.len()];
-        let mut go = Vec::new();
-        for (i, a) in admitted.into_iter().enumerate() {
-            match a {
-                Ok(None) => go.push(i),
-                Ok(Some(done)) => outcomes[i] = Some(Ok(done)),
-                Err(e) => outcomes[i] = Some(Err(e)),
-            }
-        }
-        let by_conv = group(&go, |i| msgs[i].conversation.as_str());
-        let logged =
-            self.step(msgs, by_conv, |ids| async move { self.log_call(msgs, &ids).await }).await;
-        let mut log: Vec<Option<Stored>> = vec![None; msgs.len()];
-        let mut next = Vec::new();
-        for (i, l) in logged.into_iter().enumerate().filter(|(i, _)| go.contains(i)) {
-            match l {
-                Ok(stored) => {
-                    log[i] = Some(stored);
-                    next.push(i);
-                }
-                Err(e) => outcomes[i] = Some(Err(e)),
-            }
-        }
-        let senders: Vec<usize> =
-            next.iter().copied().filter(|&i| msgs[i].from != msgs[i].to).collect();
-        let (appended, copies) = tokio::join!(
-            self.step(msgs, group(&next, |i| msgs[i].to.as_str()), |ids| {
-                let log = &log;
-                async move { self.append_call(msgs, log, &ids).await }
-            }),
-            self.step(msgs, group(&senders, |i| msgs[i].from.as_str()), |ids| {
-                let log = &log;
-                async move { self.copy_call(msgs, log, &ids).await }
-            }),
-        );
-        for &i in &next {
-            let copy = match &copies[i] {
-                Ok(copy) => copy.clone(),
-                Err(e) => {
-                    if senders.contains(&i) {
-                        warn!(error = %e, "could not copy a message to its sender's inbox");
-                    }
-                    None
-                }
-            };
-            outcomes[i] = Some(appended[i].clone().map(|r| AppendReply { copy, ..r }));
-        }
-        outcomes.into_iter().map(|o| o.unwrap_or_else(|| Err(bad("missing outcome")))).collect()
-    }
-
     /// A message script invocation with the arguments every one of them takes first.
-    fn invocation<'a>(&self, script: &'a Script, now: i64) -> ScriptInvocation<'a> {
+    pub(super) fn invocation<'a>(&self, script: &'a Script, now: i64) -> ScriptInvocation<'a> {
         let mut inv = script.prepare_invoke();
         common_args(&mut inv, &self.opts, &self.keys, now);
         inv
     }
 
     /// Message `m`'s arguments; `logged` is what the log gave it (Cluster steps after it).
-    fn message_args(inv: &mut ScriptInvocation<'_>, m: &NewMessage, logged: Option<&Stored>) {
+    pub(super) fn message_args(
+        inv: &mut ScriptInvocation<'_>,
+        m: &NewMessage,
+        logged: Option<&Stored>,
+    ) {
         let (msg_id, sent_at, conv_seq) = match logged {
             Some(s) => (s.msg_id.as_str(), s.sent_at, s.seq),
             None => (m.msg_id.as_str(), m.sent_at, 0),
@@ -197,121 +143,8 @@ impl Committer {
         Ok(replies.into_iter().map(|r| self.message_reply(r, now)).collect())
     }
 
-    /// Cluster step 1: `Ok(None)` for an admitted message, `Ok(Some(..))` for a duplicate.
-    async fn admit_call(
-        &self,
-        msgs: &[NewMessage],
-        ids: &[usize],
-    ) -> Result<Vec<Result<Option<AppendReply>, StoreError>>, StoreError> {
-        let now = now_ms();
-        let mut inv = self.invocation(&self.messages.admit, now);
-        for &i in ids {
-            let m = &msgs[i];
-            inv.key(self.keys.dedup(&m.to, &m.from, &m.client_msg_id))
-                .key(self.keys.key("inbox", &m.to))
-                .key(self.keys.key("inrate", &m.to))
-                .key(self.keys.key("route", &m.to));
-            Self::message_args(&mut inv, m, None);
-        }
-        let replies: Vec<(i64, String, Vec<String>, Vec<String>)> =
-            inv.invoke_async(&mut self.conn.clone()).await?;
-        Ok(replies
-            .into_iter()
-            .map(|r| match r.0 {
-                0 => Ok(None),
-                _ => self.message_reply(r, now).map(Some),
-            })
-            .collect())
-    }
-
-    /// Cluster step 2: the seq, msg_id and sent_at each message has in its conversation's log.
-    async fn log_call(
-        &self,
-        msgs: &[NewMessage],
-        ids: &[usize],
-    ) -> Result<Vec<Result<Stored, StoreError>>, StoreError> {
-        let mut inv = self.invocation(&self.messages.log, now_ms());
-        for &i in ids {
-            let m = &msgs[i];
-            inv.key(self.keys.key("log", &m.conversation)).key(self.keys.log_dedup(
-                &m.conversation,
-                &m.from,
-                &m.client_msg_id,
-            ));
-            Self::message_args(&mut inv, m, None);
-        }
-        let replies: Vec<(i64, Value)> = inv.invoke_async(&mut self.conn.clone()).await?;
-        Ok(replies
-            .into_iter()
-            .map(|(code, value)| {
-                let text = String::from_redis_value(value).map_err(|_| bad("log reply"))?;
-                match code {
-                    0 | 1 => parse_stored(&text),
-                    _ => Err(StoreError::Internal(text)),
-                }
-            })
-            .collect())
-    }
-
-    /// Cluster step 3: each logged message in its recipient's inbox.
-    async fn append_call(
-        &self,
-        msgs: &[NewMessage],
-        log: &[Option<Stored>],
-        ids: &[usize],
-    ) -> Result<Vec<Outcome>, StoreError> {
-        let now = now_ms();
-        let mut inv = self.invocation(&self.messages.append, now);
-        for &i in ids {
-            let m = &msgs[i];
-            for kind in ["seq", "inbox"] {
-                inv.key(self.keys.key(kind, &m.to));
-            }
-            inv.key(self.keys.dedup(&m.to, &m.from, &m.client_msg_id));
-            for kind in ["route", "epoch"] {
-                inv.key(self.keys.key(kind, &m.to));
-            }
-            Self::message_args(&mut inv, m, log[i].as_ref());
-        }
-        let replies: Vec<(i64, String, Vec<String>, Vec<String>)> =
-            inv.invoke_async(&mut self.conn.clone()).await?;
-        Ok(replies.into_iter().map(|r| self.message_reply(r, now)).collect())
-    }
-
-    /// Cluster step 3, sender's side: each logged message's copy for the sender's other devices.
-    async fn copy_call(
-        &self,
-        msgs: &[NewMessage],
-        log: &[Option<Stored>],
-        ids: &[usize],
-    ) -> Result<Vec<Result<CopyReply, StoreError>>, StoreError> {
-        let now = now_ms();
-        let mut inv = self.invocation(&self.messages.copy, now);
-        for &i in ids {
-            let m = &msgs[i];
-            inv.key(format!("{}:{}", self.keys.key("sent", &m.from), m.client_msg_id));
-            for kind in ["seq", "inbox", "route", "epoch", "devices"] {
-                inv.key(self.keys.key(kind, &m.from));
-            }
-            Self::message_args(&mut inv, m, log[i].as_ref());
-        }
-        let replies: Vec<(i64, Value)> = inv.invoke_async(&mut self.conn.clone()).await?;
-        Ok(replies
-            .into_iter()
-            .map(|(code, value)| match code {
-                0 => {
-                    let flat = Vec::<String>::from_redis_value(value).map_err(|_| bad("copy"))?;
-                    copy_of(flat, now)
-                }
-                _ => Err(StoreError::Internal(
-                    String::from_redis_value(value).unwrap_or_else(|_| "copy failed".into()),
-                )),
-            })
-            .collect())
-    }
-
     /// One message's `{ code, value, routes, copy }` reply.
-    fn message_reply(
+    pub(super) fn message_reply(
         &self,
         (code, value, routes, copy): (i64, String, Vec<String>, Vec<String>),
         now: i64,
@@ -356,25 +189,11 @@ pub(super) fn common_args(
 }
 
 /// `{ seq, device, route, ... }` of a sender's copy, or nothing for `{}`.
-fn copy_of(flat: Vec<String>, now: i64) -> Result<CopyReply, StoreError> {
+pub(super) fn copy_of(flat: Vec<String>, now: i64) -> Result<CopyReply, StoreError> {
     let mut it = flat.into_iter();
     let Some(seq) = it.next() else { return Ok(None) };
     let seq = seq.parse().map_err(|_| bad("copy seq"))?;
     Ok(Some((seq, live_routes(it.collect(), now))))
-}
-
-/// The indices grouped by `key` (a hash tag: one Cluster call each), in first-seen order.
-fn group<'a>(ids: &[usize], key: impl Fn(usize) -> &'a str) -> Vec<Vec<usize>> {
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut of: HashMap<&str, usize> = HashMap::new();
-    for &i in ids {
-        let at = *of.entry(key(i)).or_insert_with(|| {
-            groups.push(Vec::new());
-            groups.len() - 1
-        });
-        groups[at].push(i);
-    }
-    groups
 }
 
 /// How far above the history retention a log's TTL is set (as `Keys::ttl_slack_ms`).

@@ -6,9 +6,8 @@
 //! - `<p>:seq:{uid}`: INCR counter, the inbox's last seq
 //! - `<p>:inbox:{uid}`: stream, entry id `<seq>-0`, fields from, to, client_msg_id, body,
 //!   msg_id, sent_at, conv (conversation id), cseq (its seq there)
-//! - `<p>:log:{conv}`: a conversation's log (history), entry id `0-<conversation seq>` (Redis
-//!   numbers them), fields from, to, client_msg_id, body, msg_id, sent_at; at most
-//!   `--history-max` entries, gone `--history-retention` after its newest (set with a slack)
+//! - `<p>:log:{conv}`: a conversation's log (history), entry id `0-<conversation seq>`, fields
+//!   an inbox's but conv, cseq; at most `--history-max`, gone `--history-retention` after the last
 //! - a group `{g:<id>}`: `<p>:group:`, `<p>:members:` and its log (see `groups`); a member's
 //!   `<p>:convs:{uid}`: conversation → the last group conversation seq in their inbox;
 //!   `<p>:inflight:{w:<writer>}` and `<p>:writers:{all}`: group fan-outs begun and not finished,
@@ -31,9 +30,9 @@
 //! The Lua scripts sit beside this file and run by EVALSHA (reloaded after NOSCRIPT, e.g. after
 //! a Redis restart); `lib.lua` holds the helpers several of them share and is put before them,
 //! `message.lua` what storing a message takes. `writer` group-commits appends, ack cursors and
-//! route refreshes, `messages` the steps a message is stored in; `routes` is the RouteStore
-//! half; `values` writes and reads the values of these keys; `conn` is the connection (single
-//! server or Cluster).
+//! route refreshes, `messages` (and `cluster`) the steps a message is stored in, `fanout` the
+//! sweep that completes them; `routes` is the RouteStore half; `values` the values of these
+//! keys; `conn` the connection (single server or Cluster).
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -42,6 +41,7 @@ use redis::{AsyncCommands, RedisError, Script};
 
 use super::{Appended, HistoryPage, Inbox, NewMessage, StoreError, StoreOptions, StoredMessage};
 
+mod cluster;
 mod conn;
 mod fanout;
 mod groups;
@@ -79,6 +79,8 @@ struct Committer {
     messages: Scripts,
     ack: Script,
     refresh: Script,
+    /// This store's in-flight set (`fanout`): Cluster steps mark a message there until done.
+    inflight: String,
 }
 
 /// Redis-backed [`Inbox`] and [`RouteStore`].
@@ -152,7 +154,9 @@ impl RedisStore {
         let mut conn = Conn::open(urls, cluster, timeout, access).await?;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         let keys = Keys { prefix: prefix.to_string() };
+        let writer_id = crate::ids::new_id();
         let writer = Writer::start(Committer {
+            inflight: keys.key("inflight", &format!("w:{writer_id}")),
             conn: conn.clone(),
             keys: keys.clone(),
             opts: opts.clone(),
@@ -183,7 +187,7 @@ impl RedisStore {
                 deliver: with_lib!("message.lua", "gdeliver.lua"),
             },
             member_cache: MemberCache::default(),
-            writer_id: crate::ids::new_id(),
+            writer_id,
         };
         store.register_writer().await?;
         Ok(store)

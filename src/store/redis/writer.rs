@@ -24,7 +24,7 @@ use redis::{FromRedisValue as _, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::messages::{AppendReply, MAX_CALL};
-use super::values::{bad, now_ms};
+use super::values::{Stored, bad, now_ms};
 use super::{Committer, Conn};
 use crate::store::{Appended, NewMessage, SenderCopy, StoreError, StoredMessage};
 
@@ -40,7 +40,14 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Job {
     Append(NewMessage, Reply<Appended>),
-    Ack { user: String, device: String, up_to: u64, reply: Reply<u64> },
+    /// A message already in its conversation's log: the steps after it (`complete_logged`).
+    Complete(NewMessage, Stored, Reply<Appended>),
+    Ack {
+        user: String,
+        device: String,
+        up_to: u64,
+        reply: Reply<u64>,
+    },
     Refresh(Refresh, Reply<bool>),
 }
 
@@ -83,6 +90,16 @@ impl Writer {
         self.submit(job, answer).await
     }
 
+    /// Completes a message its conversation's log already holds as `logged`.
+    pub(super) async fn complete(
+        &self,
+        msg: NewMessage,
+        logged: Stored,
+    ) -> Result<Appended, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Complete(msg, logged, reply), answer).await
+    }
+
     /// Extends `refresh`'s route if its session still owns it (true), else leaves it (false).
     pub(super) async fn refresh(&self, refresh: Refresh) -> Result<bool, StoreError> {
         let (reply, answer) = oneshot::channel();
@@ -122,14 +139,21 @@ impl Committer {
 
     async fn commit(&self, batch: Vec<Job>) {
         let (mut appends, mut acks, mut refreshes) = (Vec::new(), Vec::new(), Vec::new());
+        let mut completes = Vec::new();
         for job in batch {
             match job {
                 Job::Append(msg, reply) => appends.push((msg, reply)),
+                Job::Complete(msg, logged, reply) => completes.push((msg, logged, reply)),
                 Job::Ack { user, device, up_to, reply } => acks.push((user, device, up_to, reply)),
                 Job::Refresh(refresh, reply) => refreshes.push((refresh, reply)),
             }
         }
         tokio::join!(self.append_all(appends), self.ack_all(acks), self.refresh_all(refreshes));
+        // Rare (a sweep's): one at a time.
+        for (msg, logged, reply) in completes {
+            let outcome = self.complete_logged(msg.clone(), logged).await;
+            let _ = reply.send(outcome.map(|r| appended(msg, r)));
+        }
     }
 
     /// The calls a batch is stored in: on a Cluster one per recipient (one slot), else chunks.
