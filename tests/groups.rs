@@ -183,6 +183,23 @@ async fn membership_rules_and_every_refusal(b: &Backend) {
     assert_eq!(err.code(), Some(Code::NotFound));
     let err = node.send_unary("alice", "u1", "", "to nobody").await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    // Both a recipient and a group, an over-long name, more first members than the limit.
+    let token = node.login("alice", "server").await.token;
+    let both = proto::SendRequest {
+        client_msg_id: "u2".into(),
+        to: "bob".into(),
+        body: "where to?".into(),
+        group: group.clone(),
+    };
+    let err = node.gateway().await.send(client::authorized(both, &token)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let long = proto::CreateGroupRequest { name: "n".repeat(129), ..Default::default() };
+    let err = gc.create_group(client::authorized(long, &token)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let crowd: Vec<String> = (0..4).map(|i| format!("u{i}")).collect();
+    let big = proto::CreateGroupRequest { name: "big".into(), members: crowd, ..Default::default() };
+    let err = gc.create_group(client::authorized(big, &token)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "5 with the owner, over 4");
     let req = proto::HistoryRequest { conversation: group.clone(), ..Default::default() };
     assert_eq!(node.history("alice", req).await.unwrap().messages.len(), 1, "the creation only");
 }
