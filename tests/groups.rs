@@ -197,7 +197,8 @@ async fn membership_rules_and_every_refusal(b: &Backend) {
     let err = gc.create_group(client::authorized(long, &token)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let crowd: Vec<String> = (0..4).map(|i| format!("u{i}")).collect();
-    let big = proto::CreateGroupRequest { name: "big".into(), members: crowd, ..Default::default() };
+    let big =
+        proto::CreateGroupRequest { name: "big".into(), members: crowd, ..Default::default() };
     let err = gc.create_group(client::authorized(big, &token)).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "5 with the owner, over 4");
     let req = proto::HistoryRequest { conversation: group.clone(), ..Default::default() };
@@ -416,6 +417,19 @@ async fn fan_out_cut_short(b: &Backend) {
         assert_eq!(got, [(1, ""), (2, "body c1"), (3, "body c2")], "{member}");
     }
     assert_eq!(survivor.sweep_fanout(Duration::ZERO).await.unwrap(), 0, "nothing left");
+    // A change cut short the same way: its event reaches everyone, the new member too.
+    let add = GroupChange::Add(vec!["dave".into()]);
+    dying.change_group(new("alice", "e2"), add, 10).await.unwrap();
+    assert_eq!(survivor.sweep_fanout(Duration::ZERO).await.unwrap(), 1);
+    for member in ["bob", "carol", "dave"] {
+        let inbox = survivor.read(member, 0, 10).await.unwrap();
+        let last = inbox.last().unwrap();
+        assert_eq!(
+            (last.conv_seq, last.event.as_ref().map(|e| e.users.clone())),
+            (4, Some(vec!["dave".to_string()])),
+            "{member}"
+        );
+    }
 }
 
 on_every_store!(

@@ -10,7 +10,7 @@ use redis::{FromRedisValue as _, Value};
 use tracing::warn;
 
 use super::Committer;
-use super::fanout::marker;
+use super::fanout::{mark, marker};
 use super::messages::{AppendReply, CopyReply, Outcome, copy_of};
 use super::values::{Stored, bad, now_ms, parse_stored};
 use crate::store::{NewMessage, StoreError};
@@ -21,14 +21,14 @@ impl Committer {
         // and any node's sweep (`fanout`) completes what was logged.
         let marks: Vec<String> =
             msgs.iter().map(|m| marker(&m.conversation, &m.from, &m.client_msg_id)).collect();
-        if let Err(e) = self.mark(&marks, true).await {
+        if let Err(e) = mark(&self.conn, &self.inflight, &marks, true).await {
             let e = StoreError::from(e);
             return msgs.iter().map(|_| Err(e.clone())).collect();
         }
         let outcomes = self.steps(msgs).await;
         let done: Vec<String> =
             marks.into_iter().zip(&outcomes).filter(|(_, o)| o.is_ok()).map(|(m, _)| m).collect();
-        if let Err(e) = self.mark(&done, false).await {
+        if let Err(e) = mark(&self.conn, &self.inflight, &done, false).await {
             warn!(error = %e, "could not clear in-flight marks; a sweep will find them done");
         }
         outcomes
@@ -45,23 +45,6 @@ impl Committer {
             copy = self.copy_call(&msgs, &log, &[0]).await?.pop().ok_or(bad("copy"))??;
         }
         Ok(AppendReply { copy, ..appended })
-    }
-
-    /// Adds (`on`) or removes `marks` in this store's in-flight set, in one call.
-    async fn mark(&self, marks: &[String], on: bool) -> Result<(), redis::RedisError> {
-        if marks.is_empty() {
-            return Ok(());
-        }
-        let mut cmd = redis::cmd(if on { "ZADD" } else { "ZREM" });
-        cmd.arg(&self.inflight);
-        let now = now_ms();
-        for m in marks {
-            if on {
-                cmd.arg(now);
-            }
-            cmd.arg(m);
-        }
-        cmd.query_async::<i64>(&mut self.conn.clone()).await.map(drop)
     }
 
     async fn steps(&self, msgs: &[NewMessage]) -> Vec<Outcome> {

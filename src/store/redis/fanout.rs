@@ -18,8 +18,8 @@ use redis::AsyncCommands;
 use redis::streams::StreamRangeReply;
 use tracing::{debug, warn};
 
-use super::RedisStore;
 use super::values::{logged_message, now_ms, parse_stored};
+use super::{Conn, RedisStore};
 use crate::ids::Conversation;
 use crate::store::groups::Groups;
 use crate::store::{NewMessage, StoreError};
@@ -40,35 +40,45 @@ pub(super) fn marker(conversation: &str, from: &str, client_msg_id: &str) -> Str
     format!("{conversation} {from} {client_msg_id}")
 }
 
+/// Adds (`on`, at the current time) or removes `marks` in the in-flight set `key`, in one call.
+pub(super) async fn mark(
+    conn: &Conn,
+    key: &str,
+    marks: &[String],
+    on: bool,
+) -> Result<(), redis::RedisError> {
+    if marks.is_empty() {
+        return Ok(());
+    }
+    let mut cmd = redis::cmd(if on { "ZADD" } else { "ZREM" });
+    cmd.arg(key);
+    let now = now_ms();
+    for m in marks {
+        if on {
+            cmd.arg(now);
+        }
+        cmd.arg(m);
+    }
+    cmd.query_async::<i64>(&mut conn.clone()).await.map(drop)
+}
+
 impl RedisStore {
     /// This node's in-flight set.
     fn inflight_key(&self, writer: &str) -> String {
         self.key("inflight", &format!("w:{writer}"))
     }
 
-    /// Marks a group message's fan-out as begun (before it is logged).
-    pub(super) async fn fanout_begins(
+    /// Marks a group message's fan-out as begun (`on`, before it is logged) or done (every
+    /// member has it).
+    pub(super) async fn fanout_mark(
         &self,
         group: &str,
         from: &str,
         client_msg_id: &str,
+        on: bool,
     ) -> Result<(), StoreError> {
-        let member = marker(group, from, client_msg_id);
-        let key = self.inflight_key(&self.writer_id);
-        let _: i64 = self.conn.clone().zadd(key, member, now_ms()).await?;
-        Ok(())
-    }
-
-    /// Marks it done (every member has it).
-    pub(super) async fn fanout_done(
-        &self,
-        group: &str,
-        from: &str,
-        client_msg_id: &str,
-    ) -> Result<(), StoreError> {
-        let member = marker(group, from, client_msg_id);
-        let _: i64 = self.conn.clone().zrem(self.inflight_key(&self.writer_id), member).await?;
-        Ok(())
+        let marks = [marker(group, from, client_msg_id)];
+        Ok(mark(&self.conn, &self.inflight_key(&self.writer_id), &marks, on).await?)
     }
 
     /// Puts this store among the writers whose markers others sweep (at connect, and at each

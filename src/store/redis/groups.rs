@@ -174,6 +174,7 @@ impl Groups for RedisStore {
             event: Some(GroupEvent { kind: EventKind::Created, users: Vec::new(), name }),
             ..StoredMessage::default()
         };
+        self.fanout_mark(&conv, &message.from, &message.client_msg_id, true).await?;
         let mut inv = self.invocation(&self.groups.change, now_ms());
         inv.key(self.key("group", &conv))
             .key(self.key("members", &conv))
@@ -193,7 +194,7 @@ impl Groups for RedisStore {
         ) = inv.invoke_async(&mut self.conn.clone()).await?;
         if code != 0 || cseq == 0 {
             // Nothing was logged: nothing to deliver.
-            self.fanout_done(&conv, &message.from, &message.client_msg_id).await?;
+            self.fanout_mark(&conv, &message.from, &message.client_msg_id, false).await?;
         }
         if code != 0 {
             return Err(refused(code, max_members));
@@ -266,12 +267,12 @@ impl Groups for RedisStore {
         };
         stored_args(&mut inv, &message, &msg.origin_device);
         inv.arg(cached.as_ref().map_or(-1, |(v, _)| *v));
-        self.fanout_begins(&conv, &message.from, &message.client_msg_id).await?;
+        self.fanout_mark(&conv, &message.from, &message.client_msg_id, true).await?;
         let replies: Vec<(i64, String, i64, Vec<String>)> =
             inv.invoke_async(&mut self.conn.clone()).await?;
         let (code, value, version, list) = replies.into_iter().next().ok_or(bad("log reply"))?;
         if code != 0 && code != 1 {
-            self.fanout_done(&conv, &message.from, &message.client_msg_id).await?;
+            self.fanout_mark(&conv, &message.from, &message.client_msg_id, false).await?;
         }
         match code {
             0 | 1 => {}
@@ -348,7 +349,8 @@ impl Groups for RedisStore {
                 }
             }
         }
-        self.fanout_done(&message.conversation, &message.from, &message.client_msg_id).await?;
+        self.fanout_mark(&message.conversation, &message.from, &message.client_msg_id, false)
+            .await?;
         Ok(out)
     }
 }
