@@ -49,7 +49,7 @@ pub(super) fn text(m: &proto::Message) -> String {
     let Some(e) = &m.event else { return m.body.clone() };
     let users = e.users.join(", ");
     match Kind::try_from(e.kind) {
-        Ok(Kind::Created) => format!("(created {:?} with {users})", e.name),
+        Ok(Kind::Created) => format!("(created {:?})", e.name),
         Ok(Kind::Joined) => format!("(added {users})"),
         Ok(Kind::Left) => format!("({users} left)"),
         Ok(Kind::Removed) => format!("(removed {users})"),

@@ -7,7 +7,7 @@ use crate::auth::{Claims, unix_ms};
 use crate::error::Error;
 use crate::ids::{self, Conversation};
 use crate::proto;
-use crate::store::groups::{Delivered, GroupChange, Role};
+use crate::store::groups::{Delivered, GroupChange, MAX_CHANGED_USERS, Role};
 use crate::store::{Appended, NewMessage, Outgoing, StoreError, StoredMessage};
 
 use super::Node;
@@ -44,8 +44,10 @@ impl Node {
         add: bool,
     ) -> Result<proto::GroupResponse, Error> {
         let id = group_id(&req.group)?;
-        if req.users.is_empty() {
-            return Err(Error::invalid("no users given"));
+        if req.users.is_empty() || req.users.len() > MAX_CHANGED_USERS {
+            return Err(Error::invalid(format!(
+                "name 1 to {MAX_CHANGED_USERS} users a call (their event is copied to every member)"
+            )));
         }
         self.check_users(&req.users)?;
         let change = if add { GroupChange::Add(req.users) } else { GroupChange::Remove(req.users) };

@@ -8,6 +8,10 @@ use async_trait::async_trait;
 
 use super::{NewMessage, Route, StoreError, StoredMessage};
 
+/// Users one AddMembers or RemoveMembers names at most: its event, naming them, is copied into
+/// every member's inbox.
+pub const MAX_CHANGED_USERS: usize = 100;
+
 /// A member's role: the owner (one), admins, members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -64,8 +68,9 @@ impl EventKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupEvent {
     pub kind: EventKind,
-    /// Who joined, left, was removed or got another role (CREATED: every first member, the
-    /// owner first).
+    /// Who joined, left, was removed or got another role (at most
+    /// [`MAX_CHANGED_USERS`]); none for CREATED: its copy lands in every member's inbox, and
+    /// the members are for GetGroup to page.
     pub users: Vec<String>,
     /// CREATED, RENAMED: the group's name; ROLE_CHANGED: the role's name.
     pub name: String,

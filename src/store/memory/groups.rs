@@ -80,7 +80,8 @@ impl Groups for MemoryStore {
                     history_for_new_members,
                     members,
                 });
-                (EventKind::Created, users, name)
+                // The event names no one (see `group.lua`).
+                (EventKind::Created, Vec::new(), name)
             }
             change => {
                 let group = log.group.as_mut().ok_or(StoreError::NotMember)?;
@@ -271,7 +272,7 @@ impl Groups for MemoryStore {
                 let names = |kinds: &[EventKind]| {
                     ev.is_some_and(|e| kinds.contains(&e.kind) && e.users.contains(user))
                 };
-                let joins = names(&[EventKind::Created, EventKind::Joined]);
+                let joins = names(&[EventKind::Joined]);
                 let ends = names(&[EventKind::Left, EventKind::Removed]);
                 let mut todo = Vec::new();
                 match u.conv_cursors.get(&message.conversation) {

@@ -4,7 +4,7 @@
 -- next one is a gap (another node's message of the same group has not reached this member yet),
 -- answered so that the node reads the gap from the log and calls again with it first. The
 -- sender's own inbox gets a copy only when they have another device; a full inbox skips the
--- message (history has it). A member's JOINED (or CREATED) event starts their cursor; their
+-- message (history has it). A member's JOINED event starts their cursor afresh; their
 -- LEFT or REMOVED event is the last thing they get and ends it.
 -- KEYS: 6 per item: the member's 1 conversation cursors hash, 2 seq counter, 3 inbox,
 --       4 epoch, 5 route hash, 6 devices sorted set
@@ -35,7 +35,7 @@ local function deliver(i)
   end
   local cursors = KEYS[k + 1]
   local ev = tonumber(m.ev) or 0
-  local joins = (ev == EVENT_CREATED or ev == EVENT_JOINED) and names(m.evusers, user)
+  local joins = ev == EVENT_JOINED and names(m.evusers, user)
   local ends = (ev == EVENT_LEFT or ev == EVENT_REMOVED) and names(m.evusers, user)
   local cursor = tonumber(redis.call('HGET', cursors, m.conv) or '-1')
   if cursor >= 0 and not joins then

@@ -50,11 +50,9 @@ if op == 'create' then
   end
   redis.call('HSET', group, 'name', m.evname, 'owner', m.from, 'created_at', m.sent_at,
     'history', history, 'ver', 0)
-  local all = { m.from }
-  for _, u in ipairs(users) do
-    all[#all + 1] = u
-  end
-  local cseq = log_event(EVENT_CREATED, all)
+  -- The event names no one: a copy of it lands in every member's inbox, and the members are
+  -- for GetGroup to page, not for each inbox to hold.
+  local cseq = log_event(EVENT_CREATED, {})
   redis.call('HSET', members, m.from, 'owner|' .. cseq)
   for _, u in ipairs(users) do
     redis.call('HSET', members, u, 'member|' .. cseq)
