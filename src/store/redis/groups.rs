@@ -23,6 +23,8 @@ use crate::store::{NewMessage, StoreError, StoredMessage};
 
 /// Most items in one `gdeliver.lua` call on a single server.
 const DELIVER_AT_ONCE: usize = 128;
+/// `gdeliver.lua` calls of one delivery in flight at once.
+const DELIVERIES_IN_FLIGHT: usize = 8;
 /// Times a member's delivery is retried after filling a gap (another node's message of the
 /// group raced it); each fill brings the member up to the message.
 const GAP_ROUNDS: usize = 3;
@@ -304,10 +306,16 @@ impl Groups for RedisStore {
             .chunks(per_call)
             .map(|c| c.iter().map(|u| (u.as_str(), message)).collect())
             .collect();
-        let calls = chunks.iter().map(|items| self.deliver_call(items, origin_device));
+        // A few calls at a time: a big group's thousands of calls sent at once would queue
+        // behind each other past the command timeout.
+        let mut calls = Vec::with_capacity(chunks.len());
+        for wave in chunks.chunks(DELIVERIES_IN_FLIGHT) {
+            let wave = wave.iter().map(|items| self.deliver_call(items, origin_device));
+            calls.extend(futures_util::future::join_all(wave).await);
+        }
         let mut out = Vec::new();
         let mut gaps = Vec::new();
-        for (items, replies) in chunks.iter().zip(futures_util::future::join_all(calls).await) {
+        for (items, replies) in chunks.iter().zip(calls) {
             for ((user, m), (code, value, routes)) in items.iter().zip(replies?) {
                 match code {
                     0 | 1 => push(&mut out, user, m, &value, routes, now)?,
