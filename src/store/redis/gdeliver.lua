@@ -47,17 +47,10 @@ local function deliver(i)
     end
   end
   local reply = { 0, '', {} }
-  local wanted = user ~= m.from
-  if not wanted then
-    for _, device in ipairs(redis.call('ZRANGE', KEYS[k + 6], 0, 1)) do
-      wanted = wanted or device ~= m.origin
-    end
-  end
-  if wanted then
-    local held = redis.call('XLEN', KEYS[k + 3])
-    if held < cfg.most then
-      local seq = inbox_append(KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], held == 0, m)
-      reply = { 0, tostring(seq), live_routes(KEYS[k + 5]) }
+  if user ~= m.from or has_other_device(KEYS[k + 6], m.origin) then
+    local seq, routes = append_if_room(KEYS[k + 2], KEYS[k + 3], KEYS[k + 5], KEYS[k + 4], m)
+    if seq then
+      reply = { 0, tostring(seq), routes }
     end
   end
   if ends then

@@ -17,13 +17,7 @@ local function log(i)
   if not redis.call('HGET', KEYS[k + 2], m.from) then
     return { 5, '', 0, {} }
   end
-  local code = 1
-  local value = redis.call('GET', KEYS[k + 4])
-  if not value then
-    code = 0
-    value = log_append(KEYS[k + 3], m) .. '|' .. m.msg_id .. '|' .. m.sent_at
-    redis.call('SET', KEYS[k + 4], value, 'PX', cfg.dedup_ttl)
-  end
+  local code, value = log_once(KEYS[k + 3], KEYS[k + 4], m)
   local ver = redis.call('HGET', KEYS[k + 1], 'ver') or '0'
   local list = {}
   if ver ~= known then

@@ -11,14 +11,8 @@ local KEYS_EACH = 2
 
 local function log(i)
   local k = (i - 1) * KEYS_EACH
-  local m = message(i)
-  local dup = redis.call('GET', KEYS[k + 2])
-  if dup then
-    return { 1, dup }
-  end
-  local value = log_append(KEYS[k + 1], m) .. '|' .. m.msg_id .. '|' .. m.sent_at
-  redis.call('SET', KEYS[k + 2], value, 'PX', cfg.dedup_ttl)
-  return { 0, value }
+  local code, value = log_once(KEYS[k + 1], KEYS[k + 2], message(i))
+  return { code, value }
 end
 
 return each_item(#KEYS / KEYS_EACH, log, function(err)

@@ -194,26 +194,52 @@ local function stored_value(seq, m)
   return seq .. '|' .. m.msg_id .. '|' .. m.sent_at .. '|' .. m.cseq
 end
 
--- The sender's copy of m for their other devices: only when they have an enrolled device other
--- than the one it came from, and room (a device that far behind pages history instead).
--- Returns { seq, device, route, ... } (the sender's routes), or {} when no copy was made.
-local function sender_copy(seq_key, inbox, route, epoch, devices, m)
-  if m.from == m.to then
-    return {}
+-- Logs m at most once per (sender, client_msg_id) (the dedup key in the log's slot): returns 0
+-- and "cseq|msg_id|sent_at" when logged now, 1 and the first time's value when logged before.
+local function log_once(log, dedup, m)
+  local value = redis.call('GET', dedup)
+  if value then
+    return 1, value
   end
-  local other = false
+  value = log_append(log, m) .. '|' .. m.msg_id .. '|' .. m.sent_at
+  redis.call('SET', dedup, value, 'PX', cfg.dedup_ttl)
+  return 0, value
+end
+
+-- Whether a user has an enrolled device other than `origin` (two of their devices are read:
+-- at most one of them is origin).
+local function has_other_device(devices, origin)
   for _, device in ipairs(redis.call('ZRANGE', devices, 0, 1)) do
-    other = other or device ~= m.origin
+    if device ~= origin then
+      return true
+    end
   end
-  if not other then
-    return {}
-  end
+  return false
+end
+
+-- Appends m to a user's inbox unless it is full (a device that far behind pages history
+-- instead). Returns its seq there and the user's live routes, or nil.
+local function append_if_room(seq_key, inbox, route, epoch, m)
   local held = redis.call('XLEN', inbox)
   if held >= cfg.most then
+    return nil
+  end
+  return inbox_append(seq_key, inbox, epoch, held == 0, m), live_routes(route)
+end
+
+-- The sender's copy of m for their other devices: only when they have an enrolled device other
+-- than the one it came from, and room. Returns { seq, device, route, ... } (the sender's
+-- routes), or {} when no copy was made.
+local function sender_copy(seq_key, inbox, route, epoch, devices, m)
+  if m.from == m.to or not has_other_device(devices, m.origin) then
     return {}
   end
-  local reply = { tostring(inbox_append(seq_key, inbox, epoch, held == 0, m)) }
-  for _, v in ipairs(live_routes(route)) do
+  local seq, routes = append_if_room(seq_key, inbox, route, epoch, m)
+  if not seq then
+    return {}
+  end
+  local reply = { tostring(seq) }
+  for _, v in ipairs(routes) do
     reply[#reply + 1] = v
   end
   return reply
