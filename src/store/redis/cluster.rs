@@ -4,14 +4,12 @@
 //! recipient beside `copy.lua` per sender, each step's calls sent at once and each idempotent;
 //! the batch is marked in flight meanwhile (`fanout`), so a node that dies between the steps
 //! leaves marks that any node's sweep completes.
-use std::collections::HashMap;
-
 use redis::{FromRedisValue as _, Value};
 use tracing::warn;
 
 use super::Committer;
 use super::fanout::{mark, marker};
-use super::messages::{AppendReply, CopyReply, Outcome, copy_of};
+use super::messages::{AppendReply, CopyReply, Outcome, copy_of, group_by, invocation};
 use super::values::{Stored, bad, now_ms, parse_stored};
 use crate::store::{NewMessage, StoreError};
 
@@ -48,8 +46,7 @@ impl Committer {
     }
 
     async fn steps(&self, msgs: &[NewMessage]) -> Vec<Outcome> {
-        let all: Vec<usize> = (0..msgs.len()).collect();
-        let by_recipient = group(&all, |i| msgs[i].to.as_str());
+        let by_recipient = group_by(0..msgs.len(), |&i| msgs[i].to.as_str());
         let admitted = self
             .step(msgs, by_recipient, |ids| async move { self.admit_call(msgs, &ids).await })
             .await;
@@ -62,7 +59,7 @@ impl Committer {
                 Err(e) => outcomes[i] = Some(Err(e)),
             }
         }
-        let by_conv = group(&go, |i| msgs[i].conversation.as_str());
+        let by_conv = group_by(go.iter().copied(), |&i| msgs[i].conversation.as_str());
         let logged =
             self.step(msgs, by_conv, |ids| async move { self.log_call(msgs, &ids).await }).await;
         let mut log: Vec<Option<Stored>> = vec![None; msgs.len()];
@@ -79,11 +76,11 @@ impl Committer {
         let senders: Vec<usize> =
             next.iter().copied().filter(|&i| msgs[i].from != msgs[i].to).collect();
         let (appended, copies) = tokio::join!(
-            self.step(msgs, group(&next, |i| msgs[i].to.as_str()), |ids| {
+            self.step(msgs, group_by(next.iter().copied(), |&i| msgs[i].to.as_str()), |ids| {
                 let log = &log;
                 async move { self.append_call(msgs, log, &ids).await }
             }),
-            self.step(msgs, group(&senders, |i| msgs[i].from.as_str()), |ids| {
+            self.step(msgs, group_by(senders.iter().copied(), |&i| msgs[i].from.as_str()), |ids| {
                 let log = &log;
                 async move { self.copy_call(msgs, log, &ids).await }
             }),
@@ -110,7 +107,7 @@ impl Committer {
         ids: &[usize],
     ) -> Result<Vec<Result<Option<AppendReply>, StoreError>>, StoreError> {
         let now = now_ms();
-        let mut inv = self.invocation(&self.messages.admit, now);
+        let mut inv = invocation(&self.messages.admit, &self.opts, &self.keys, now);
         for &i in ids {
             let m = &msgs[i];
             inv.key(self.keys.dedup(&m.to, &m.from, &m.client_msg_id))
@@ -136,7 +133,7 @@ impl Committer {
         msgs: &[NewMessage],
         ids: &[usize],
     ) -> Result<Vec<Result<Stored, StoreError>>, StoreError> {
-        let mut inv = self.invocation(&self.messages.log, now_ms());
+        let mut inv = invocation(&self.messages.log, &self.opts, &self.keys, now_ms());
         for &i in ids {
             let m = &msgs[i];
             inv.key(self.keys.key("log", &m.conversation)).key(self.keys.log_dedup(
@@ -167,7 +164,7 @@ impl Committer {
         ids: &[usize],
     ) -> Result<Vec<Outcome>, StoreError> {
         let now = now_ms();
-        let mut inv = self.invocation(&self.messages.append, now);
+        let mut inv = invocation(&self.messages.append, &self.opts, &self.keys, now);
         for &i in ids {
             let m = &msgs[i];
             for kind in ["seq", "inbox"] {
@@ -192,7 +189,7 @@ impl Committer {
         ids: &[usize],
     ) -> Result<Vec<Result<CopyReply, StoreError>>, StoreError> {
         let now = now_ms();
-        let mut inv = self.invocation(&self.messages.copy, now);
+        let mut inv = invocation(&self.messages.copy, &self.opts, &self.keys, now);
         for &i in ids {
             let m = &msgs[i];
             inv.key(format!("{}:{}", self.keys.key("sent", &m.from), m.client_msg_id));
@@ -215,18 +212,4 @@ impl Committer {
             })
             .collect())
     }
-}
-
-/// The indices grouped by `key` (a hash tag: one Cluster call each), in first-seen order.
-fn group<'a>(ids: &[usize], key: impl Fn(usize) -> &'a str) -> Vec<Vec<usize>> {
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut of: HashMap<&str, usize> = HashMap::new();
-    for &i in ids {
-        let at = *of.entry(key(i)).or_insert_with(|| {
-            groups.push(Vec::new());
-            groups.len() - 1
-        });
-        groups[at].push(i);
-    }
-    groups
 }

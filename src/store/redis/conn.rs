@@ -40,6 +40,11 @@ pub enum Conn {
 }
 
 impl Conn {
+    /// Whether this is one server (every key in reach of one script) rather than a Cluster.
+    pub fn is_single(&self) -> bool {
+        matches!(self, Conn::Single(_))
+    }
+
     /// Connects to one server (`urls` has one entry) or to a cluster through its seed nodes,
     /// as `access` says. Fails if Redis cannot be reached now; later outages are retried per
     /// command. `rediss://` URLs connect over TLS.

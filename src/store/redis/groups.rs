@@ -14,7 +14,7 @@ use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, Script, ScriptInvocation};
 
 use super::RedisStore;
-use super::messages::common_args;
+use super::messages::{MessageArgs, invocation};
 use super::values::{Stored, bad, live_routes, logged_message, now_ms, parse_stored};
 use crate::store::groups::{
     Changed, Delivered, EventKind, GroupChange, GroupEvent, GroupInfo, Groups, Logged, Member, Role,
@@ -58,24 +58,21 @@ impl MemberCache {
     }
 }
 
-/// The 12 per-message arguments (`message.lua`) of a stored message.
+/// The arguments (`message.lua`) of a stored message sent from `origin`.
 fn stored_args(inv: &mut ScriptInvocation<'_>, m: &StoredMessage, origin: &str) {
-    let (ev, users, name) = match &m.event {
-        Some(e) => (e.kind as i64, e.users.join(" "), e.name.as_str()),
-        None => (0, String::new(), ""),
-    };
-    inv.arg(&m.from)
-        .arg(&m.to)
-        .arg(&m.client_msg_id)
-        .arg(&m.body)
-        .arg(&m.msg_id)
-        .arg(m.sent_at)
-        .arg(&m.conversation)
-        .arg(origin)
-        .arg(m.conv_seq)
-        .arg(ev)
-        .arg(users)
-        .arg(name);
+    MessageArgs {
+        from: &m.from,
+        to: &m.to,
+        client_msg_id: &m.client_msg_id,
+        body: &m.body,
+        msg_id: &m.msg_id,
+        sent_at: m.sent_at,
+        conversation: &m.conversation,
+        origin,
+        conv_seq: m.conv_seq,
+        event: m.event.as_ref(),
+    }
+    .push(inv);
 }
 
 fn refused(code: i64, max: u32) -> StoreError {
@@ -100,9 +97,7 @@ fn parse_member(user: String, value: &str) -> Result<Member, StoreError> {
 
 impl RedisStore {
     fn invocation<'a>(&self, script: &'a Script, now: i64) -> ScriptInvocation<'a> {
-        let mut inv = script.prepare_invoke();
-        common_args(&mut inv, &self.opts, &self.keys, now);
-        inv
+        invocation(script, &self.opts, &self.keys, now)
     }
 
     /// One `gdeliver.lua` call: each (member, message) item's reply. Each distinct message
@@ -301,7 +296,7 @@ impl Groups for RedisStore {
         members: &[String],
     ) -> Result<Vec<Delivered>, StoreError> {
         let now = now_ms();
-        let per_call = if self.single_server() { DELIVER_AT_ONCE } else { 1 };
+        let per_call = if self.conn.is_single() { DELIVER_AT_ONCE } else { 1 };
         let chunks: Vec<Vec<(&str, &StoredMessage)>> = members
             .chunks(per_call)
             .map(|c| c.iter().map(|u| (u.as_str(), message)).collect())

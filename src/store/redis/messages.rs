@@ -4,7 +4,9 @@
 //!   sit in different slots: idempotent steps, one call per hash tag each (`cluster`). What a
 //!   failure between them leaves behind (a logged message no inbox has yet) is completed by the
 //!   sender's retry, or by any node's sweep (`fanout`).
+use std::collections::HashMap;
 use std::future::Future;
+use std::hash::Hash;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -14,6 +16,7 @@ use redis::ScriptInvocation;
 use super::Committer;
 use super::Keys;
 use super::values::{Stored, bad, live_routes, now_ms, parse_stored};
+use crate::store::groups::GroupEvent;
 use crate::store::{NewMessage, Route, StoreError, StoreOptions};
 
 /// Most messages (or acks) in one script call; a larger batch makes several calls.
@@ -45,12 +48,8 @@ pub(super) type CopyReply = Option<(u64, Vec<(String, Route)>)>;
 impl Committer {
     /// Every message of the batch stored (or refused); one outcome each, in order.
     pub(super) async fn store_messages(&self, msgs: &[NewMessage]) -> Vec<Outcome> {
-        if self.single_server() {
-            let chunks: Vec<Vec<usize>> = (0..msgs.len())
-                .collect::<Vec<_>>()
-                .chunks(MAX_CALL)
-                .map(<[usize]>::to_vec)
-                .collect();
+        if self.conn.is_single() {
+            let chunks = self.calls((0..msgs.len()).collect(), |&i| msgs[i].to.as_str());
             return self
                 .step(msgs, chunks, |ids| async move { self.send_call(msgs, &ids).await })
                 .await;
@@ -71,24 +70,10 @@ impl Committer {
     ) -> Vec<Result<R, StoreError>> {
         let results = join_all(groups.iter().cloned().map(call)).await;
         let mut out: Vec<Option<Result<R, StoreError>>> = vec![None; msgs.len()];
-        for (ids, result) in groups.iter().zip(results) {
-            let replies = match result {
-                Ok(replies) if replies.len() == ids.len() => replies,
-                Ok(_) => vec![Err(bad("reply count")); ids.len()],
-                Err(e) => vec![Err(e); ids.len()],
-            };
-            for (&i, reply) in ids.iter().zip(replies) {
-                out[i] = Some(reply);
-            }
+        for (i, reply) in each(groups, results) {
+            out[i] = Some(reply);
         }
         out.into_iter().map(|r| r.unwrap_or_else(|| Err(bad("missing reply")))).collect()
-    }
-
-    /// A message script invocation with the arguments every one of them takes first.
-    pub(super) fn invocation<'a>(&self, script: &'a Script, now: i64) -> ScriptInvocation<'a> {
-        let mut inv = script.prepare_invoke();
-        common_args(&mut inv, &self.opts, &self.keys, now);
-        inv
     }
 
     /// Message `m`'s arguments; `logged` is what the log gave it (Cluster steps after it).
@@ -101,18 +86,22 @@ impl Committer {
             Some(s) => (s.msg_id.as_str(), s.sent_at, s.seq),
             None => (m.msg_id.as_str(), m.sent_at, 0),
         };
-        inv.arg(&m.from)
-            .arg(&m.to)
-            .arg(&m.client_msg_id)
-            .arg(&m.body)
-            .arg(msg_id)
-            .arg(sent_at)
-            .arg(&m.conversation)
-            .arg(&m.origin_device)
-            .arg(conv_seq)
-            .arg(0)
-            .arg("")
-            .arg("");
+        let (from, to, body) = (&m.from, &m.to, &m.body);
+        let (client_msg_id, conversation, origin) =
+            (&m.client_msg_id, &m.conversation, &m.origin_device);
+        MessageArgs {
+            from,
+            to,
+            client_msg_id,
+            body,
+            msg_id,
+            sent_at,
+            conversation,
+            origin,
+            conv_seq,
+            event: None,
+        }
+        .push(inv);
     }
 
     async fn send_call(
@@ -121,7 +110,7 @@ impl Committer {
         ids: &[usize],
     ) -> Result<Vec<Outcome>, StoreError> {
         let now = now_ms();
-        let mut inv = self.invocation(&self.messages.send, now);
+        let mut inv = invocation(&self.messages.send, &self.opts, &self.keys, now);
         for &i in ids {
             let m = &msgs[i];
             let (to, from, k) = (m.to.as_str(), m.from.as_str(), &self.keys);
@@ -167,13 +156,14 @@ impl Committer {
     }
 }
 
-/// The arguments every message script (`message.lua`) takes first.
-pub(super) fn common_args(
-    inv: &mut ScriptInvocation<'_>,
+/// An invocation of a message script (`message.lua`) with the arguments each takes first.
+pub(super) fn invocation<'a>(
+    script: &'a Script,
     opts: &StoreOptions,
     keys: &Keys,
     now: i64,
-) {
+) -> ScriptInvocation<'a> {
+    let mut inv = script.prepare_invoke();
     inv.arg(opts.dedup_ttl.as_millis() as u64)
         .arg(now)
         .arg(now - opts.retention.as_millis() as i64)
@@ -181,11 +171,48 @@ pub(super) fn common_args(
         .arg(opts.inbox_max)
         .arg(keys.keep_ms(opts))
         .arg(opts.retention.as_millis() as u64)
-        .arg(keys.ttl_slack_ms(opts))
+        .arg(super::slack_ms(opts.retention))
         .arg(opts.history_retention.as_millis() as u64)
         .arg(opts.history_max)
         .arg(now - opts.history_retention.as_millis() as i64)
-        .arg(slack(opts.history_retention));
+        .arg(super::slack_ms(opts.history_retention));
+    inv
+}
+
+/// One message's 12 arguments to a message script, in the order `message.lua` reads them.
+pub(super) struct MessageArgs<'a> {
+    pub(super) from: &'a str,
+    pub(super) to: &'a str,
+    pub(super) client_msg_id: &'a str,
+    pub(super) body: &'a str,
+    pub(super) msg_id: &'a str,
+    pub(super) sent_at: i64,
+    pub(super) conversation: &'a str,
+    pub(super) origin: &'a str,
+    /// 0 until the log gave it one.
+    pub(super) conv_seq: u64,
+    pub(super) event: Option<&'a GroupEvent>,
+}
+
+impl MessageArgs<'_> {
+    pub(super) fn push(self, inv: &mut ScriptInvocation<'_>) {
+        let (ev, users, name) = match self.event {
+            Some(e) => (e.kind as i64, e.users.join(" "), e.name.as_str()),
+            None => (0, String::new(), ""),
+        };
+        inv.arg(self.from)
+            .arg(self.to)
+            .arg(self.client_msg_id)
+            .arg(self.body)
+            .arg(self.msg_id)
+            .arg(self.sent_at)
+            .arg(self.conversation)
+            .arg(self.origin)
+            .arg(self.conv_seq)
+            .arg(ev)
+            .arg(users)
+            .arg(name);
+    }
 }
 
 /// `{ seq, device, route, ... }` of a sender's copy, or nothing for `{}`.
@@ -196,7 +223,35 @@ pub(super) fn copy_of(flat: Vec<String>, now: i64) -> Result<CopyReply, StoreErr
     Ok(Some((seq, live_routes(it.collect(), now))))
 }
 
-/// How far above the history retention a log's TTL is set (as `Keys::ttl_slack_ms`).
-fn slack(retention: Duration) -> u64 {
-    (retention / 10).min(Duration::from_secs(3600)).as_millis().max(1) as u64
+/// Each item of `calls` with its own outcome from `results` (one per call, in order): a failed
+/// call answers each of its items with the call's error.
+pub(super) fn each<T, R: Clone>(
+    calls: Vec<Vec<T>>,
+    results: Vec<Result<Vec<Result<R, StoreError>>, StoreError>>,
+) -> impl Iterator<Item = (T, Result<R, StoreError>)> {
+    calls.into_iter().zip(results).flat_map(|(items, result)| {
+        let replies = match result {
+            Ok(replies) if replies.len() == items.len() => replies,
+            Ok(_) => vec![Err(bad("reply count")); items.len()],
+            Err(e) => vec![Err(e); items.len()],
+        };
+        items.into_iter().zip(replies)
+    })
+}
+
+/// `items` grouped by `key` (a hash tag: one Cluster call each), in first-seen order.
+pub(super) fn group_by<T, K: Eq + Hash>(
+    items: impl IntoIterator<Item = T>,
+    key: impl Fn(&T) -> K,
+) -> Vec<Vec<T>> {
+    let mut groups: Vec<Vec<T>> = Vec::new();
+    let mut of: HashMap<K, usize> = HashMap::new();
+    for item in items {
+        let at = *of.entry(key(&item)).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[at].push(item);
+    }
+    groups
 }

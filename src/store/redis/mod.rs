@@ -200,11 +200,14 @@ impl RedisStore {
     fn keep_ms(&self) -> u64 {
         self.keys.keep_ms(&self.opts)
     }
+}
 
-    /// Whether Redis is one server rather than a Cluster.
-    fn single_server(&self) -> bool {
-        matches!(self.conn, Conn::Single(_))
-    }
+/// How far above their floors (a retention, [`Keys::keep_ms`]) the scripts set the TTLs of
+/// inboxes, counters, epochs and logs, so that they are written once per slack rather than at
+/// every message: a tenth of the retention, at most an hour. An inbox or log may outlive its
+/// newest message by this much; counters and epochs have a day to spare.
+pub(super) fn slack_ms(retention: Duration) -> u64 {
+    (retention / 10).min(Duration::from_secs(3600)).as_millis().max(1) as u64
 }
 
 /// The names of a user's keys under one prefix.
@@ -232,14 +235,6 @@ impl Keys {
     fn keep_ms(&self, opts: &StoreOptions) -> u64 {
         let keep = opts.retention.max(opts.device_ttl) + Duration::from_secs(86_400);
         keep.as_millis() as u64
-    }
-
-    /// How far above their floors (retention, [`Self::keep_ms`]) the scripts set an inbox's,
-    /// counter's and epoch's TTLs, so that they are written once per slack rather than at every
-    /// message: a tenth of the retention, at most an hour. An inbox may outlive its newest
-    /// message by this much; the counter and epoch outlive their floor, which has a day to spare.
-    fn ttl_slack_ms(&self, opts: &StoreOptions) -> u64 {
-        (opts.retention / 10).min(Duration::from_secs(3600)).as_millis().max(1) as u64
     }
 }
 

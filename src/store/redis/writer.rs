@@ -15,7 +15,7 @@
 //! that fails (full inbox, over its rate, an error of its own) fails alone. Order needs nothing
 //! more: a session waits for each send and each ack before the next, and the scripts take a
 //! batch's messages in order.
-use std::collections::HashMap;
+use std::hash::Hash;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -23,9 +23,9 @@ use futures_util::stream::FuturesUnordered;
 use redis::{FromRedisValue as _, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::messages::{AppendReply, MAX_CALL};
+use super::Committer;
+use super::messages::{AppendReply, MAX_CALL, each, group_by};
 use super::values::{Stored, bad, now_ms};
-use super::{Committer, Conn};
 use crate::store::{Appended, NewMessage, SenderCopy, StoreError, StoredMessage};
 
 /// Most requests one batch takes.
@@ -156,9 +156,13 @@ impl Committer {
         }
     }
 
-    /// The calls a batch is stored in: on a Cluster one per recipient (one slot), else chunks.
-    fn calls<T>(&self, items: Vec<T>, user: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
-        if self.single_server() {
+    /// The calls a batch is stored in: on a Cluster one per user (one slot), else chunks.
+    pub(super) fn calls<T, K: Eq + Hash>(
+        &self,
+        items: Vec<T>,
+        user: impl Fn(&T) -> K,
+    ) -> Vec<Vec<T>> {
+        if self.conn.is_single() {
             let mut calls = Vec::new();
             let mut items = items.into_iter().peekable();
             while items.peek().is_some() {
@@ -166,16 +170,7 @@ impl Committer {
             }
             return calls;
         }
-        let mut calls: Vec<Vec<T>> = Vec::new();
-        let mut of: HashMap<String, usize> = HashMap::new();
-        for item in items {
-            let i = *of.entry(user(&item).to_string()).or_insert_with(|| {
-                calls.push(Vec::new());
-                calls.len() - 1
-            });
-            calls[i].push(item);
-        }
-        calls
+        group_by(items, user)
     }
 
     async fn append_all(&self, appends: Vec<(NewMessage, Reply<Appended>)>) {
@@ -195,13 +190,8 @@ impl Committer {
         }
     }
 
-    /// Whether Redis is one server (every key in reach of one script) rather than a Cluster.
-    pub(super) fn single_server(&self) -> bool {
-        matches!(self.conn, Conn::Single(_))
-    }
-
     async fn ack_all(&self, acks: Vec<(String, String, u64, Reply<u64>)>) {
-        let calls = self.calls(acks, |(user, ..)| user.as_str());
+        let calls = self.calls(acks, |(user, ..)| user.clone());
         let results = futures_util::future::join_all(calls.iter().map(|c| self.ack_call(c))).await;
         for ((.., reply), outcome) in each(calls, results) {
             let _ = reply.send(outcome);
@@ -217,7 +207,7 @@ impl Committer {
         inv.arg(now_ms())
             .arg(self.opts.device_ttl.as_millis() as u64)
             .arg(self.keys.keep_ms(&self.opts))
-            .arg(self.keys.ttl_slack_ms(&self.opts));
+            .arg(super::slack_ms(self.opts.retention));
         for (user, device, up_to, _) in call {
             for kind in ["ack", "seq", "inbox", "low", "devices", "epoch"] {
                 inv.key(self.keys.key(kind, user));
@@ -229,7 +219,7 @@ impl Committer {
     }
 
     async fn refresh_all(&self, refreshes: Vec<(Refresh, Reply<bool>)>) {
-        let calls = self.calls(refreshes, |(r, _)| r.user.as_str());
+        let calls = self.calls(refreshes, |(r, _)| r.user.clone());
         let results =
             futures_util::future::join_all(calls.iter().map(|c| self.refresh_call(c))).await;
         for ((_, reply), outcome) in each(calls, results) {
@@ -290,22 +280,6 @@ fn item_replies<R>(
         )),
     };
     replies.into_iter().map(item).collect()
-}
-
-/// Each item of `calls` with its own outcome from `results` (one per call, in order): a failed
-/// call answers each of its items with the call's error.
-fn each<T, R: Clone>(
-    calls: Vec<Vec<T>>,
-    results: Vec<Result<Vec<Result<R, StoreError>>, StoreError>>,
-) -> impl Iterator<Item = (T, Result<R, StoreError>)> {
-    calls.into_iter().zip(results).flat_map(|(items, result)| {
-        let replies = match result {
-            Ok(replies) if replies.len() == items.len() => replies,
-            Ok(_) => vec![Err(bad("reply count")); items.len()],
-            Err(e) => vec![Err(e); items.len()],
-        };
-        items.into_iter().zip(replies)
-    })
 }
 
 /// The stored message `msg` became, and the sender's copy. For a duplicate: the first copy's
