@@ -68,14 +68,34 @@ impl From<GroupInfo> for proto::GroupInfo {
     }
 }
 
-impl From<Member> for proto::Member {
-    fn from(m: Member) -> Self {
-        let role = match m.role {
+impl From<Role> for proto::Role {
+    fn from(r: Role) -> Self {
+        match r {
             Role::Member => proto::Role::Member,
             Role::Admin => proto::Role::Admin,
             Role::Owner => proto::Role::Owner,
-        };
-        proto::Member { user_id: m.user, role: role as i32, joined_seq: m.joined_seq }
+        }
+    }
+}
+
+impl TryFrom<proto::Role> for Role {
+    type Error = ();
+
+    /// ROLE_UNSPECIFIED is no role.
+    fn try_from(r: proto::Role) -> Result<Self, ()> {
+        match r {
+            proto::Role::Member => Ok(Role::Member),
+            proto::Role::Admin => Ok(Role::Admin),
+            proto::Role::Owner => Ok(Role::Owner),
+            proto::Role::Unspecified => Err(()),
+        }
+    }
+}
+
+impl From<Member> for proto::Member {
+    fn from(m: Member) -> Self {
+        let role = proto::Role::from(m.role) as i32;
+        proto::Member { user_id: m.user, role, joined_seq: m.joined_seq }
     }
 }
 

@@ -72,12 +72,8 @@ impl Node {
     ) -> Result<proto::GroupResponse, Error> {
         let id = group_id(&req.group)?;
         ids::user(&req.user).map_err(|e| Error::invalid(format!("user: {e}")))?;
-        let role = match proto::Role::try_from(req.role) {
-            Ok(proto::Role::Member) => Role::Member,
-            Ok(proto::Role::Admin) => Role::Admin,
-            Ok(proto::Role::Owner) => Role::Owner,
-            _ => return Err(Error::invalid("role must be MEMBER, ADMIN or OWNER")),
-        };
+        let role = proto::Role::try_from(req.role).ok().and_then(|r| Role::try_from(r).ok());
+        let role = role.ok_or_else(|| Error::invalid("role must be MEMBER, ADMIN or OWNER"))?;
         self.change_group(caller, &id, GroupChange::SetRole(req.user, role)).await
     }
 

@@ -90,13 +90,10 @@ impl MemoryStore {
     ) -> Option<SenderCopy> {
         u.forget_unseen(self.opts.device_ttl, now);
         u.expire(&self.opts, now);
-        if !u.devices.keys().any(|d| d != origin) || u.messages.len() as u64 >= self.opts.inbox_max
-        {
+        if !u.has_other_device(origin) {
             return None;
         }
-        u.last_seq += 1;
-        let copy = StoredMessage { seq: u.last_seq, ..message.clone() };
-        u.messages.push_back(copy.clone());
-        Some(SenderCopy { message: copy, routes: u.live_routes(now) })
+        let (message, routes) = u.append_if_room(message, self.opts.inbox_max, now)?;
+        Some(SenderCopy { message, routes })
     }
 }

@@ -312,13 +312,10 @@ impl MemoryStore {
         now: Instant,
     ) -> Option<Delivered> {
         u.expire(&self.opts, now);
-        let wanted = m.from != user || u.devices.keys().any(|d| d != origin_device);
-        if !wanted || u.messages.len() as u64 >= self.opts.inbox_max {
+        if m.from == user && !u.has_other_device(origin_device) {
             return None;
         }
-        u.last_seq += 1;
-        let copy = StoredMessage { seq: u.last_seq, ..m.clone() };
-        u.messages.push_back(copy.clone());
-        Some(Delivered { user: user.to_string(), message: copy, routes: u.live_routes(now) })
+        let (message, routes) = u.append_if_room(m, self.opts.inbox_max, now)?;
+        Some(Delivered { user: user.to_string(), message, routes })
     }
 }

@@ -92,6 +92,28 @@ impl UserState {
         });
     }
 
+    /// Whether the user has a device other than `origin` (for copies of what they sent).
+    fn has_other_device(&self, origin: &str) -> bool {
+        self.devices.keys().any(|d| d != origin)
+    }
+
+    /// `m` appended with the next seq unless the inbox holds `max` already (a device that far
+    /// behind pages history instead), with the user's routes.
+    fn append_if_room(
+        &mut self,
+        m: &StoredMessage,
+        max: u64,
+        now: Instant,
+    ) -> Option<(StoredMessage, Vec<(String, Route)>)> {
+        if self.messages.len() as u64 >= max {
+            return None;
+        }
+        self.last_seq += 1;
+        let copy = StoredMessage { seq: self.last_seq, ..m.clone() };
+        self.messages.push_back(copy.clone());
+        Some((copy, self.live_routes(now)))
+    }
+
     fn live_routes(&mut self, now: Instant) -> Vec<(String, Route)> {
         self.routes.retain(|_, (_, lapses)| *lapses > now);
         self.routes.iter().map(|(d, (r, _))| (d.clone(), r.clone())).collect()
