@@ -30,10 +30,12 @@ impl RedisServer {
         aof: bool,
         extra: impl Fn() -> Vec<String>,
     ) -> Result<RedisServer, HarnessError> {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("tim-redis-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
+        let mut log = String::new();
         for _ in 0..20 {
+            // A directory per try: a try that failed may leave a cluster config naming its port.
+            let n = NEXT.fetch_add(1, Ordering::SeqCst);
+            let dir = std::env::temp_dir().join(format!("tim-redis-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
             let port = super::free_port()?;
             let aof = if aof { "yes" } else { "no" };
             let args: Vec<String> = [
@@ -59,12 +61,21 @@ impl RedisServer {
             .chain(extra())
             .collect();
             let process = Process::new(binary, args).cleanup_dir(&dir);
-            let mut server = RedisServer { port, dir: dir.clone(), process };
+            let mut server = RedisServer { port, dir, process };
             if server.spawn()? {
                 return Ok(server);
             }
+            log = server.log_tail();
         }
-        Err(HarnessError::NotReady { what: binary.to_string(), within: READY })
+        let what = format!("{binary} (its last log lines: {log})");
+        Err(HarnessError::NotReady { what, within: READY })
+    }
+
+    /// The last lines of the server's log, joined, for an error message.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(3)..].join(" | ")
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -87,7 +98,7 @@ impl RedisServer {
         let deadline = Instant::now() + READY;
         while !self.spawn()? {
             if Instant::now() > deadline {
-                let what = format!("redis-server on port {}", self.port);
+                let what = format!("redis-server on port {} ({})", self.port, self.log_tail());
                 return Err(HarnessError::NotReady { what, within: READY });
             }
             std::thread::sleep(Duration::from_millis(100));
