@@ -64,6 +64,7 @@ impl From<GroupInfo> for proto::GroupInfo {
             member_count: g.member_count,
             history_for_new_members: g.history_for_new_members,
             created_at: g.created_at,
+            broadcast_from: g.broadcast_from,
         }
     }
 }

@@ -171,7 +171,9 @@ async fn frames_out_of_order_are_failed_precondition(b: &Backend) {
     let mut raw = Raw::open(&node, send("c1", "bob", "before hello")).await;
     assert_eq!(raw.status().await.code(), Code::FailedPrecondition);
 
-    let mut raw = Raw::open(&node, client_frame::Frame::Ack(proto::Ack { up_to: 1 })).await;
+    let mut raw =
+        Raw::open(&node, client_frame::Frame::Ack(proto::Ack { up_to: 1, ..Default::default() }))
+            .await;
     assert_eq!(raw.status().await.code(), Code::FailedPrecondition);
 
     let mut raw = Raw::open(&node, hello(&token, 0)).await;
@@ -194,7 +196,7 @@ async fn empty_frames_and_acks_beyond_delivery_are_invalid_argument(b: &Backend)
     node.send_unary("bob", "b1", "alice", "one").await.unwrap();
     let mut raw = Raw::open(&node, hello(&token, 0)).await;
     raw.welcome().await;
-    raw.send(client_frame::Frame::Ack(proto::Ack { up_to: 5 })).await;
+    raw.send(client_frame::Frame::Ack(proto::Ack { up_to: 5, ..Default::default() })).await;
     let status = raw.status().await;
     assert_eq!(status.code(), Code::InvalidArgument);
     // The bogus ack moved nothing: the message is still delivered.
@@ -544,6 +546,7 @@ async fn relay_takes_only_node_tokens_signed_with_the_node_secret() {
     let one = |seq: u64, body: &str| proto::DeliverRequest {
         user_id: "bob".into(),
         messages: vec![proto::Message { seq, body: body.into(), ..message.clone() }],
+        members_version: 0,
     };
     let batch = |deliveries| proto::DeliverBatchRequest { deliveries };
     // A session token, a node token of the token secret, garbage, none: all refused, one

@@ -76,10 +76,30 @@ async fn endpoints_seen_by(node: &TestNode, logins: usize) -> HashMap<String, us
 /// keeps the group, its log and each member's inbox in different slots.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_spans_nodes_and_a_removal_stops_delivery_everywhere() {
+    group_across_nodes(1000).await;
+}
+
+/// The same with a group past the fan-out limit: each message is broadcast once to every node,
+/// which hands it to its members' sessions (and, after the removal, not to the removed one's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_group_spans_nodes_and_a_removal_stops_delivery_everywhere() {
+    group_across_nodes(1).await;
+}
+
+async fn group_across_nodes(fanout: u32) {
     use tim::proto::{self, groups_client::GroupsClient};
     let consul = ConsulDouble::start().await;
     let backend = Backend::redis_cluster();
-    let nodes = cluster(2, &consul, &backend, StrategyKind::RoundRobin).await;
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let lb = StrategyKind::RoundRobin;
+        nodes.push(
+            consul_node(&consul, &backend, |c| (c.lb, c.group_fanout_limit) = (lb, fanout)).await,
+        );
+    }
+    for node in &nodes {
+        eventually(|| async { (endpoints_seen_by(node, 60).await.len() == 2).then_some(()) }).await;
+    }
     let alice = nodes[0].connect_here("alice", "phone", 0).await;
     let mut bob = nodes[1].connect_here("bob", "phone", 0).await;
     let mut carol = nodes[1].connect_here("carol", "phone", 0).await;

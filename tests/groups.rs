@@ -378,6 +378,8 @@ async fn a_fan_out_cut_short_is_completed_by_a_sweep_on_redis_cluster() {
 async fn fan_out_cut_short(b: &Backend) {
     use tim::store::groups::{GroupChange, Groups};
     use tim::store::{Inbox, NewMessage};
+    const LIMITS: tim::store::groups::Limits =
+        tim::store::groups::Limits { max_members: 10, fanout: 10 };
     let Backend::Redis { url, prefix, cluster } = b else { unreachable!("a Redis backend") };
     let urls: Vec<String> = url.split(',').map(str::to_string).collect();
     let connect = || async {
@@ -402,11 +404,11 @@ async fn fan_out_cut_short(b: &Backend) {
         members: vec!["bob".into(), "carol".into()],
         history_for_new_members: false,
     };
-    let created = dying.change_group(new("alice", "e1"), create, 10).await.unwrap();
+    let created = dying.change_group(new("alice", "e1"), create, LIMITS).await.unwrap();
     dying.deliver_group(&created.event.unwrap(), "phone", &created.members).await.unwrap();
     // Logged, never delivered: the node "died" here.
-    dying.log_group_message(new("alice", "c1")).await.unwrap();
-    dying.log_group_message(new("alice", "c2")).await.unwrap();
+    dying.log_group_message(new("alice", "c1"), 10).await.unwrap();
+    dying.log_group_message(new("alice", "c2"), 10).await.unwrap();
     assert_eq!(survivor.sweep_fanout(Duration::from_secs(3600)).await.unwrap(), 0, "not stale yet");
     assert_eq!(survivor.sweep_fanout(Duration::ZERO).await.unwrap(), 2);
     for member in ["bob", "carol"] {
@@ -417,7 +419,7 @@ async fn fan_out_cut_short(b: &Backend) {
     assert_eq!(survivor.sweep_fanout(Duration::ZERO).await.unwrap(), 0, "nothing left");
     // A change cut short the same way: its event reaches everyone, the new member too.
     let add = GroupChange::Add(vec!["dave".into()]);
-    dying.change_group(new("alice", "e2"), add, 10).await.unwrap();
+    dying.change_group(new("alice", "e2"), add, LIMITS).await.unwrap();
     assert_eq!(survivor.sweep_fanout(Duration::ZERO).await.unwrap(), 1);
     for member in ["bob", "carol", "dave"] {
         let inbox = survivor.read(member, 0, 10).await.unwrap();

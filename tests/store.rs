@@ -8,7 +8,10 @@ use std::time::{Duration, SystemTime};
 
 use common::Backend;
 use tim::auth::unix_ms;
-use tim::store::groups::{GroupChange, Groups};
+use tim::store::groups::{GroupChange, Groups, Limits};
+
+/// A small group's limits: it never broadcasts.
+const LIMITS: Limits = Limits { max_members: 10, fanout: 10 };
 use tim::store::{
     Inbox, MemoryStore, NewMessage, PutRoute, RedisStore, Route, RouteStore, StoreError,
     StoreOptions,
@@ -59,11 +62,11 @@ async fn a_group_delivery_fills_a_gap_from_the_log_first(backend: &Backend) {
         members: vec!["bob".into(), "carol".into()],
         history_for_new_members: false,
     };
-    let created = s.groups.change_group(new("alice", "e1"), create, 10).await.unwrap();
+    let created = s.groups.change_group(new("alice", "e1"), create, LIMITS).await.unwrap();
     let members = created.members.clone();
     s.groups.deliver_group(&created.event.unwrap(), "phone", &members).await.unwrap();
-    let first = s.groups.log_group_message(new("alice", "c1")).await.unwrap().message;
-    let second = s.groups.log_group_message(new("carol", "c2")).await.unwrap().message;
+    let first = s.groups.log_group_message(new("alice", "c1"), 10).await.unwrap().message;
+    let second = s.groups.log_group_message(new("carol", "c2"), 10).await.unwrap().message;
     let late = s.groups.deliver_group(&second, "phone", &["bob".into()]).await.unwrap();
     let got: Vec<(u64, u64)> = late.iter().map(|d| (d.message.seq, d.message.conv_seq)).collect();
     assert_eq!(got, [(2, first.conv_seq), (3, second.conv_seq)], "the gap came first");

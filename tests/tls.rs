@@ -182,7 +182,7 @@ async fn relays_need_a_node_certificate_of_the_cluster_and_a_node_token() {
         let endpoint = b.endpoint();
         async move {
             let channel = client::channel(&endpoint, &opts).await?;
-            let req = proto::DeliverRequest { user_id: "bob".into(), messages: vec![] };
+            let req = proto::DeliverRequest { user_id: "bob".into(), ..Default::default() };
             Ok::<_, ClientError>(
                 RelayClient::new(channel).deliver(client::authorized(req, &token)).await?,
             )

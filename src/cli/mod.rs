@@ -276,7 +276,7 @@ pub async fn chat(args: ChatArgs) -> Result<()> {
                     } else {
                         println!("{}: {}", m.from, m.body);
                     }
-                    handle.ack(m.seq).await?;
+                    handle.ack_message(&m).await?;
                 }
                 Some(ClientEvent::Connected { node_id, .. }) => {
                     eprintln!("connected as {}/{} to {node_id}; type `<to>: <text>` or `#<group id>: <text>`", l.user, l.device);

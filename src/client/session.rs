@@ -163,7 +163,27 @@ impl Sender {
 
     /// Tells the server everything up to `up_to` is processed.
     pub async fn ack(&self, up_to: u64) -> Result<(), ClientError> {
-        self.frame(client_frame::Frame::Ack(proto::Ack { up_to })).await
+        self.frame(client_frame::Frame::Ack(proto::Ack { up_to, ..Default::default() })).await
+    }
+
+    /// Tells the server everything of broadcast group `conversation` up to `conv_seq` is
+    /// processed.
+    pub async fn ack_conversation(
+        &self,
+        conversation: &str,
+        conv_seq: u64,
+    ) -> Result<(), ClientError> {
+        let ack = proto::Ack { up_to: 0, conversation: conversation.into(), conv_seq };
+        self.frame(client_frame::Frame::Ack(ack)).await
+    }
+
+    /// Acks `m` (and what came before it) the way it was delivered: by inbox seq, or by
+    /// conversation seq for a broadcast group's message (seq 0).
+    pub async fn ack_message(&self, m: &proto::Message) -> Result<(), ClientError> {
+        match m.seq {
+            0 => self.ack_conversation(&m.conversation, m.conv_seq).await,
+            seq => self.ack(seq).await,
+        }
     }
 
     /// Resolves once every queued frame was taken by the transport.

@@ -230,9 +230,15 @@ pub struct Config {
     /// Messages a conversation's history keeps at most; the oldest go first.
     #[arg(long, env = "TIM_HISTORY_MAX", default_value_t = 100_000)]
     pub history_max: u64,
-    /// Members one group holds at most (each message is appended to every member's inbox).
-    #[arg(long, env = "TIM_GROUP_MAX_MEMBERS", default_value_t = 1000)]
+    /// Members one group holds at most.
+    #[arg(long, env = "TIM_GROUP_MAX_MEMBERS", default_value_t = 100_000)]
     pub group_max_members: u32,
+    /// Members up to which a group's messages are appended to every member's inbox (the
+    /// guarantees of a direct message). A group that outgrows it broadcasts from then on: a
+    /// message is stored once, pushed to the members online, and caught up by each device from
+    /// its cursor in the conversation when it comes back.
+    #[arg(long, env = "TIM_GROUP_FANOUT_LIMIT", default_value_t = 1000)]
+    pub group_fanout_limit: u32,
     /// How long a (sender, client_msg_id) pair is remembered, so retries are not stored twice.
     #[arg(long, env = "TIM_DEDUP_TTL", default_value = "24h", value_parser = parse_duration)]
     pub dedup_ttl: Duration,

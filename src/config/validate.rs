@@ -61,6 +61,9 @@ impl Config {
         if !(2..=100_000).contains(&self.group_max_members) {
             return fail("--group-max-members must be between 2 and 100000");
         }
+        if !(1..=100_000).contains(&self.group_fanout_limit) {
+            return fail("--group-fanout-limit must be between 1 and 100000");
+        }
         if !(1..=10_000).contains(&self.max_devices) {
             return fail("--max-devices must be between 1 and 10000");
         }

@@ -85,6 +85,11 @@ impl Delivery {
         }
     }
 
+    /// The relay clients (the node queues broadcast groups' messages on them).
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
     /// Messages a peer relayed here, for `user`'s local sessions. Returns how many sessions
     /// got them.
     pub fn accept(&self, user: &str, messages: &[StoredMessage]) -> usize {

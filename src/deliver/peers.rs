@@ -41,6 +41,10 @@ const QUEUE: usize = 4096;
 /// `Deliver` calls before the batch is tried again.
 const OLDER_PEER: Duration = Duration::from_secs(60);
 
+/// A queued relay: (the user whose inbox holds the message, or "" for a broadcast group's
+/// message, the group's membership version (0 for a user's), the message).
+type Relayed = (String, i64, StoredMessage);
+
 /// Relay clients and queues for every other live node.
 #[derive(Clone)]
 pub struct Peers {
@@ -59,7 +63,7 @@ struct Peer {
     endpoint: String,
     client: RelayClient<Channel>,
     /// (user, a message of that user's inbox).
-    queue: mpsc::Sender<(String, StoredMessage)>,
+    queue: mpsc::Sender<Relayed>,
     /// The task sending the queue; it stops when the peer is dropped.
     _relay: AbortOnDrop,
 }
@@ -165,7 +169,18 @@ impl Peers {
     pub fn relay(&self, node_id: &str, user: &str, message: StoredMessage) -> bool {
         let peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
         let peer = peers.as_ref().and_then(|p| p.get(node_id));
-        peer.is_some_and(|p| p.queue.try_send((user.to_string(), message)).is_ok())
+        peer.is_some_and(|p| p.queue.try_send((user.to_string(), 0, message)).is_ok())
+    }
+
+    /// Queues a broadcast group's message (of membership `version`) for every live peer: each
+    /// hands it to its members' sessions. Returns how many peers it was dropped for.
+    pub fn relay_broadcast(&self, message: &StoredMessage, version: i64) -> usize {
+        let peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let queues = peers.as_ref().map(|p| p.values().map(|p| &p.queue));
+        let queued = |q: &&mpsc::Sender<Relayed>| {
+            q.try_send((String::new(), version, message.clone())).is_err()
+        };
+        queues.map_or(0, |q| q.filter(queued).count())
     }
 
     /// Ends `user`'s `device` session on `node_id`: `session_id`'s (a newer one took over), or
@@ -198,11 +213,7 @@ struct Relay {
 }
 
 impl Relay {
-    async fn run(
-        mut self,
-        mut queue: mpsc::Receiver<(String, StoredMessage)>,
-        token: Arc<NodeToken>,
-    ) {
+    async fn run(mut self, mut queue: mpsc::Receiver<Relayed>, token: Arc<NodeToken>) {
         let mut waiting = Vec::with_capacity(MAX_BATCH);
         while queue.recv_many(&mut waiting, MAX_BATCH).await > 0 {
             let mut rest = waiting.drain(..).peekable();
@@ -238,20 +249,24 @@ impl Relay {
 /// Takes the next batch off `messages`: at most [`MAX_BATCH`] of them and about
 /// [`MAX_BATCH_BYTES`] of bodies (at least one message), grouped by recipient in queue order.
 fn batch(
-    messages: &mut std::iter::Peekable<impl Iterator<Item = (String, StoredMessage)>>,
+    messages: &mut std::iter::Peekable<impl Iterator<Item = Relayed>>,
 ) -> proto::DeliverBatchRequest {
     let mut deliveries: Vec<proto::DeliverRequest> = Vec::new();
-    let mut by_user: HashMap<String, usize> = HashMap::new();
+    let mut by_user: HashMap<(String, i64), usize> = HashMap::new();
     let (mut count, mut bytes) = (0, 0);
-    while let Some((_, next)) = messages.peek() {
+    while let Some((_, _, next)) = messages.peek() {
         if count > 0 && (count == MAX_BATCH || bytes + next.body.len() > MAX_BATCH_BYTES) {
             break;
         }
-        let Some((user, m)) = messages.next() else { break };
+        let Some((user, version, m)) = messages.next() else { break };
         count += 1;
         bytes += m.body.len();
-        let at = *by_user.entry(user.clone()).or_insert_with(|| {
-            deliveries.push(proto::DeliverRequest { user_id: user, messages: Vec::new() });
+        let at = *by_user.entry((user.clone(), version)).or_insert_with(|| {
+            deliveries.push(proto::DeliverRequest {
+                user_id: user,
+                messages: Vec::new(),
+                members_version: version,
+            });
             deliveries.len() - 1
         });
         deliveries[at].messages.push(m.into());
@@ -263,7 +278,7 @@ fn batch(
 mod tests {
     use super::*;
 
-    fn message(to: &str, seq: u64, body_len: usize) -> (String, StoredMessage) {
+    fn message(to: &str, seq: u64, body_len: usize) -> Relayed {
         let m = StoredMessage {
             seq,
             msg_id: format!("m{seq}"),
@@ -273,7 +288,7 @@ mod tests {
             sent_at: 1,
             ..StoredMessage::default()
         };
-        (to.to_string(), m)
+        (to.to_string(), 0, m)
     }
 
     fn shape(batch: &proto::DeliverBatchRequest) -> Vec<(String, Vec<u64>)> {

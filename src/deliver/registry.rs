@@ -3,7 +3,7 @@
 //! Handlers never reach into the map: they register a session (which takes over from an older
 //! session of the same user and device), hand it messages, kick or drain it, and remove it when
 //! its stream ends.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -210,6 +210,33 @@ impl Registry {
             }
         }
         devices.len()
+    }
+
+    /// Hands a broadcast group's message to every local session of `members` and of `also`;
+    /// returns how many sessions got it. Walks whichever is smaller, the members or the
+    /// users here.
+    pub fn deliver_to_members(
+        &self,
+        members: &HashSet<String>,
+        also: &[String],
+        message: &StoredMessage,
+    ) -> usize {
+        let users = self.users();
+        let m = Arc::new(message.clone());
+        let mut sessions = 0;
+        let mut hand = |devices: &HashMap<String, Handle>| {
+            for handle in devices.values() {
+                handle.push(&m);
+            }
+            sessions += devices.len();
+        };
+        if members.len() < users.len() {
+            members.iter().filter_map(|u| users.get(u)).for_each(&mut hand);
+        } else {
+            users.iter().filter(|(u, _)| members.contains(*u)).for_each(|(_, d)| hand(d));
+        }
+        also.iter().filter(|u| !members.contains(*u)).filter_map(|u| users.get(u)).for_each(hand);
+        sessions
     }
 
     /// The node's budget of bytes queued towards clients (outbound queues draw on it too).

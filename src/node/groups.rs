@@ -7,7 +7,7 @@ use crate::auth::{Claims, unix_ms};
 use crate::error::Error;
 use crate::ids::{self, Conversation};
 use crate::proto;
-use crate::store::groups::{Delivered, GroupChange, MAX_CHANGED_USERS, Role};
+use crate::store::groups::{Delivered, GroupChange, Limits, MAX_CHANGED_USERS, Role};
 use crate::store::{Appended, NewMessage, Outgoing, StoreError, StoredMessage};
 
 use super::Node;
@@ -122,18 +122,27 @@ impl Node {
         let id = group_id(&msg.group)?;
         let logged = self
             .groups
-            .log_group_message(NewMessage {
-                from: from.to_string(),
-                origin_device: device.to_string(),
-                to: String::new(),
-                conversation: id,
-                client_msg_id: msg.client_msg_id,
-                body: msg.body,
-                msg_id: ids::new_id(),
-                sent_at: unix_ms(SystemTime::now()),
-            })
+            .log_group_message(
+                NewMessage {
+                    from: from.to_string(),
+                    origin_device: device.to_string(),
+                    to: String::new(),
+                    conversation: id,
+                    client_msg_id: msg.client_msg_id,
+                    body: msg.body,
+                    msg_id: ids::new_id(),
+                    sent_at: unix_ms(SystemTime::now()),
+                },
+                self.config.group_fanout_limit,
+            )
             .await?;
-        self.deliver_to_members(&logged.message, device, &logged.members).await?;
+        if logged.broadcast() {
+            // Nothing per member: the fan-out mark goes, then the push.
+            self.groups.deliver_group(&logged.message, device, &[]).await?;
+            self.broadcast(&logged.message, logged.version).await;
+        } else {
+            self.deliver_to_members(&logged.message, device, &logged.members).await?;
+        }
         let message = logged.message;
         Ok(Appended { message, duplicate: logged.duplicate, routes: Vec::new(), copy: None })
     }
@@ -155,14 +164,22 @@ impl Node {
             msg_id: ids::new_id(),
             sent_at: unix_ms(SystemTime::now()),
         };
-        let max = self.config.group_max_members;
-        let changed = self.groups.change_group(event, change, max).await?;
+        let limits = Limits {
+            max_members: self.config.group_max_members,
+            fanout: self.config.group_fanout_limit,
+        };
+        let changed = self.groups.change_group(event, change, limits).await?;
         let mut event_seq = 0;
         if let Some(event) = &changed.event {
             event_seq = event.conv_seq;
-            let mut to = changed.members.clone();
-            to.extend(changed.removed.iter().cloned());
-            self.deliver_to_members(event, &caller.dev, &to).await?;
+            if changed.broadcast() {
+                self.groups.deliver_group(event, &caller.dev, &[]).await?;
+                self.broadcast(event, changed.version).await;
+            } else {
+                let mut to = changed.members.clone();
+                to.extend(changed.removed.iter().cloned());
+                self.deliver_to_members(event, &caller.dev, &to).await?;
+            }
         }
         let info = self.groups.group(id).await?.ok_or(StoreError::NotMember)?;
         Ok(proto::GroupResponse { group: Some(info.into()), event_seq })

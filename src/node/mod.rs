@@ -26,6 +26,7 @@ use crate::store::{Appended, Inbox, NewMessage, Outgoing, RouteStore, message_at
 
 use crate::tls::{ClientTls, ServerTls};
 
+mod broadcast;
 mod conversations;
 mod groups;
 
@@ -90,6 +91,7 @@ pub struct Node {
     groups: Arc<dyn Groups>,
     delivery: Delivery,
     login: LoginService,
+    member_sets: broadcast::MemberSets,
 }
 
 impl Node {
@@ -128,6 +130,7 @@ impl Node {
             node_signer,
             inbox: stores.inbox,
             groups: stores.groups,
+            member_sets: Default::default(),
             routes: stores.routes,
             login,
             config,
@@ -150,6 +153,10 @@ impl Node {
 
     pub fn routes(&self) -> &dyn RouteStore {
         self.routes.as_ref()
+    }
+
+    pub fn groups(&self) -> &dyn Groups {
+        self.groups.as_ref()
     }
 
     /// The per-user send allowance (swept by the node's tasks).

@@ -1,7 +1,8 @@
 //! Relay: node-to-node calls, handed to the node's [`crate::deliver::Delivery`]. Only callers
 //! with a node token (signed with the cluster's node secret) and, with TLS on, a certificate of
 //! the cluster CA are accepted; anyone else gets UNAUTHENTICATED. A call costs one registry
-//! lookup per user, and a queue push per message and session; a `DeliverBatch` carries at most
+//! lookup per user (a broadcast group's message: per member here, after reading the member list
+//! once per membership version), and a queue push per message and session; a `DeliverBatch` carries at most
 //! [`MAX_BATCH`] messages (more is RESOURCE_EXHAUSTED, handing none), and a request over the
 //! Relay service's decoding limit is OUT_OF_RANGE.
 use std::sync::Arc;
@@ -28,10 +29,18 @@ impl RelayService {
         Ok(())
     }
 
-    /// Hands one user's relayed messages to their sessions here; how many sessions got them.
-    fn accept(&self, d: proto::DeliverRequest) -> usize {
+    /// Hands one user's relayed messages to their sessions here, or a broadcast group's (no
+    /// user) to its members' sessions here; how many sessions got them.
+    async fn accept(&self, d: proto::DeliverRequest) -> usize {
         let messages: Vec<StoredMessage> = d.messages.into_iter().map(Into::into).collect();
-        self.node.delivery().accept(&d.user_id, &messages)
+        if !d.user_id.is_empty() {
+            return self.node.delivery().accept(&d.user_id, &messages);
+        }
+        let mut sessions = 0;
+        for m in messages.iter().filter(|m| m.conversation.starts_with("g:")) {
+            sessions += self.node.deliver_broadcast(m, d.members_version).await;
+        }
+        sessions
     }
 }
 
@@ -42,7 +51,7 @@ impl Relay for RelayService {
         req: Request<proto::DeliverRequest>,
     ) -> Result<Response<proto::DeliverResponse>, Status> {
         self.authorize(&req)?;
-        let sessions = self.accept(req.into_inner());
+        let sessions = self.accept(req.into_inner()).await;
         Ok(Response::new(proto::DeliverResponse { sessions: sessions as u32 }))
     }
 
@@ -58,7 +67,10 @@ impl Relay for RelayService {
                 "a relay batch carries at most {MAX_BATCH} messages, not {count}"
             )));
         }
-        let sessions: usize = batch.deliveries.into_iter().map(|d| self.accept(d)).sum();
+        let mut sessions = 0;
+        for d in batch.deliveries {
+            sessions += self.accept(d).await;
+        }
         Ok(Response::new(proto::DeliverResponse { sessions: sessions as u32 }))
     }
 

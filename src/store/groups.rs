@@ -85,6 +85,29 @@ pub struct GroupInfo {
     pub created_at: i64,
     pub history_for_new_members: bool,
     pub member_count: u32,
+    /// 0, or the conversation seq from which the group broadcasts (see [`Limits::fanout`]).
+    pub broadcast_from: u64,
+}
+
+/// What a node allows a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Members a group may have.
+    pub max_members: u32,
+    /// Members up to which a message goes into every member's inbox. A group that outgrows it
+    /// broadcasts from then on: each message is stored once, in the log, pushed to the members
+    /// online and caught up by the others from their per-device cursor ([`Groups::position`]).
+    pub fanout: u32,
+}
+
+/// Where a device stands in a broadcast group's conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The device has everything up to this conversation seq: its acked cursor, or what came
+    /// before the group broadcast (in the inbox) or before the user joined.
+    pub after: u64,
+    /// The conversation's last seq.
+    pub last: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,10 +140,15 @@ pub enum GroupChange {
 pub struct Changed {
     /// The event logged (seq 0), or None when nothing changed (adding members already in).
     pub event: Option<StoredMessage>,
-    /// The members after the change.
+    /// The members after the change (none once the group broadcasts: nothing is written per
+    /// member then).
     pub members: Vec<String>,
     /// Who was removed (or left): they get the event too, as the last of the group.
     pub removed: Vec<String>,
+    /// 0, or the conversation seq from which the group broadcasts.
+    pub broadcast_from: u64,
+    /// The membership version after the change.
+    pub version: i64,
 }
 
 /// A group message in the group's log: the members to deliver it to.
@@ -131,6 +159,29 @@ pub struct Logged {
     pub duplicate: bool,
     /// The group's members when it was logged.
     pub members: Arc<Vec<String>>,
+    /// 0, or the conversation seq from which the group broadcasts.
+    pub broadcast_from: u64,
+    /// The membership version `members` are of.
+    pub version: i64,
+}
+
+impl Logged {
+    /// Whether the message is broadcast rather than put into each member's inbox.
+    pub fn broadcast(&self) -> bool {
+        broadcasts(self.broadcast_from, self.message.conv_seq)
+    }
+}
+
+impl Changed {
+    /// Whether the event is broadcast rather than put into each member's inbox.
+    pub fn broadcast(&self) -> bool {
+        self.event.as_ref().is_some_and(|e| broadcasts(self.broadcast_from, e.conv_seq))
+    }
+}
+
+/// Whether conversation seq `seq` of a group that broadcasts from `from` (0: never) is broadcast.
+pub fn broadcasts(from: u64, seq: u64) -> bool {
+    from > 0 && seq >= from
 }
 
 /// A message that reached a member's inbox, to push to their devices.
@@ -146,13 +197,15 @@ pub struct Delivered {
 #[async_trait]
 pub trait Groups: Send + Sync + 'static {
     /// Makes `change` as `event.from` (`event.conversation` is the group) if their role allows
-    /// it and the group stays within `max_members`, logging its event with `event`'s msg_id,
-    /// time and client_msg_id.
+    /// it and the group stays within `limits.max_members`, logging its event with `event`'s
+    /// msg_id, time and client_msg_id. A group that now has more than `limits.fanout` members
+    /// broadcasts from this event on (for good). The members' group lists
+    /// ([`Groups::user_groups`]) are updated after the group.
     async fn change_group(
         &self,
         event: NewMessage,
         change: GroupChange,
-        max_members: u32,
+        limits: Limits,
     ) -> Result<Changed, StoreError>;
 
     /// The group, if it exists.
@@ -170,8 +223,9 @@ pub trait Groups: Send + Sync + 'static {
     async fn member(&self, group: &str, user: &str) -> Result<Option<Member>, StoreError>;
 
     /// Step 1 of a group message (`msg.conversation` is the group): only a member sends
-    /// ([`StoreError::NotMember`]); logged at most once per (sender, client_msg_id).
-    async fn log_group_message(&self, msg: NewMessage) -> Result<Logged, StoreError>;
+    /// ([`StoreError::NotMember`]); logged at most once per (sender, client_msg_id). A group
+    /// with more than `fanout` members broadcasts from this message on (for good).
+    async fn log_group_message(&self, msg: NewMessage, fanout: u32) -> Result<Logged, StoreError>;
 
     /// Step 2: the logged `message` (or event) into each of `members`' inboxes, at most once
     /// each and in the conversation's order (a gap left by another node's message of the group
@@ -183,4 +237,29 @@ pub trait Groups: Send + Sync + 'static {
         origin_device: &str,
         members: &[String],
     ) -> Result<Vec<Delivered>, StoreError>;
+
+    /// The group's members now, with the membership version they are of.
+    async fn member_list(&self, group: &str) -> Result<(i64, Arc<Vec<String>>), StoreError>;
+
+    /// The groups `user` was put in: a superset (a removal may not have reached the list yet),
+    /// so each is checked against the group's members.
+    async fn user_groups(&self, user: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Where `device` of `user` stands in `group`: None unless the group broadcasts and the
+    /// user is a member.
+    async fn position(
+        &self,
+        user: &str,
+        device: &str,
+        group: &str,
+    ) -> Result<Option<Position>, StoreError>;
+
+    /// Moves `device`'s cursors in broadcast groups forward to the given conversation seqs
+    /// (never back).
+    async fn ack_groups(
+        &self,
+        user: &str,
+        device: &str,
+        cursors: &[(String, u64)],
+    ) -> Result<(), StoreError>;
 }

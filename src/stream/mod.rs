@@ -4,8 +4,10 @@
 //! - `session`: the select loop and delivery order (replay, live pushes, gap filling).
 //! - `hello`: the first frame and the resume point.
 //! - `end`: why a session ended, and what its client is told.
+//! - `frames`: what the client sends after Hello: messages and acks.
 //! - `acks`: merging bursts of acks into few cursor stores.
 //! - `gate`: the per-stream send rate and the order hold after a retryable refusal.
+//! - `groups`: broadcast groups' order, catch-up from the log and acks by conversation.
 //! - `outbound`: the bounded queue tonic streams out; it detects a client that stopped reading.
 //!
 //! Dead streams: HTTP/2 keepalive (server PING interval/timeout) closes a dead connection; its
@@ -13,7 +15,9 @@
 //! ends, removing itself from the registry and compare-deleting its route.
 mod acks;
 mod end;
+mod frames;
 mod gate;
+mod groups;
 mod hello;
 pub mod outbound;
 pub mod session;

@@ -15,14 +15,14 @@ use tracing::{debug, warn};
 use super::acks::AckMerge;
 use super::end::{End, end_with, ended, rolled_back};
 use super::gate::SendGate;
+use super::groups::Groups;
 use super::hello::{self, Refused, Resume, hello};
 use super::outbound::{Gone, Outbound};
 use crate::deliver::{Feed, Phase, REPLACED, Stop};
 use crate::ids::new_id;
 use crate::node::Node;
-use crate::proto::{self, ClientFrame, client_frame, server_frame::Frame, session_ended::Reason};
+use crate::proto::{self, ClientFrame, server_frame::Frame, session_ended::Reason};
 use crate::store::{PutRoute, Route, StoredMessage, message_at};
-use crate::wire;
 
 /// How many messages one inbox read returns.
 const PAGE: usize = 256;
@@ -69,6 +69,7 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
         gate: SendGate::new(),
         // Grows as pushes come: an idle device holds none.
         sent: std::collections::VecDeque::new(),
+        groups: Groups::default(),
     };
     let body = async {
         // A session told to stop before it started (drain) skips straight to saying so.
@@ -88,6 +89,7 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
     if let Some(up_to) = s.acks.take() {
         s.store_ack(up_to).await;
     }
+    s.groups.store_acks(&node, &user, &device).await;
     if let Err(end) = result {
         end.tell(&mut out, &user, &device).await;
     }
@@ -102,23 +104,25 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
     debug!(%user, %device, %session_id, "session ended");
 }
 
-struct Session {
-    node: Arc<Node>,
-    user: String,
-    device: String,
+pub(super) struct Session {
+    pub(super) node: Arc<Node>,
+    pub(super) user: String,
+    pub(super) device: String,
     /// This session's route (its Hello time orders it against other sessions of the device).
-    route: Route,
+    pub(super) route: Route,
     /// The next seq this device must receive.
-    next: u64,
+    pub(super) next: u64,
     /// The last inbox read was a full page: read on.
-    more: bool,
+    pub(super) more: bool,
     /// When a failed inbox read is to be retried.
-    retry_at: Option<tokio::time::Instant>,
-    acks: AckMerge,
-    gate: SendGate,
+    pub(super) retry_at: Option<tokio::time::Instant>,
+    pub(super) acks: AckMerge,
+    pub(super) gate: SendGate,
     /// (seq, msg_id) of the last messages pushed, to tell a retry's push from a seq that a
     /// rolled-back store gave out again.
-    sent: std::collections::VecDeque<(u64, String)>,
+    pub(super) sent: std::collections::VecDeque<(u64, String)>,
+    /// Broadcast groups: their order and catch-up.
+    pub(super) groups: Groups,
 }
 
 impl Session {
@@ -160,6 +164,8 @@ impl Session {
         if first_seq > cursor + 1 {
             debug!(user = %self.user, device = %self.device, cursor, first_seq, "gone before delivered");
         }
+        let (groups, moved) = Groups::start(&node, &self.user, &self.device).await?;
+        self.groups = groups;
         out.send(Frame::Welcome(proto::Welcome {
             session_id: self.route.session_id.clone(),
             node_id: node.id().to_string(),
@@ -169,6 +175,7 @@ impl Session {
             resume_from: cursor,
             inbox_epoch: epoch,
             first_seq,
+            moved,
         }))
         .await?;
         self.more = page.len() == PAGE;
@@ -199,6 +206,7 @@ impl Session {
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let (retry, ack_due) = (self.retry_at, self.acks.due());
+            let group_acks_due = self.groups.ack_due();
             tokio::select! {
                 biased;
                 _ = feed.stop.changed() => {
@@ -212,20 +220,31 @@ impl Session {
                     Err(status) => return Err(End::Status(status)),
                 },
                 Some(msg) = feed.messages.recv() => self.on_live(msg, out).await?,
-                _ = feed.lag.wait() => self.fill(out).await?,
-                _ = sleep_until(retry), if retry.is_some() => self.fill(out).await?,
+                _ = feed.lag.wait() => {
+                    self.groups.check_all();
+                    self.fill(out).await?
+                }
+                _ = sleep_until(retry), if retry.is_some() => {
+                    self.groups.check_all();
+                    self.fill(out).await?
+                }
                 _ = sleep_until(ack_due), if ack_due.is_some() => {
                     if let Some(up_to) = self.acks.expire() {
                         self.store_ack(up_to).await;
                     }
                 }
+                _ = sleep_until(group_acks_due), if group_acks_due.is_some() => {
+                    self.groups.store_acks(&self.node, &self.user, &self.device).await;
+                }
                 _ = refresh.tick() => {
                     if !self.refresh_route().await {
                         return self.stop(Some(Stop::Kicked(REPLACED.into())), out).await;
                     }
+                    self.groups.check_all();
                     self.catch_up(out).await?;
                 }
                 () = std::future::ready(()), if self.more => self.fill(out).await?,
+                () = std::future::ready(()), if self.groups.behind() => self.fill_groups(out).await?,
             }
         }
     }
@@ -270,6 +289,17 @@ impl Session {
     }
 
     async fn on_live(&mut self, msg: Arc<StoredMessage>, out: &mut Outbound) -> Result<(), End> {
+        if msg.seq == 0 {
+            let (node, user, device) = (&self.node, &self.user, &self.device);
+            return match self.groups.on_push(node, user, device, msg).await {
+                Ok(Some(m)) => Ok(out.send(Frame::Message(m.into())).await?),
+                Ok(None) => Ok(()),
+                Err(e) => {
+                    self.group_read_failed(e);
+                    Ok(())
+                }
+            };
+        }
         if msg.seq < self.next {
             // Sent already, or a seq given out again by a rolled-back store.
             if self.sent.iter().any(|(seq, id)| *seq == msg.seq && *id != msg.msg_id) {
@@ -315,58 +345,23 @@ impl Session {
         Ok(())
     }
 
-    async fn on_frame(&mut self, frame: ClientFrame, out: &mut Outbound) -> Result<(), End> {
-        match frame.frame {
-            Some(client_frame::Frame::Send(m)) => {
-                // Acks sent before this message are stored before it.
-                if let Some(up_to) = self.acks.take() {
-                    self.store_ack(up_to).await;
+    /// Sends one page of a broadcast group's log this device is behind in.
+    async fn fill_groups(&mut self, out: &mut Outbound) -> Result<(), End> {
+        match self.groups.fill(&self.node, &self.user).await {
+            Ok(page) => {
+                for m in page {
+                    out.send(Frame::Message(m.into())).await?;
                 }
-                let reply = self.send(m).await;
-                out.send(reply).await?;
-                Ok(())
             }
-            Some(client_frame::Frame::Ack(a)) => self.ack(a.up_to).await,
-            Some(client_frame::Frame::Hello(_)) => Err(End::Status(Status::failed_precondition(
-                "Hello was already sent on this stream",
-            ))),
-            None => Err(End::Status(Status::invalid_argument("empty ClientFrame"))),
-        }
-    }
-
-    /// Stores one message if the gate lets it through; the frame to answer with.
-    async fn send(&mut self, m: proto::SendMessage) -> Frame {
-        let id = m.client_msg_id.clone();
-        let result = match self.gate.admit(&id) {
-            Ok(()) => {
-                self.node.send(&self.user, &self.device, m.into()).await.map_err(Status::from)
-            }
-            Err(refused) => Err(refused),
-        };
-        self.gate.settle(&id, result.as_ref().err());
-        wire::send_reply(id, result)
-    }
-
-    async fn ack(&mut self, up_to: u64) -> Result<(), End> {
-        let delivered = self.next - 1;
-        if up_to > delivered {
-            return Err(End::Status(Status::invalid_argument(format!(
-                "Ack up_to {up_to} is beyond the last seq delivered on this stream ({delivered})"
-            ))));
-        }
-        if let Some(up_to) = self.acks.receive(up_to) {
-            self.store_ack(up_to).await;
-            self.acks.open_window(tokio::time::Instant::now());
+            Err(e) => self.group_read_failed(e),
         }
         Ok(())
     }
 
-    /// Stores the device's cursor. A failed store is retried by the next ack.
-    async fn store_ack(&mut self, up_to: u64) {
-        match self.node.inbox().ack(&self.user, &self.device, up_to).await {
-            Ok(cursor) => self.acks.set_stored(cursor),
-            Err(e) => warn!(user = %self.user, error = %e, "ack not stored"),
-        }
+    /// A failed read for a broadcast group: the groups are read again at the next retry.
+    fn group_read_failed(&mut self, e: crate::store::StoreError) {
+        warn!(user = %self.user, error = %e, "group read failed; will retry");
+        self.retry_at = Some(tokio::time::Instant::now() + RETRY);
     }
 }
 

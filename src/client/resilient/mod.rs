@@ -53,7 +53,8 @@ impl Config {
 /// What the application sees.
 #[derive(Debug, Clone)]
 pub enum ClientEvent {
-    /// A new message (each seq once, in order).
+    /// A new message (each seq once, in order; a broadcast group's, seq 0, each conversation
+    /// seq once, in its conversation's order).
     Message(proto::Message),
     /// A stream is up (again), on this node.
     Connected { node_id: String, endpoint: String },
@@ -71,8 +72,13 @@ pub enum ClientEvent {
 
 /// What a [`Handle`] asks of the supervisor task.
 enum Cmd {
-    Send { msg: proto::SendMessage, reply: oneshot::Sender<Result<proto::SendAck, ClientError>> },
+    Send {
+        msg: proto::SendMessage,
+        reply: oneshot::Sender<Result<proto::SendAck, ClientError>>,
+    },
     Ack(u64),
+    /// A broadcast group's messages up to this conversation seq.
+    AckConversation(String, u64),
     Retry(String),
     Flush(oneshot::Sender<()>),
 }
@@ -118,6 +124,16 @@ impl Handle {
     /// Marks everything up to `seq` as processed by the application.
     pub async fn ack(&self, seq: u64) -> Result<(), ClientError> {
         self.cmds.send(Cmd::Ack(seq)).await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Marks `m` (and what came before it) as processed: by inbox seq, or by conversation seq
+    /// for a broadcast group's message (seq 0).
+    pub async fn ack_message(&self, m: &proto::Message) -> Result<(), ClientError> {
+        let cmd = match m.seq {
+            0 => Cmd::AckConversation(m.conversation.clone(), m.conv_seq),
+            seq => Cmd::Ack(seq),
+        };
+        self.cmds.send(cmd).await.map_err(|_| ClientError::Closed)
     }
 
     /// Waits until every earlier command's frames were handed to the transport (e.g. before

@@ -1,7 +1,7 @@
 //! The task behind a resilient [`super::Client`]: connects through the gateways in turn with
 //! backoff, resumes after what the application acked, re-sends unacked messages in order with
 //! their client_msg_id, and hands messages to the application once each, in seq order.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -46,6 +46,10 @@ pub(super) struct Supervisor {
     /// msg_id of each message handed to the application above `acked`, and of `acked` itself:
     /// Hello names it so that a rolled-back inbox is noticed.
     ids: std::collections::BTreeMap<u64, String>,
+    /// Broadcast groups: the highest conversation seq handed to the application, and acked by
+    /// it, per conversation.
+    conv_delivered: HashMap<String, u64>,
+    conv_acked: HashMap<String, u64>,
     /// Unacked sends in submission order (key: order number), with their client_msg_id.
     pending: BTreeMap<u64, (String, Outgoing)>,
     next_order: u64,
@@ -71,6 +75,8 @@ impl Supervisor {
             events,
             retry,
             pending: BTreeMap::new(),
+            conv_delivered: HashMap::new(),
+            conv_acked: HashMap::new(),
             next_order: 0,
             overflow: std::collections::VecDeque::new(),
             backoff,
@@ -118,6 +124,13 @@ impl Supervisor {
         self.ids = kept;
     }
 
+    /// The application processed a broadcast group's messages up to `seq`.
+    fn ack_conversation(&mut self, conv: String, seq: u64) -> u64 {
+        let acked = self.conv_acked.entry(conv).or_default();
+        *acked = (*acked).max(seq);
+        *acked
+    }
+
     /// Full jitter over an exponential backoff.
     fn next_backoff(&mut self) -> Duration {
         let current = self.backoff;
@@ -129,6 +142,9 @@ impl Supervisor {
         match cmd {
             Cmd::Send { msg, reply } => self.queue(msg, reply),
             Cmd::Ack(seq) => self.ack(seq),
+            Cmd::AckConversation(conv, seq) => {
+                self.ack_conversation(conv, seq);
+            }
             Cmd::Retry(_) => {} // re-sent on reconnect anyway
             Cmd::Flush(done) => {
                 let _ = done.send(());
@@ -197,6 +213,8 @@ impl Supervisor {
         // Acks go out only up to what this stream has delivered (the server refuses more).
         let mut stream_max = session.welcome.resume_from;
         let mut ack_sent = session.welcome.resume_from;
+        // Broadcast groups: the last conversation seq this stream sent of each.
+        let mut stream_convs: HashMap<String, u64> = HashMap::new();
         loop {
             let target = self.acked.min(stream_max);
             if target > ack_sent {
@@ -218,6 +236,14 @@ impl Supervisor {
                         }
                     }
                     Some(Cmd::Ack(seq)) => self.ack(seq),
+                    Some(Cmd::AckConversation(conv, seq)) => {
+                        // Only up to what this stream sent (the server refuses more).
+                        let sent = stream_convs.get(&conv).copied().unwrap_or(0);
+                        let up_to = self.ack_conversation(conv.clone(), seq).min(sent);
+                        if up_to > 0 {
+                            let _ = sender.ack_conversation(&conv, up_to).await;
+                        }
+                    }
                     Some(Cmd::Flush(done)) => {
                         sender.flushed().await;
                         let _ = done.send(());
@@ -242,6 +268,18 @@ impl Supervisor {
                     Err(_) => return Ended::Stop,
                 },
                 event = session.next_event() => match event {
+                    Some(Event::Message(m)) if m.seq == 0 => {
+                        let conv = m.conversation.clone();
+                        stream_convs.insert(conv.clone(), m.conv_seq);
+                        let got = self.conv_delivered.entry(conv.clone()).or_default();
+                        if m.conv_seq > *got {
+                            *got = m.conv_seq;
+                            self.forward(m);
+                        } else if self.conv_acked.get(&conv).is_some_and(|a| *a >= m.conv_seq) {
+                            // Sent again because the server's cursor lags ours: move it.
+                            let _ = sender.ack_conversation(&conv, m.conv_seq).await;
+                        }
+                    }
                     Some(Event::Message(m)) => {
                         stream_max = stream_max.max(m.seq);
                         if m.seq > self.delivered {

@@ -1,8 +1,9 @@
 //! The append's two halves on one user's state: the recipient's copy (dedup, the inbox's
-//! bounds) and the sender's copy for their other devices.
+//! bounds) and the sender's copy for their other devices; and a group member's copy.
 use std::time::Instant;
 
 use super::{DEDUP_MAX, DedupEntry, MemoryStore, UserState, WINDOW};
+use crate::store::groups::Delivered;
 use crate::store::{NewMessage, Route, SenderCopy, StoreError, StoredMessage};
 
 /// What [`MemoryStore::take`] did with a message.
@@ -95,5 +96,25 @@ impl MemoryStore {
         }
         let (message, routes) = u.append_if_room(message, self.opts.inbox_max, now)?;
         Some(SenderCopy { message, routes })
+    }
+}
+
+impl MemoryStore {
+    /// `m` in `user`'s inbox: always for a member who did not send it, for the sender only when
+    /// they have another device; never into a full inbox.
+    pub(super) fn member_copy(
+        &self,
+        u: &mut UserState,
+        user: &str,
+        m: &StoredMessage,
+        origin_device: &str,
+        now: Instant,
+    ) -> Option<Delivered> {
+        u.expire(&self.opts, now);
+        if m.from == user && !u.has_other_device(origin_device) {
+            return None;
+        }
+        let (message, routes) = u.append_if_room(m, self.opts.inbox_max, now)?;
+        Some(Delivered { user: user.to_string(), message, routes })
     }
 }

@@ -7,9 +7,10 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
-use super::{MemoryStore, UserState};
+use super::MemoryStore;
 use crate::store::groups::{
-    Changed, Delivered, EventKind, GroupChange, GroupEvent, GroupInfo, Groups, Logged, Member, Role,
+    Changed, Delivered, EventKind, GroupChange, GroupEvent, GroupInfo, Groups, Limits, Logged,
+    Member, Position, Role,
 };
 use crate::store::{NewMessage, StoreError, StoredMessage};
 
@@ -20,7 +21,11 @@ pub(super) struct GroupState {
     owner: String,
     created_at: i64,
     history_for_new_members: bool,
-    members: BTreeMap<String, (Role, u64)>,
+    pub(super) members: BTreeMap<String, (Role, u64)>,
+    /// 0, or the conversation seq from which the group broadcasts.
+    pub(super) broadcast_from: u64,
+    /// The membership version: one more with every change.
+    pub(super) version: i64,
 }
 
 impl GroupState {
@@ -32,6 +37,32 @@ impl GroupState {
             created_at: self.created_at,
             history_for_new_members: self.history_for_new_members,
             member_count: self.members.len() as u32,
+            broadcast_from: self.broadcast_from,
+        }
+    }
+
+    /// After a change or a message at `cseq`: a group past `fanout` members broadcasts from it.
+    fn outgrow(&mut self, cseq: u64, fanout: u32) {
+        if self.broadcast_from == 0 && self.members.len() > fanout as usize {
+            self.broadcast_from = cseq;
+        }
+    }
+
+    /// The members, unless the group broadcasts (nothing is written per member then).
+    fn members_to_write(&self) -> Vec<String> {
+        match self.broadcast_from {
+            0 => self.members.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn unchanged(&self) -> Changed {
+        Changed {
+            event: None,
+            members: self.members_to_write(),
+            removed: Vec::new(),
+            broadcast_from: self.broadcast_from,
+            version: self.version,
         }
     }
 }
@@ -48,8 +79,9 @@ impl Groups for MemoryStore {
         &self,
         event: NewMessage,
         change: GroupChange,
-        max_members: u32,
+        limits: Limits,
     ) -> Result<Changed, StoreError> {
+        let max_members = limits.max_members;
         let mut convs = self.conv_shard(&event.conversation);
         let log = convs.entry(event.conversation.clone()).or_default();
         log.expire(&self.opts);
@@ -79,6 +111,8 @@ impl Groups for MemoryStore {
                     created_at: event.sent_at,
                     history_for_new_members,
                     members,
+                    broadcast_from: 0,
+                    version: 0,
                 });
                 // The event names no one (see `group.lua`).
                 (EventKind::Created, Vec::new(), name)
@@ -101,8 +135,7 @@ impl Groups for MemoryStore {
                             .filter(|u| !group.members.contains_key(u))
                             .collect();
                         if new.is_empty() {
-                            let members = group.members.keys().cloned().collect();
-                            return Ok(Changed { event: None, members, removed: Vec::new() });
+                            return Ok(group.unchanged());
                         }
                         if group.members.len() + new.len() > max {
                             return Err(StoreError::GroupFull { max: max_members });
@@ -127,8 +160,7 @@ impl Groups for MemoryStore {
                             }
                         }
                         if gone.is_empty() {
-                            let members = group.members.keys().cloned().collect();
-                            return Ok(Changed { event: None, members, removed: Vec::new() });
+                            return Ok(group.unchanged());
                         }
                         for u in &gone {
                             group.members.remove(u);
@@ -175,8 +207,26 @@ impl Groups for MemoryStore {
             ..StoredMessage::default()
         };
         log.push(message.clone(), &self.opts);
-        let members = log.group.as_ref().map(|g| g.members.keys().cloned().collect());
-        Ok(Changed { event: Some(message), members: members.unwrap_or_default(), removed })
+        let group = log.group.as_mut().ok_or(StoreError::NotMember)?;
+        group.version += 1;
+        group.outgrow(cseq, limits.fanout);
+        let joined: Vec<String> = match kind {
+            EventKind::Created => group.members.keys().cloned().collect(),
+            EventKind::Joined => {
+                message.event.as_ref().map(|e| e.users.clone()).unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
+        // Conversation, then user: the lock order of every delivery.
+        self.index_members(&message.conversation, &joined, true);
+        self.index_members(&message.conversation, &removed, false);
+        Ok(Changed {
+            members: group.members_to_write(),
+            broadcast_from: group.broadcast_from,
+            version: group.version,
+            event: Some(message),
+            removed,
+        })
     }
 
     async fn group(&self, group: &str) -> Result<Option<GroupInfo>, StoreError> {
@@ -220,14 +270,14 @@ impl Groups for MemoryStore {
         }))
     }
 
-    async fn log_group_message(&self, msg: NewMessage) -> Result<Logged, StoreError> {
+    async fn log_group_message(&self, msg: NewMessage, fanout: u32) -> Result<Logged, StoreError> {
         let now = Instant::now();
         let mut convs = self.conv_shard(&msg.conversation);
         let log = convs.get_mut(&msg.conversation).ok_or(StoreError::NotMember)?;
         log.expire(&self.opts);
-        let members = match &log.group {
+        let (members, version) = match &log.group {
             Some(g) if g.members.contains_key(&msg.from) => {
-                Arc::new(g.members.keys().cloned().collect::<Vec<_>>())
+                (Arc::new(g.members.keys().cloned().collect::<Vec<_>>()), g.version)
             }
             _ => return Err(StoreError::NotMember),
         };
@@ -246,12 +296,16 @@ impl Groups for MemoryStore {
             message.conv_seq = conv_seq;
             message.msg_id = msg_id;
             message.sent_at = sent_at;
-            return Ok(Logged { message, duplicate: true, members });
+            let broadcast_from = log.group.as_ref().map_or(0, |g| g.broadcast_from);
+            return Ok(Logged { message, duplicate: true, members, broadcast_from, version });
         }
         message.conv_seq = log.next_seq();
         log.remember(&message, now + self.opts.dedup_ttl);
         log.push(message.clone(), &self.opts);
-        Ok(Logged { message, duplicate: false, members })
+        let group = log.group.as_mut().ok_or(StoreError::NotMember)?;
+        group.outgrow(message.conv_seq, fanout);
+        let broadcast_from = group.broadcast_from;
+        Ok(Logged { message, duplicate: false, members, broadcast_from, version })
     }
 
     async fn deliver_group(
@@ -298,24 +352,31 @@ impl Groups for MemoryStore {
         }
         Ok(out)
     }
-}
 
-impl MemoryStore {
-    /// `m` in `user`'s inbox: always for a member who did not send it, for the sender only when
-    /// they have another device; never into a full inbox.
-    fn member_copy(
+    async fn member_list(&self, group: &str) -> Result<(i64, Arc<Vec<String>>), StoreError> {
+        Ok(self.member_list_of(group))
+    }
+
+    async fn user_groups(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self.with_user(user, |u| u.groups.iter().cloned().collect()))
+    }
+
+    async fn position(
         &self,
-        u: &mut UserState,
         user: &str,
-        m: &StoredMessage,
-        origin_device: &str,
-        now: Instant,
-    ) -> Option<Delivered> {
-        u.expire(&self.opts, now);
-        if m.from == user && !u.has_other_device(origin_device) {
-            return None;
-        }
-        let (message, routes) = u.append_if_room(m, self.opts.inbox_max, now)?;
-        Some(Delivered { user: user.to_string(), message, routes })
+        device: &str,
+        group: &str,
+    ) -> Result<Option<Position>, StoreError> {
+        Ok(self.position_in(user, device, group))
+    }
+
+    async fn ack_groups(
+        &self,
+        user: &str,
+        device: &str,
+        cursors: &[(String, u64)],
+    ) -> Result<(), StoreError> {
+        self.ack_groups_of(user, device, cursors);
+        Ok(())
     }
 }

@@ -16,6 +16,7 @@ use super::{
 use crate::auth::unix_ms;
 
 mod append;
+mod broadcast;
 mod groups;
 mod log;
 mod routes;
@@ -62,6 +63,10 @@ struct UserState {
     /// Conversation → the last conversation seq of a group that reached this inbox (see
     /// `groups`); losing it (a swept user) only drops a gap check.
     conv_cursors: HashMap<String, u64>,
+    /// The groups the user was put in (see `broadcast`).
+    groups: std::collections::HashSet<String>,
+    /// (device, broadcast group) → the conversation seq the device acked.
+    group_cursors: HashMap<(String, String), u64>,
     /// (from, client_msg_id) → seq of the stored copy.
     dedup: HashMap<(String, String), DedupEntry>,
     /// Dedup keys in expiry order, for cheap expiry.
@@ -210,7 +215,8 @@ impl MemoryStore {
                     && u.revoked.is_empty()
                     && u.last_seen.is_none()
                     && u.devices.is_empty()
-                    && u.cursors.is_empty())
+                    && u.cursors.is_empty()
+                    && u.groups.is_empty())
             });
         }
         for shard in &self.convs {

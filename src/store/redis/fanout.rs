@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 use super::values::{logged_message, now_ms, parse_stored};
 use super::{Conn, RedisStore};
 use crate::ids::Conversation;
-use crate::store::groups::Groups;
+use crate::store::groups::{Groups, broadcasts};
 use crate::store::{NewMessage, StoreError};
 
 /// How old a marker must be before another node takes it over: longer than any delivery that
@@ -193,14 +193,28 @@ impl RedisStore {
     }
 
     /// Delivers the newest message of `group`'s log to its current members (each brought up to
-    /// it from their cursor).
+    /// it from their cursor). A broadcast group writes nothing per member for its messages:
+    /// its members' group lists are made whole instead (the event that changed them may be the
+    /// one cut short), and the last message delivered into inboxes (before it broadcast) is
+    /// delivered, in case that was the one.
     async fn redeliver_newest(&self, group: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let reply: StreamRangeReply =
             conn.xrevrange_count(self.key("log", group), "+", "-", 1).await?;
         let Some(entry) = reply.ids.into_iter().next() else { return Ok(()) };
-        let newest = logged_message(entry, group)?;
+        let mut newest = logged_message(entry, group)?;
         let members: Vec<String> = conn.hkeys(self.key("members", group)).await?;
+        let bcast: Option<u64> = conn.hget(self.key("group", group), "bcast").await?;
+        let bcast = bcast.unwrap_or(0);
+        if broadcasts(bcast, newest.conv_seq) {
+            self.index_members(group, &members, true).await?;
+            let at = format!("0-{}", bcast - 1);
+            let before: StreamRangeReply = conn.xrange(self.key("log", group), &at, &at).await?;
+            match before.ids.into_iter().next() {
+                Some(entry) => newest = logged_message(entry, group)?,
+                None => return Ok(()),
+            }
+        }
         self.deliver_group(&newest, "", &members).await?;
         Ok(())
     }

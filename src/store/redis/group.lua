@@ -5,19 +5,23 @@
 --       role|joined conversation seq), 3 the conversation log
 -- ARGV: as message.lua says, for one message (the event: from = the actor; its group name
 --       field the new name for create and rename, the role for role); then op (create, add,
---       remove, leave, rename, role), most members, history for new members (1/0), then the
---       users (role: the one user).
--- Returns { code, event conversation seq (0: nothing changed), members after the change,
---   users removed, the event's kind, the users it names (space-separated) }; code 0 done, 5 no such group or the actor is not in it, 6 the actor's
---   role does not allow it, 7 over the member limit, 8 the group exists, 9 an owner may not
---   leave.
+--       remove, leave, rename, role), most members, history for new members (1/0), the
+--       fan-out limit, then the users (role: the one user).
+-- Returns { code, event conversation seq (0: nothing changed), members after the change (none
+--   once the group broadcasts),
+--   users removed, the event's kind, the users it names (space-separated), the seq the group
+--   broadcasts from (0: it does not), the membership version }; code 0 done, 5 no such group or
+--   the actor is not in it, 6 the actor's role does not allow it, 7 over the member limit, 8 the
+--   group exists, 9 an owner may not leave. A group left with more members than the fan-out
+--   limit broadcasts from this event on, for good.
 
 local group, members, log = KEYS[1], KEYS[2], KEYS[3]
 local m = message(1)
 local a = ARGS_BEFORE + ARGS_EACH
 local op, most, history = ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3]
+local fanout = tonumber(ARGV[a + 4])
 local users, seen = {}, {}
-for i = a + 4, #ARGV do
+for i = a + 5, #ARGV do
   if not seen[ARGV[i]] and ARGV[i] ~= m.from then
     seen[ARGV[i]] = true
     users[#users + 1] = ARGV[i]
@@ -29,9 +33,25 @@ local function role(user)
   return v and string.match(v, '^(%a+)')
 end
 
+local function bcast()
+  return tonumber(redis.call('HGET', group, 'bcast') or '0')
+end
+
 local function done(cseq, removed)
-  redis.call('HINCRBY', group, 'ver', 1)
-  return { 0, cseq, redis.call('HKEYS', members), removed, m.ev, m.evusers }
+  local ver = redis.call('HINCRBY', group, 'ver', 1)
+  if bcast() == 0 and redis.call('HLEN', members) > fanout then
+    redis.call('HSET', group, 'bcast', cseq)
+  end
+  -- A broadcast group's members are not sent back: nothing is written per member.
+  local list = {}
+  if bcast() == 0 then
+    list = redis.call('HKEYS', members)
+  end
+  return { 0, cseq, list, removed, m.ev, m.evusers, bcast(), ver }
+end
+
+local function refuse(code)
+  return { code, 0, {}, {}, 0, '', 0, 0 }
 end
 
 local function log_event(kind, who)
@@ -43,10 +63,10 @@ end
 
 if op == 'create' then
   if redis.call('EXISTS', group) == 1 then
-    return { 8, 0, {}, {}, 0, '' }
+    return refuse(8)
   end
   if #users + 1 > most then
-    return { 7, 0, {}, {}, 0, '' }
+    return refuse(7)
   end
   redis.call('HSET', group, 'name', m.evname, 'owner', m.from, 'created_at', m.sent_at,
     'history', history, 'ver', 0)
@@ -62,18 +82,18 @@ end
 
 local mine = role(m.from)
 if not mine or redis.call('EXISTS', group) == 0 then
-  return { 5, 0, {}, {}, 0, '' }
+  return refuse(5)
 end
 if op == 'leave' then
   if mine == 'owner' then
-    return { 9, 0, {}, {}, 0, '' }
+    return refuse(9)
   end
   local cseq = log_event(EVENT_LEFT, { m.from })
   redis.call('HDEL', members, m.from)
   return done(cseq, { m.from })
 end
 if mine ~= 'owner' and mine ~= 'admin' then
-  return { 6, 0, {}, {}, 0, '' }
+  return refuse(6)
 end
 if op == 'rename' then
   redis.call('HSET', group, 'name', m.evname)
@@ -82,11 +102,11 @@ end
 if op == 'role' then
   local user = users[1]
   if mine ~= 'owner' then
-    return { 6, 0, {}, {}, 0, '' }
+    return refuse(6)
   end
   local theirs = user and redis.call('HGET', members, user)
   if not theirs then
-    return { 5, 0, {}, {}, 0, '' }
+    return refuse(5)
   end
   local cseq = log_event(EVENT_ROLE_CHANGED, { user })
   if m.evname == 'owner' then
@@ -105,17 +125,18 @@ for _, u in ipairs(users) do
   elseif op == 'remove' and theirs then
     -- The owner stays; an admin removes plain members only.
     if theirs == 'owner' or (mine == 'admin' and theirs ~= 'member') then
-      return { 6, 0, {}, {}, 0, '' }
+      return refuse(6)
     end
     changing[#changing + 1] = u
   end
 end
 if #changing == 0 then
-  return { 0, 0, redis.call('HKEYS', members), {}, 0, '' }
+  return { 0, 0, redis.call('HKEYS', members), {}, 0, '', bcast(),
+    tonumber(redis.call('HGET', group, 'ver')) }
 end
 if op == 'add' then
   if redis.call('HLEN', members) + #changing > most then
-    return { 7, 0, {}, {}, 0, '' }
+    return refuse(7)
   end
   local cseq = log_event(EVENT_JOINED, changing)
   for _, u in ipairs(changing) do

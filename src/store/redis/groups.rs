@@ -7,7 +7,7 @@
 //! A node keeps each group's member list with its version, so logging a message
 //! (`glog.lua`) sends the list back only after a change.
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use redis::streams::StreamRangeReply;
@@ -17,7 +17,8 @@ use super::RedisStore;
 use super::messages::{MessageArgs, invocation};
 use super::values::{Stored, bad, live_routes, logged_message, now_ms, parse_stored};
 use crate::store::groups::{
-    Changed, Delivered, EventKind, GroupChange, GroupEvent, GroupInfo, Groups, Logged, Member, Role,
+    Changed, Delivered, EventKind, GroupChange, GroupEvent, GroupInfo, Groups, Limits, Logged,
+    Member, Position, Role,
 };
 use crate::store::{NewMessage, StoreError, StoredMessage};
 
@@ -28,35 +29,16 @@ const DELIVERIES_IN_FLIGHT: usize = 8;
 /// Times a member's delivery is retried after filling a gap (another node's message of the
 /// group raced it); each fill brings the member up to the message.
 const GAP_ROUNDS: usize = 3;
-/// Groups whose member lists a node keeps; past it the cache starts again.
-const CACHED_GROUPS: usize = 10_000;
 
 pub(super) struct GroupScripts {
     pub(super) change: Script,
     pub(super) log: Script,
     pub(super) deliver: Script,
+    pub(super) cursors: Script,
 }
 
-/// A group's members as last seen, with the membership version they are of.
-type Versioned = (i64, Arc<Vec<String>>);
-
-/// Member lists by group, with their membership version.
-#[derive(Default)]
-pub(super) struct MemberCache(Mutex<HashMap<String, Versioned>>);
-
-impl MemberCache {
-    fn get(&self, group: &str) -> Option<Versioned> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(group).cloned()
-    }
-
-    fn put(&self, group: &str, version: i64, members: Arc<Vec<String>>) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= CACHED_GROUPS {
-            map.clear();
-        }
-        map.insert(group.to_string(), (version, members));
-    }
-}
+/// `group.lua`'s reply.
+type Reply = (i64, u64, Vec<String>, Vec<String>, i64, String, u64, i64);
 
 /// The arguments (`message.lua`) of a stored message sent from `origin`.
 fn stored_args(inv: &mut ScriptInvocation<'_>, m: &StoredMessage, origin: &str) {
@@ -147,8 +129,9 @@ impl Groups for RedisStore {
         &self,
         event: NewMessage,
         change: GroupChange,
-        max_members: u32,
+        limits: Limits,
     ) -> Result<Changed, StoreError> {
+        let max_members = limits.max_members;
         let conv = event.conversation.clone();
         let (op, users, name, history) = match change {
             GroupChange::Create { name, members, history_for_new_members } => {
@@ -177,18 +160,12 @@ impl Groups for RedisStore {
             .key(self.key("members", &conv))
             .key(self.key("log", &conv));
         stored_args(&mut inv, &message, "");
-        inv.arg(op).arg(max_members).arg(u8::from(history));
+        inv.arg(op).arg(max_members).arg(u8::from(history)).arg(limits.fanout);
         for u in &users {
             inv.arg(u);
         }
-        let (code, cseq, members, removed, kind, evusers): (
-            i64,
-            u64,
-            Vec<String>,
-            Vec<String>,
-            i64,
-            String,
-        ) = inv.invoke_async(&mut self.conn.clone()).await?;
+        let (code, cseq, members, removed, kind, evusers, broadcast_from, version): Reply =
+            inv.invoke_async(&mut self.conn.clone()).await?;
         if code != 0 || cseq == 0 {
             // Nothing was logged: nothing to deliver.
             self.fanout_mark(&conv, &message.from, &message.client_msg_id, false).await?;
@@ -197,14 +174,28 @@ impl Groups for RedisStore {
             return Err(refused(code, max_members));
         }
         if cseq == 0 {
-            return Ok(Changed { event: None, members, removed });
+            return Ok(Changed { event: None, members, removed, broadcast_from, version });
         }
         message.conv_seq = cseq;
+        let mut joined = Vec::new();
         if let Some(e) = message.event.as_mut() {
             e.kind = EventKind::from_number(kind).ok_or(bad("event kind"))?;
             e.users = evusers.split(' ').filter(|u| !u.is_empty()).map(String::from).collect();
+            joined = match e.kind {
+                EventKind::Created => {
+                    let mut all = users.clone();
+                    all.push(message.from.clone());
+                    all
+                }
+                EventKind::Joined => e.users.clone(),
+                _ => Vec::new(),
+            };
         }
-        Ok(Changed { event: Some(message), members, removed })
+        // The members' group lists, for their sessions to find broadcast groups (a crash in
+        // between is completed by the fan-out sweep, which this event's marker is still in).
+        self.index_members(&conv, &joined, true).await?;
+        self.index_members(&conv, &removed, false).await?;
+        Ok(Changed { event: Some(message), members, removed, broadcast_from, version })
     }
 
     async fn group(&self, group: &str) -> Result<Option<GroupInfo>, StoreError> {
@@ -222,6 +213,7 @@ impl Groups for RedisStore {
             created_at: get("created_at").parse().unwrap_or(0),
             history_for_new_members: get("history") == "1",
             member_count: count,
+            broadcast_from: get("bcast").parse().unwrap_or(0),
         }))
     }
 
@@ -245,7 +237,7 @@ impl Groups for RedisStore {
         value.map(|v| parse_member(user.to_string(), &v)).transpose()
     }
 
-    async fn log_group_message(&self, msg: NewMessage) -> Result<Logged, StoreError> {
+    async fn log_group_message(&self, msg: NewMessage, fanout: u32) -> Result<Logged, StoreError> {
         let conv = msg.conversation.clone();
         let cached = self.member_cache.get(&conv);
         let mut inv = self.invocation(&self.groups.log, now_ms());
@@ -263,11 +255,12 @@ impl Groups for RedisStore {
             ..StoredMessage::default()
         };
         stored_args(&mut inv, &message, &msg.origin_device);
-        inv.arg(cached.as_ref().map_or(-1, |(v, _)| *v));
+        inv.arg(fanout).arg(cached.as_ref().map_or(-1, |(v, _)| *v));
         self.fanout_mark(&conv, &message.from, &message.client_msg_id, true).await?;
-        let replies: Vec<(i64, String, i64, Vec<String>)> =
+        let replies: Vec<(i64, String, i64, Vec<String>, u64)> =
             inv.invoke_async(&mut self.conn.clone()).await?;
-        let (code, value, version, list) = replies.into_iter().next().ok_or(bad("log reply"))?;
+        let (code, value, version, list, broadcast_from) =
+            replies.into_iter().next().ok_or(bad("log reply"))?;
         if code != 0 && code != 1 {
             self.fanout_mark(&conv, &message.from, &message.client_msg_id, false).await?;
         }
@@ -286,7 +279,7 @@ impl Groups for RedisStore {
                 members
             }
         };
-        Ok(Logged { message, duplicate: code == 1, members })
+        Ok(Logged { message, duplicate: code == 1, members, broadcast_from, version })
     }
 
     async fn deliver_group(
@@ -355,6 +348,32 @@ impl Groups for RedisStore {
         self.fanout_mark(&message.conversation, &message.from, &message.client_msg_id, false)
             .await?;
         Ok(out)
+    }
+
+    async fn member_list(&self, group: &str) -> Result<(i64, Arc<Vec<String>>), StoreError> {
+        self.member_list_of(group).await
+    }
+
+    async fn user_groups(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        self.user_groups_of(user).await
+    }
+
+    async fn position(
+        &self,
+        user: &str,
+        device: &str,
+        group: &str,
+    ) -> Result<Option<Position>, StoreError> {
+        self.position_in(user, device, group).await
+    }
+
+    async fn ack_groups(
+        &self,
+        user: &str,
+        device: &str,
+        cursors: &[(String, u64)],
+    ) -> Result<(), StoreError> {
+        self.ack_groups_of(user, device, cursors).await
     }
 }
 

@@ -41,6 +41,7 @@ use redis::{AsyncCommands, RedisError, Script};
 
 use super::{Appended, HistoryPage, Inbox, NewMessage, StoreError, StoreOptions, StoredMessage};
 
+mod broadcast;
 mod cluster;
 mod conn;
 mod fanout;
@@ -53,8 +54,9 @@ mod writer;
 pub use conn::Access;
 pub use fanout::FANOUT_GRACE;
 
+use broadcast::MemberCache;
 pub use conn::Conn;
-use groups::{GroupScripts, MemberCache};
+use groups::GroupScripts;
 use messages::Scripts;
 use values::{logged_message, now_ms, stored_message};
 use writer::Writer;
@@ -185,6 +187,7 @@ impl RedisStore {
                 change: with_lib!("message.lua", "group.lua"),
                 log: with_lib!("message.lua", "glog.lua"),
                 deliver: with_lib!("message.lua", "gdeliver.lua"),
+                cursors: Script::new(include_str!("gcur.lua")),
             },
             member_cache: MemberCache::default(),
             writer_id,

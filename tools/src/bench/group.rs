@@ -101,7 +101,7 @@ async fn one(args: &BenchArgs, size: u32) -> Result<Summary, BenchError> {
                         Some(Event::Message(m)) if m.event.is_none() => {
                             received.arrived(&clock, m.body.as_bytes());
                             if received.count % 64 == 0 {
-                                let _ = sender.ack(m.seq).await;
+                                let _ = sender.ack_message(&m).await;
                             }
                         }
                         Some(_) => {}

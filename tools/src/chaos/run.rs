@@ -265,7 +265,7 @@ pub async fn record(mut client: Client, user: String, ledger: Arc<Ledger>) {
                 } else {
                     ledger.received(&user, "phone", m.seq, &m.body);
                 }
-                let _ = acker.ack(m.seq).await;
+                let _ = acker.ack_message(&m).await;
             }
             ClientEvent::Disconnected { .. } => {
                 down_since.get_or_insert_with(Instant::now);
