@@ -5,9 +5,11 @@
 //! Creating makes the caller the owner; adding and renaming need the owner or an admin,
 //! removing the owner (or an admin, for plain members), SetRole the owner; GetGroup and leaving
 //! need membership. What it costs: one
-//! script call in the group's slot, then the event appended to at most `--group-max-members`
-//! inboxes; a GetGroup reads at most that many members and answers 1000 at most; each call
-//! takes one unit of the caller's send allowance. What a hostile caller gets: NOT_FOUND for a
+//! script call in the group's slot, then the event appended to at most `--group-fanout-limit`
+//! inboxes (a larger group's event is pushed, once per node, instead), and the joined or
+//! removed users' group lists (at most 100 users a change, or the members of a new group); a
+//! GetGroup reads one page of at most 1000 members; each call takes one unit of the caller's
+//! send allowance. What a hostile caller gets: NOT_FOUND for a
 //! group they are not in (whether or not it exists), PERMISSION_DENIED for a change their role
 //! does not allow, INVALID_ARGUMENT for a malformed id or name, RESOURCE_EXHAUSTED past the
 //! member limit or their allowance.

@@ -5,10 +5,11 @@
 //! At Hello every broadcast group of the user is looked up: one the device is behind in is
 //! named in Welcome (`moved`) and read from the log after Welcome, a page per turn of the
 //! session loop. A live push is sent when it is the next of its group; an older one is
-//! dropped; a newer one (something was missed: a lost relay, a full feed) makes the group
-//! behind, so it is read from the log. Acks (`Ack.conversation`) are merged and stored at most
+//! dropped; a newer one waits up to [`REORDER_WAIT`] for the ones before it (pushes overtake
+//! each other on the way), after which (something was missed: a lost relay, a full feed) the
+//! group is read from the log. Acks (`Ack.conversation`) are merged and stored at most
 //! every [`ACK_EVERY`].
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,11 @@ const PAGE: usize = 256;
 const ACK_EVERY: Duration = Duration::from_secs(1);
 /// Groups looked up at once at Hello.
 const LOOKUPS_AT_ONCE: usize = 16;
+/// How long pushes that came ahead of an earlier one wait for it (pushes from several senders'
+/// nodes and tasks overtake each other) before the group is read from the log.
+const REORDER_WAIT: Duration = Duration::from_millis(50);
+/// Pushes held per group at most while one is awaited.
+const REORDER_MAX: usize = 64;
 
 #[derive(Debug)]
 struct Group {
@@ -36,11 +42,41 @@ struct Group {
     behind: bool,
     /// The user's membership ended at `last`: nothing more comes (acks up to it are taken).
     ended: bool,
+    /// Pushes past `last + 1`, held until it comes (or [`REORDER_WAIT`] passes).
+    waiting: BTreeMap<u64, Arc<StoredMessage>>,
+    /// Since when `waiting` waits.
+    gap_since: Option<Instant>,
 }
 
 impl Group {
     fn at(last: u64, behind: bool) -> Group {
-        Group { last, behind, ended: false }
+        Group { last, behind, ended: false, waiting: BTreeMap::new(), gap_since: None }
+    }
+
+    /// Read from the log after `last` instead of waiting for pushes.
+    fn read_log(&mut self) {
+        self.behind = !self.ended;
+        self.waiting.clear();
+        self.gap_since = None;
+    }
+
+    /// `msg` (the next one) and the held ones that follow it, up to the next gap or the end of
+    /// `user`'s membership.
+    fn take(&mut self, msg: Arc<StoredMessage>, user: &str) -> Vec<StoredMessage> {
+        let mut out = Vec::new();
+        let mut next = Some(msg);
+        while let Some(m) = next {
+            self.last = m.conv_seq;
+            self.ended = ends(&m, user);
+            out.push(Arc::unwrap_or_clone(m));
+            if self.ended {
+                self.waiting.clear();
+                break;
+            }
+            next = self.waiting.remove(&(self.last + 1));
+        }
+        self.gap_since = (!self.waiting.is_empty()).then(Instant::now);
+        out
     }
 }
 
@@ -99,17 +135,32 @@ impl Groups {
 
     /// Every group is read from the log after `last` (a push may have been lost).
     pub(super) fn check_all(&mut self) {
-        self.groups.values_mut().for_each(|g| g.behind = !g.ended);
+        self.groups.values_mut().for_each(Group::read_log);
     }
 
-    /// A live push of a broadcast group's message: the message to send now, if any.
+    /// When the longest-held pushes stop waiting for the one before them.
+    pub(super) fn gap_due(&self) -> Option<Instant> {
+        self.groups.values().filter_map(|g| g.gap_since).min().map(|t| t + REORDER_WAIT)
+    }
+
+    /// Groups whose awaited push did not come in time are read from the log.
+    pub(super) fn expire_gaps(&mut self) {
+        let now = Instant::now();
+        for g in self.groups.values_mut() {
+            if g.gap_since.is_some_and(|t| t + REORDER_WAIT <= now) {
+                g.read_log();
+            }
+        }
+    }
+
+    /// A live push of a broadcast group's message: the messages to send now, in order.
     pub(super) async fn on_push(
         &mut self,
         node: &Node,
         user: &str,
         device: &str,
         msg: Arc<StoredMessage>,
-    ) -> Result<Option<StoredMessage>, StoreError> {
+    ) -> Result<Vec<StoredMessage>, StoreError> {
         let id = &msg.conversation;
         if !self.groups.contains_key(id) {
             // A group joined (or turned broadcast) since Hello.
@@ -118,20 +169,24 @@ impl Groups {
                     self.groups.insert(id.clone(), Group::at(p.after, false));
                 }
                 // Not a member: only the event that ended their membership is theirs.
-                None => return Ok(ends(&msg, user).then(|| Arc::unwrap_or_clone(msg))),
+                None if ends(&msg, user) => return Ok(vec![Arc::unwrap_or_clone(msg)]),
+                None => return Ok(Vec::new()),
             }
         }
         let group = self.groups.get_mut(id).expect("inserted above");
         if group.ended || group.behind || msg.conv_seq <= group.last {
-            return Ok(None);
+            return Ok(Vec::new());
         }
         if msg.conv_seq > group.last + 1 {
-            group.behind = true;
-            return Ok(None);
+            if group.waiting.len() == REORDER_MAX {
+                group.read_log();
+            } else {
+                group.waiting.insert(msg.conv_seq, msg);
+                group.gap_since.get_or_insert_with(Instant::now);
+            }
+            return Ok(Vec::new());
         }
-        group.last = msg.conv_seq;
-        group.ended = ends(&msg, user);
-        Ok(Some(Arc::unwrap_or_clone(msg)))
+        Ok(group.take(msg, user))
     }
 
     /// One page of the log of a group this device is behind in: the messages to send.

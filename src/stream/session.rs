@@ -206,7 +206,7 @@ impl Session {
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let (retry, ack_due) = (self.retry_at, self.acks.due());
-            let group_acks_due = self.groups.ack_due();
+            let (group_acks_due, gap_due) = (self.groups.ack_due(), self.groups.gap_due());
             tokio::select! {
                 biased;
                 _ = feed.stop.changed() => {
@@ -233,6 +233,7 @@ impl Session {
                         self.store_ack(up_to).await;
                     }
                 }
+                _ = sleep_until(gap_due), if gap_due.is_some() => self.groups.expire_gaps(),
                 _ = sleep_until(group_acks_due), if group_acks_due.is_some() => {
                     self.groups.store_acks(&self.node, &self.user, &self.device).await;
                 }
@@ -292,8 +293,12 @@ impl Session {
         if msg.seq == 0 {
             let (node, user, device) = (&self.node, &self.user, &self.device);
             return match self.groups.on_push(node, user, device, msg).await {
-                Ok(Some(m)) => Ok(out.send(Frame::Message(m.into())).await?),
-                Ok(None) => Ok(()),
+                Ok(ready) => {
+                    for m in ready {
+                        out.send(Frame::Message(m.into())).await?;
+                    }
+                    Ok(())
+                }
                 Err(e) => {
                     self.group_read_failed(e);
                     Ok(())

@@ -2,7 +2,8 @@
 -- member limit, changes the members, and logs the change as an event message in the group's
 -- conversation, so members see it in order with the messages.
 -- KEYS: 1 group hash (name, owner, created_at, history, ver), 2 members hash (user ->
---       role|joined conversation seq), 3 the conversation log
+--       role|joined conversation seq), 3 the conversation log, 4 the members' ids (sorted set,
+--       score 0: GetGroup pages it by id)
 -- ARGV: as message.lua says, for one message (the event: from = the actor; its group name
 --       field the new name for create and rename, the role for role); then op (create, add,
 --       remove, leave, rename, role), most members, history for new members (1/0), the
@@ -15,7 +16,7 @@
 --   group exists, 9 an owner may not leave. A group left with more members than the fan-out
 --   limit broadcasts from this event on, for good.
 
-local group, members, log = KEYS[1], KEYS[2], KEYS[3]
+local group, members, log, names = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local m = message(1)
 local a = ARGS_BEFORE + ARGS_EACH
 local op, most, history = ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3]
@@ -74,8 +75,10 @@ if op == 'create' then
   -- for GetGroup to page, not for each inbox to hold.
   local cseq = log_event(EVENT_CREATED, {})
   redis.call('HSET', members, m.from, 'owner|' .. cseq)
+  redis.call('ZADD', names, 0, m.from)
   for _, u in ipairs(users) do
     redis.call('HSET', members, u, 'member|' .. cseq)
+    redis.call('ZADD', names, 0, u)
   end
   return done(cseq, {})
 end
@@ -90,6 +93,7 @@ if op == 'leave' then
   end
   local cseq = log_event(EVENT_LEFT, { m.from })
   redis.call('HDEL', members, m.from)
+  redis.call('ZREM', names, m.from)
   return done(cseq, { m.from })
 end
 if mine ~= 'owner' and mine ~= 'admin' then
@@ -141,11 +145,13 @@ if op == 'add' then
   local cseq = log_event(EVENT_JOINED, changing)
   for _, u in ipairs(changing) do
     redis.call('HSET', members, u, 'member|' .. cseq)
+    redis.call('ZADD', names, 0, u)
   end
   return done(cseq, {})
 end
 local cseq = log_event(EVENT_REMOVED, changing)
 for _, u in ipairs(changing) do
   redis.call('HDEL', members, u)
+  redis.call('ZREM', names, u)
 end
 return done(cseq, changing)

@@ -158,7 +158,8 @@ impl Groups for RedisStore {
         let mut inv = self.invocation(&self.groups.change, now_ms());
         inv.key(self.key("group", &conv))
             .key(self.key("members", &conv))
-            .key(self.key("log", &conv));
+            .key(self.key("log", &conv))
+            .key(self.key("names", &conv));
         stored_args(&mut inv, &message, "");
         inv.arg(op).arg(max_members).arg(u8::from(history)).arg(limits.fanout);
         for u in &users {
@@ -223,12 +224,28 @@ impl Groups for RedisStore {
         after: &str,
         limit: usize,
     ) -> Result<Vec<Member>, StoreError> {
-        // A group is bounded (`--group-max-members`): one read, sorted here.
-        let all: HashMap<String, String> =
-            self.conn.clone().hgetall(self.key("members", group)).await?;
-        let mut users: Vec<_> = all.into_iter().filter(|(u, _)| u.as_str() > after).collect();
-        users.sort();
-        users.into_iter().take(limit).map(|(u, v)| parse_member(u, &v)).collect()
+        // One page of the sorted ids, then their roles: a page costs its size, not the group's.
+        let mut conn = self.conn.clone();
+        let from = if after.is_empty() { "-".to_string() } else { format!("({after}") };
+        let users: Vec<String> = redis::cmd("ZRANGEBYLEX")
+            .arg(self.key("names", group))
+            .arg(from)
+            .arg("+")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut conn)
+            .await?;
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.key("members", group))
+            .arg(&users)
+            .query_async(&mut conn)
+            .await?;
+        let found = users.into_iter().zip(values);
+        found.filter_map(|(u, v)| v.map(|v| parse_member(u, &v))).collect()
     }
 
     async fn member(&self, group: &str, user: &str) -> Result<Option<Member>, StoreError> {

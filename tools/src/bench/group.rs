@@ -3,8 +3,10 @@
 //! big group's mostly do). `--pairs` of the online members send, closed loop or at `--rate` in
 //! total. Figures per size: messages stored per second, deliveries per second to the online
 //! members with their latency from send to arrival, server CPU per stored message, and the
-//! bytes Redis appended to its AOF per stored message (a group message is written into every
-//! member's inbox: that is what grows with the size). The last line is the largest size's.
+//! bytes Redis appended to its AOF per stored message (up to the node's `--group-fanout-limit`,
+//! 1,000, a group message is written into every member's inbox: that is what grows with the
+//! size; a larger group broadcasts: stored once, pushed to the members online). The last line
+//! is the largest size's.
 use std::sync::Arc;
 
 use tokio::sync::watch;
