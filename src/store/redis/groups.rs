@@ -1,12 +1,11 @@
 //! Groups in Redis. A group's keys share its conversation's hash tag `{g:<id>}`:
-//! `<p>:group:{g}` (hash: name, owner, created_at, history, ver — the membership version),
+//! `<p>:group:{g}` (hash: name, owner, created_at, history, ver — the membership version, bcast),
 //! `<p>:members:{g}` (hash: user → `role|joined conversation seq`) and its log. A member's
 //! `<p>:convs:{uid}` (hash: conversation → the last conversation seq in their inbox) makes the
 //! delivery of a group message into their inbox idempotent and ordered (`gdeliver.lua`).
 //!
 //! A node keeps each group's member list with its version, so logging a message
 //! (`glog.lua`) sends the list back only after a change.
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -18,7 +17,7 @@ use super::messages::{MessageArgs, invocation};
 use super::values::{Stored, bad, live_routes, logged_message, now_ms, parse_stored};
 use crate::store::groups::{
     Changed, Delivered, EventKind, GroupChange, GroupEvent, GroupInfo, Groups, Limits, Logged,
-    Member, Position, Role,
+    Member, Position,
 };
 use crate::store::{NewMessage, StoreError, StoredMessage};
 
@@ -66,15 +65,6 @@ fn refused(code: i64, max: u32) -> StoreError {
         9 => StoreError::OwnerMustStay,
         _ => bad("group reply"),
     }
-}
-
-fn parse_member(user: String, value: &str) -> Result<Member, StoreError> {
-    let (role, seq) = value.split_once('|').ok_or(bad("member"))?;
-    Ok(Member {
-        user,
-        role: Role::parse(role).ok_or(bad("role"))?,
-        joined_seq: seq.parse().map_err(|_| bad("joined seq"))?,
-    })
 }
 
 impl RedisStore {
@@ -200,22 +190,7 @@ impl Groups for RedisStore {
     }
 
     async fn group(&self, group: &str) -> Result<Option<GroupInfo>, StoreError> {
-        let mut conn = self.conn.clone();
-        let fields: HashMap<String, String> = conn.hgetall(self.key("group", group)).await?;
-        if fields.is_empty() {
-            return Ok(None);
-        }
-        let count: u32 = conn.hlen(self.key("members", group)).await?;
-        let get = |f: &str| fields.get(f).cloned().unwrap_or_default();
-        Ok(Some(GroupInfo {
-            id: group.to_string(),
-            name: get("name"),
-            owner: get("owner"),
-            created_at: get("created_at").parse().unwrap_or(0),
-            history_for_new_members: get("history") == "1",
-            member_count: count,
-            broadcast_from: get("bcast").parse().unwrap_or(0),
-        }))
+        self.group_info(group).await
     }
 
     async fn members(
@@ -224,34 +199,11 @@ impl Groups for RedisStore {
         after: &str,
         limit: usize,
     ) -> Result<Vec<Member>, StoreError> {
-        // One page of the sorted ids, then their roles: a page costs its size, not the group's.
-        let mut conn = self.conn.clone();
-        let from = if after.is_empty() { "-".to_string() } else { format!("({after}") };
-        let users: Vec<String> = redis::cmd("ZRANGEBYLEX")
-            .arg(self.key("names", group))
-            .arg(from)
-            .arg("+")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit)
-            .query_async(&mut conn)
-            .await?;
-        if users.is_empty() {
-            return Ok(Vec::new());
-        }
-        let values: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(self.key("members", group))
-            .arg(&users)
-            .query_async(&mut conn)
-            .await?;
-        let found = users.into_iter().zip(values);
-        found.filter_map(|(u, v)| v.map(|v| parse_member(u, &v))).collect()
+        self.members_page(group, after, limit).await
     }
 
     async fn member(&self, group: &str, user: &str) -> Result<Option<Member>, StoreError> {
-        let value: Option<String> =
-            self.conn.clone().hget(self.key("members", group), user).await?;
-        value.map(|v| parse_member(user.to_string(), &v)).transpose()
+        self.member_of(group, user).await
     }
 
     async fn log_group_message(&self, msg: NewMessage, fanout: u32) -> Result<Logged, StoreError> {

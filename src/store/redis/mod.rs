@@ -45,6 +45,7 @@ mod broadcast;
 mod cluster;
 mod conn;
 mod fanout;
+mod group_reads;
 mod groups;
 mod messages;
 mod routes;
