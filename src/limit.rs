@@ -92,6 +92,11 @@ impl SendLimits {
 
     /// Takes one send from `user`'s allowance; if none is left, how long until one is back.
     pub fn take(&self, user: &str, now: Instant) -> Result<(), Duration> {
+        self.take_n(user, 1, now)
+    }
+
+    /// Takes `n` sends at once (a call that costs as much; at most a burst), or none.
+    pub fn take_n(&self, user: &str, n: u32, now: Instant) -> Result<(), Duration> {
         if self.rate == 0 {
             return Ok(());
         }
@@ -100,7 +105,7 @@ impl SendLimits {
             Some(b) => b,
             None => shard.entry(user.to_string()).or_insert(TokenBucket::full(self.burst, now)),
         };
-        bucket.take(self.rate, self.burst, now)
+        bucket.take(f64::from(n.clamp(1, self.burst)), self.rate, self.burst, now)
     }
 
     /// Drops the buckets that are full again at `now` (their users stopped sending): what is
@@ -136,13 +141,13 @@ impl TokenBucket {
         self.at = now;
     }
 
-    fn take(&mut self, rate: u32, burst: u32, now: Instant) -> Result<(), Duration> {
+    fn take(&mut self, n: f64, rate: u32, burst: u32, now: Instant) -> Result<(), Duration> {
         self.refill(rate, burst, now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= n {
+            self.tokens -= n;
             return Ok(());
         }
-        Err(Duration::from_secs_f64((1.0 - self.tokens) / f64::from(rate)))
+        Err(Duration::from_secs_f64((n - self.tokens) / f64::from(rate)))
     }
 
     fn is_full(&self, rate: u32, burst: u32, now: Instant) -> bool {
@@ -168,6 +173,18 @@ mod tests {
         assert!(limits.take("bob", t0).is_ok(), "bob has his own allowance");
         assert!(limits.take("alice", t0 + Duration::from_millis(100)).is_ok());
         assert!(limits.take("alice", t0 + Duration::from_millis(100)).is_err());
+    }
+
+    #[test]
+    fn a_costly_call_takes_several_at_once_or_none_and_never_more_than_a_burst() {
+        let t0 = Instant::now();
+        let limits = SendLimits::new(10, 5);
+        assert!(limits.take_n("alice", 3, t0).is_ok());
+        assert_eq!(limits.take_n("alice", 3, t0).unwrap_err(), Duration::from_millis(100));
+        assert!(limits.take_n("alice", 2, t0).is_ok(), "the refused call took nothing");
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(limits.take_n("alice", 1000, t1).is_ok(), "capped at the burst: never unpayable");
+        assert!(limits.take("alice", t1).is_err());
     }
 
     #[test]

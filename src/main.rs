@@ -35,6 +35,9 @@ enum Command {
     Chat(cli::ChatArgs),
     /// Prints a conversation (direct or a group) oldest first, as `[seq] from: body`.
     History(cli::HistoryArgs),
+    /// Lists the user's conversations, most recently active first: `<id> <title> unread=<N>`
+    /// and the last message.
+    Conversations(cli::ConversationsArgs),
     /// Creates a group (prints `group=<ID>` last), adds or removes members.
     Group(cli::GroupArgs),
     /// Start nodes and Redis, drive users while killing and restarting them, check delivery
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
             Command::Send(args) => cli::send(args).await,
             Command::Chat(args) => cli::chat(args).await,
             Command::History(args) => cli::history(args).await,
+            Command::Conversations(args) => cli::conversations(args).await,
             Command::Group(args) => cli::group(args).await,
             Command::Chaos(args) => cli::forward("tim-chaos", args).await,
             Command::Bench(args) => cli::forward("tim-bench", args).await,

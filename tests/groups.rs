@@ -5,8 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, TestNode, assert_quiet, next_message};
+use common::{Backend, TestNode, assert_quiet, eventually, next_message};
 use tim::client::{self, Session};
+use tim::ids::Conversation;
+use tim::proto::conversation_summary::Kind;
 use tim::proto::{self, groups_client::GroupsClient};
 use tonic::Code;
 
@@ -440,4 +442,107 @@ on_every_store!(
     membership_rules_and_every_refusal,
     history_before_joining_is_a_group_setting,
     get_group_pages_its_members_for_members_only,
+    list_conversations_shows_titles_last_messages_and_unread_counts,
+    list_conversations_pages_in_activity_order_and_refuses_bad_calls,
 );
+
+/// ListConversations as `user`: (id, kind, title, unread, last body) of the first page.
+async fn listed(node: &TestNode, user: &str) -> Vec<(String, Kind, String, u64, String)> {
+    let page = node.list_conversations(user, 0, "").await.unwrap();
+    assert!(page.next_page_token.is_empty());
+    let rows = page.conversations.into_iter().map(|c| {
+        let body = c.last_message.map(|m| m.body).unwrap_or_default();
+        (c.id, Kind::try_from(c.kind).unwrap(), c.title, c.unread, body)
+    });
+    rows.collect()
+}
+
+async fn list_conversations_shows_titles_last_messages_and_unread_counts(b: &Backend) {
+    let node = TestNode::start(b).await;
+    node.send_unary("alice", "d1", "bob", "one").await.unwrap();
+    node.send_unary("alice", "d2", "bob", "two").await.unwrap();
+    let direct = Conversation::direct("alice", "bob").id();
+    let row = |id: &str, kind, title: &str, unread, body: &str| {
+        (id.to_string(), kind, title.to_string(), unread, body.to_string())
+    };
+    // A direct conversation is indexed within a second of its messages.
+    let want = vec![row(&direct, Kind::Direct, "alice", 2, "two")];
+    eventually(|| async { (listed(&node, "bob").await == want).then_some(()) }).await;
+    let want = vec![row(&direct, Kind::Direct, "bob", 0, "two")];
+    eventually(|| async { (listed(&node, "alice").await == want).then_some(()) }).await;
+    // Bob's device takes both and acks them: nothing is unread.
+    let mut bob = node.connect("bob", "phone", 0).await;
+    assert_eq!(next_message(&mut bob).await.body, "one");
+    assert_eq!(next_message(&mut bob).await.seq, 2);
+    bob.sender().ack(2).await.unwrap();
+    let want = vec![row(&direct, Kind::Direct, "alice", 0, "two")];
+    eventually(|| async { (listed(&node, "bob").await == want).then_some(()) }).await;
+
+    // A group: its name, its last message, unread since joining, the most recent first.
+    let group = create(&node, "alice", &["bob", "carol"], false).await;
+    let carol = node.connect("carol", "phone", 0).await;
+    send(&carol, &group, "g1", "hi all").await;
+    let rows = listed(&node, "bob").await;
+    assert_eq!(rows[0], row(&group, Kind::Group, "team", 1, "hi all"), "{rows:?}");
+    assert_eq!(rows[1..], [row(&direct, Kind::Direct, "alice", 0, "two")]);
+    assert_eq!(listed(&node, "carol").await, [row(&group, Kind::Group, "team", 0, "hi all")]);
+    assert!(event_of(&next_message(&mut bob).await).0 > 0, "the group's creation");
+    assert_eq!(next_message(&mut bob).await.body, "hi all");
+    bob.sender().ack(4).await.unwrap();
+    eventually(|| async { (listed(&node, "bob").await[0].3 == 0).then_some(()) }).await;
+    // A removed member no longer sees the group.
+    change(&node, "alice", &group, &["carol"], false).await.unwrap();
+    assert!(listed(&node, "carol").await.iter().all(|r| r.0 != group));
+    assert_eq!(listed(&node, "alice").await.len(), 2);
+}
+
+async fn list_conversations_pages_in_activity_order_and_refuses_bad_calls(b: &Backend) {
+    // Refills so slowly that only what the calls cost shows.
+    let node = TestNode::with(b, |c| c.send_rate = 1).await;
+    for i in 0..105 {
+        node.send_unary(&format!("u{i:03}"), "c1", "dave", "hello").await.unwrap();
+    }
+    let first = eventually(|| async {
+        let page = node.list_conversations("dave", 1000, "").await.unwrap();
+        (page.conversations.len() == 100).then_some(page)
+    })
+    .await;
+    assert!(!first.next_page_token.is_empty(), "a page holds 100 at most");
+    let page = node.list_conversations("dave", 0, "").await.unwrap();
+    assert_eq!(page.conversations.len(), 50, "no limit: 50");
+    // Pages of 7 give every conversation once, the most recently active first.
+    let (mut all, mut token) = (Vec::new(), String::new());
+    loop {
+        let page = node.list_conversations("dave", 7, &token).await.unwrap();
+        assert!(page.conversations.len() <= 7);
+        all.extend(page.conversations.into_iter().map(|c| (c.last_active_at, c.id)));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let ids: std::collections::HashSet<_> = all.iter().map(|(_, id)| id.clone()).collect();
+    assert_eq!((all.len(), ids.len()), (105, 105));
+    assert!(all.windows(2).all(|w| w[0].0 >= w[1].0), "by last activity");
+    for bad in ["nonsense", "12:x", "x:d:1:a:b", "12:g:"] {
+        let err = node.list_conversations("dave", 0, bad).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}: {err:?}");
+    }
+    let mut gw = node.gateway().await;
+    let req = proto::ListConversationsRequest::default();
+    let err = gw.list_conversations(req.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = gw.list_conversations(client::authorized(req, "forged")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    // 105 conversations cost two sends a call: the burst of 500 is gone in under 260 calls
+    // (at one a call, more than 350 would be left after the calls above).
+    let mut refused = None;
+    for _ in 0..260 {
+        if let Err(e) = node.list_conversations("dave", 1, "").await {
+            refused = Some(e);
+            break;
+        }
+    }
+    let err = refused.expect("the allowance ran out");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+}

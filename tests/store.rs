@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use common::Backend;
 use tim::auth::unix_ms;
+use tim::store::conversations::{ConversationIndex, MAX_INDEXED, Noted};
 use tim::store::groups::{GroupChange, Groups, Limits};
 
 /// A small group's limits: it never broadcasts.
@@ -22,13 +23,14 @@ struct Stores {
     inbox: Arc<dyn Inbox>,
     routes: Arc<dyn RouteStore>,
     groups: Arc<dyn Groups>,
+    index: Arc<dyn ConversationIndex>,
 }
 
 async fn open(backend: &Backend, opts: StoreOptions) -> Stores {
     match backend {
         Backend::Memory => {
             let s = Arc::new(MemoryStore::new(opts));
-            Stores { inbox: s.clone(), groups: s.clone(), routes: s }
+            Stores { inbox: s.clone(), groups: s.clone(), index: s.clone(), routes: s }
         }
         Backend::Redis { url, prefix, cluster } => {
             let urls: Vec<String> = url.split(',').map(str::to_string).collect();
@@ -36,7 +38,7 @@ async fn open(backend: &Backend, opts: StoreOptions) -> Stores {
                 .await
                 .unwrap();
             let s = Arc::new(s);
-            Stores { inbox: s.clone(), groups: s.clone(), routes: s }
+            Stores { inbox: s.clone(), groups: s.clone(), index: s.clone(), routes: s }
         }
     }
 }
@@ -91,7 +93,34 @@ on_every_store!(
     devices_are_bounded_forgotten_when_unseen_and_then_hold_nothing_back,
     concurrent_appends_keep_each_inbox_contiguous_and_each_sender_in_order,
     a_message_that_cannot_be_taken_fails_alone,
+    a_conversation_index_only_moves_forward_and_keeps_the_most_recent,
 );
+
+/// ListConversations' index: activity and what was seen only move forward, newest first, and
+/// past its bound the least recently active go with what was seen of them.
+async fn a_conversation_index_only_moves_forward_and_keeps_the_most_recent(backend: &Backend) {
+    let s = open(backend, StoreOptions::default()).await;
+    let note = |c: &str, at: i64, seen: u64| Noted { conversation: c.into(), at, seen };
+    s.index.note("alice", &[note("d:a", 100, 5), note("d:b", 200, 0)]).await.unwrap();
+    s.index
+        .note("alice", &[note("d:a", 50, 3), note("d:b", 300, 9), note("g:x", 0, 2)])
+        .await
+        .unwrap();
+    let got = s.index.indexed("alice").await.unwrap();
+    assert_eq!(got, vec![note("d:b", 300, 9), note("d:a", 100, 5), note("g:x", 0, 2)]);
+    assert!(s.index.indexed("bob").await.unwrap().is_empty(), "per user");
+
+    let many: Vec<Noted> =
+        (0..MAX_INDEXED as i64).map(|i| note(&format!("d:n{i}"), 1000 + i, 1)).collect();
+    s.index.note("alice", &many).await.unwrap();
+    let got = s.index.indexed("alice").await.unwrap();
+    assert_eq!(got.len(), MAX_INDEXED, "bounded");
+    assert_eq!(got[0], note(&format!("d:n{}", MAX_INDEXED - 1), 1000 + MAX_INDEXED as i64 - 1, 1));
+    assert!(got.iter().all(|n| n.conversation.starts_with("d:n")), "the three oldest went");
+    // One that went and comes back starts again from nothing seen.
+    s.index.note("alice", &[note("d:a", 5000, 0)]).await.unwrap();
+    assert_eq!(s.index.indexed("alice").await.unwrap()[0], note("d:a", 5000, 0));
+}
 
 async fn devices_are_bounded_forgotten_when_unseen_and_then_hold_nothing_back(backend: &Backend) {
     let opts = StoreOptions {

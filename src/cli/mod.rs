@@ -89,6 +89,15 @@ pub struct HistoryArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ConversationsArgs {
+    #[command(flatten)]
+    pub login: LoginArgs,
+    /// Print at most N conversations (default: all).
+    #[arg(long)]
+    pub last: Option<usize>,
+}
+
+#[derive(Debug, Args)]
 pub struct ChatArgs {
     #[command(flatten)]
     pub login: LoginArgs,
@@ -225,6 +234,38 @@ pub async fn history(args: HistoryArgs) -> Result<()> {
     }
     for m in pages.into_iter().rev().flatten() {
         println!("[{}] {}: {}", m.conv_seq, m.from, text(&m));
+    }
+    Ok(())
+}
+
+/// Prints the user's conversations, most recently active first, one a line:
+/// `<id> <title> unread=<N>` and, when there is one, ` | [<seq>] from: body` of the last message.
+pub async fn conversations(args: ConversationsArgs) -> Result<()> {
+    let l = &args.login;
+    let opts = l.options()?;
+    let login = client::login(&l.addr, &l.user, &l.device, &l.jwt, &opts).await?;
+    let mut gw = GatewayClient::new(client::channel(&l.addr, &opts).await?);
+    let (want, mut got, mut page_token) = (args.last.unwrap_or(usize::MAX), 0, String::new());
+    while got < want {
+        let limit = (want - got).min(tim::node::MAX_CONVERSATIONS_PAGE) as u32;
+        let req = proto::ListConversationsRequest { limit, page_token };
+        let page = gw
+            .list_conversations(client::authorized(req, &login.token))
+            .await
+            .map_err(client::ClientError::from)?
+            .into_inner();
+        for c in &page.conversations {
+            let last = match &c.last_message {
+                Some(m) => format!(" | [{}] {}: {}", m.conv_seq, m.from, text(m)),
+                None => String::new(),
+            };
+            println!("{} {} unread={}{last}", c.id, c.title, c.unread);
+        }
+        got += page.conversations.len();
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
     }
     Ok(())
 }

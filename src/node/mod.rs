@@ -21,6 +21,7 @@ use crate::ids::Conversation;
 use crate::lb::{NodeSelectLayer, Placed};
 use crate::limit::{QueueBudget, SendLimits};
 use crate::proto;
+use crate::store::conversations::ConversationIndex;
 use crate::store::groups::Groups;
 use crate::store::{Appended, Inbox, NewMessage, Outgoing, RouteStore, message_at};
 
@@ -29,9 +30,13 @@ use crate::tls::{ClientTls, ServerTls};
 mod broadcast;
 mod conversations;
 mod groups;
+mod listing;
+mod notes;
 
 pub use conversations::{MAX_HISTORY_BYTES, MAX_HISTORY_PAGE};
 pub use groups::MAX_GROUP_NAME;
+pub use listing::MAX_CONVERSATIONS_PAGE;
+pub use notes::Notes;
 
 /// Device name used when Login names none.
 pub const DEFAULT_DEVICE: &str = "default";
@@ -65,6 +70,7 @@ pub struct Stores {
     pub inbox: Arc<dyn Inbox>,
     pub routes: Arc<dyn RouteStore>,
     pub groups: Arc<dyn Groups>,
+    pub conversations: Arc<dyn ConversationIndex>,
 }
 
 /// How a node proves who calls it, and who it calls: login, node certificates, peer TLS.
@@ -89,6 +95,7 @@ pub struct Node {
     inbox: Arc<dyn Inbox>,
     routes: Arc<dyn RouteStore>,
     groups: Arc<dyn Groups>,
+    notes: Notes,
     delivery: Delivery,
     login: LoginService,
     member_sets: broadcast::MemberSets,
@@ -130,6 +137,7 @@ impl Node {
             node_signer,
             inbox: stores.inbox,
             groups: stores.groups,
+            notes: Notes::new(stores.conversations),
             member_sets: Default::default(),
             routes: stores.routes,
             login,
@@ -157,6 +165,11 @@ impl Node {
 
     pub fn groups(&self) -> &dyn Groups {
         self.groups.as_ref()
+    }
+
+    /// What the node learned of its users' conversations, not yet in their indexes.
+    pub fn notes(&self) -> &Notes {
+        &self.notes
     }
 
     /// The per-user send allowance (swept by the node's tasks).
@@ -264,7 +277,10 @@ impl Node {
             )));
         }
         if !msg.group.is_empty() {
-            return self.send_to_group(from, device, msg).await;
+            let sent = self.send_to_group(from, device, msg).await?;
+            let m = &sent.message;
+            self.notes.note(from, &m.conversation, m.sent_at, m.conv_seq);
+            return Ok(sent);
         }
         let appended = self
             .inbox
@@ -279,6 +295,9 @@ impl Node {
                 sent_at: unix_ms(SystemTime::now()),
             })
             .await?;
+        let m = &appended.message;
+        self.notes.note(from, &m.conversation, m.sent_at, m.conv_seq);
+        self.notes.note(&m.to, &m.conversation, m.sent_at, 0);
         if !appended.duplicate {
             self.delivery.fan_out(&appended.message.to, &appended.message, &appended.routes);
             if let Some(copy) = &appended.copy {
@@ -300,7 +319,12 @@ impl Node {
     /// Takes one from `user`'s send allowance on this node (sends and history pages share it);
     /// over it: RESOURCE_EXHAUSTED with a retry hint, and `what_then` to say what to do.
     pub(crate) fn take_allowance(&self, user: &str, what_then: &str) -> Result<(), Error> {
-        if let Err(retry_after) = self.limits.take(user, std::time::Instant::now()) {
+        self.take_allowances(user, 1, what_then)
+    }
+
+    /// [`Node::take_allowance`] for a call that costs `n` sends.
+    pub(crate) fn take_allowances(&self, user: &str, n: u32, what_then: &str) -> Result<(), Error> {
+        if let Err(retry_after) = self.limits.take_n(user, n, std::time::Instant::now()) {
             let (rate, burst) = (self.limits.rate(), self.limits.burst());
             let message = format!(
                 "send rate limit: {rate} messages/s per user (bursts of {burst}); {what_then}"

@@ -7,6 +7,8 @@
 //! online, or when last seen; devices and nodes only to the user themself. History reads only
 //! conversations the caller is a member of (else PERMISSION_DENIED), one bounded page a call
 //! (100 messages, about 1 MiB), and counts against the caller's send allowance like a Send.
+//! ListConversations lists only the caller's own conversations, a page of at most 100, and
+//! costs a send allowance per 100 conversations the caller has (1,000 considered at most).
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -77,5 +79,13 @@ impl Gateway for GatewayService {
     ) -> Result<Response<proto::HistoryResponse>, Status> {
         let claims = self.node.authorize(req.metadata()).await?;
         Ok(Response::new(self.node.history(&claims.sub, req.into_inner()).await?))
+    }
+
+    async fn list_conversations(
+        &self,
+        req: Request<proto::ListConversationsRequest>,
+    ) -> Result<Response<proto::ListConversationsResponse>, Status> {
+        let claims = self.node.authorize(req.metadata()).await?;
+        Ok(Response::new(self.node.list_conversations(&claims.sub, req.into_inner()).await?))
     }
 }

@@ -73,7 +73,12 @@ async fn open_store(config: &Config, tasks: &mut JoinSet<()>) -> Result<Stores, 
         let store = Arc::new(MemoryStore::new(config.store_options()));
         let sweeper = store.clone();
         tasks.spawn(async move { sweeper.sweep_every(MEMORY_SWEEP).await });
-        return Ok(Stores { inbox: store.clone(), groups: store.clone(), routes: store });
+        return Ok(Stores {
+            inbox: store.clone(),
+            groups: store.clone(),
+            conversations: store.clone(),
+            routes: store,
+        });
     }
     let shown: Vec<String> = urls.iter().map(|u| redact_url(u)).collect();
     let tls_ca = match &config.redis_ca {
@@ -99,7 +104,12 @@ async fn open_store(config: &Config, tasks: &mut JoinSet<()>) -> Result<Stores, 
     // Completes group fan-outs that a node (any) began and did not finish.
     let sweeper = store.clone();
     tasks.spawn(async move { sweeper.sweep_fanout_every(FANOUT_SWEEP).await });
-    Ok(Stores { inbox: store.clone(), groups: store.clone(), routes: store })
+    Ok(Stores {
+        inbox: store.clone(),
+        groups: store.clone(),
+        conversations: store.clone(),
+        routes: store,
+    })
 }
 
 /// Runs a node on `listener` until `shutdown` resolves, then drains it and returns.
@@ -173,11 +183,16 @@ pub async fn run(
         let node = node.clone();
         async move { node.delivery().follow_membership().await }
     });
+    tasks.spawn({
+        let node = node.clone();
+        async move { node.notes().flush_every().await }
+    });
     let result = serve(listener, &node, tls, registration, shutdown).await;
     // Whatever ended the server: sessions still running end now, peer calls are abandoned
     // (the inbox has every message) and the background tasks stop with `tasks`.
     node.delivery().sessions().terminate();
     node.delivery().shutdown();
+    node.notes().flush().await;
     tasks.shutdown().await;
     result
 }

@@ -12,6 +12,7 @@
 //! acked and the message pushed after one append.
 use async_trait::async_trait;
 
+pub mod conversations;
 pub mod groups;
 pub mod memory;
 pub mod redis;

@@ -237,6 +237,19 @@ impl TestNode {
         self.gateway().await.history(client::authorized(req, &token)).await.map(|r| r.into_inner())
     }
 
+    /// Gateway.ListConversations as `user`: one page of at most `limit` after `page_token`.
+    pub async fn list_conversations(
+        &self,
+        user: &str,
+        limit: u32,
+        page_token: &str,
+    ) -> Result<proto::ListConversationsResponse, tonic::Status> {
+        let token = self.login(user, "lister").await.token;
+        let req = proto::ListConversationsRequest { limit, page_token: page_token.into() };
+        let mut gw = self.gateway().await;
+        gw.list_conversations(client::authorized(req, &token)).await.map(|r| r.into_inner())
+    }
+
     /// The direct conversation of `user` and `with` as (conv_seq, from, body), oldest first:
     /// a page before `before` (0: the newest) of at most `limit`.
     pub async fn history_with(

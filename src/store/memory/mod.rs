@@ -18,6 +18,7 @@ use crate::auth::unix_ms;
 mod append;
 mod broadcast;
 mod groups;
+mod index;
 mod log;
 mod routes;
 
@@ -65,6 +66,9 @@ struct UserState {
     conv_cursors: HashMap<String, u64>,
     /// The groups the user was put in (see `broadcast`).
     groups: std::collections::HashSet<String>,
+    /// Conversation → (last activity, Unix ms; highest conversation seq seen): the index of
+    /// ListConversations (see `index`).
+    conversations: HashMap<String, (i64, u64)>,
     /// (device, broadcast group) → the conversation seq the device acked.
     group_cursors: HashMap<(String, String), u64>,
     /// (from, client_msg_id) → seq of the stored copy.
@@ -216,7 +220,8 @@ impl MemoryStore {
                     && u.last_seen.is_none()
                     && u.devices.is_empty()
                     && u.cursors.is_empty()
-                    && u.groups.is_empty())
+                    && u.groups.is_empty()
+                    && u.conversations.is_empty())
             });
         }
         for shard in &self.convs {

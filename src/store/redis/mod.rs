@@ -47,6 +47,7 @@ mod conn;
 mod fanout;
 mod group_reads;
 mod groups;
+mod index;
 mod messages;
 mod routes;
 mod values;
