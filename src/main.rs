@@ -38,6 +38,9 @@ enum Command {
     /// Lists the user's conversations, most recently active first: `<id> <title> unread=<N>`
     /// and the last message.
     Conversations(cli::ConversationsArgs),
+    /// Marks a conversation (`--with` a user or `--group`) read up to its newest message (or
+    /// `--up-to`), for all the user's devices; prints `read=<seq>`.
+    Read(cli::ReadArgs),
     /// Creates a group (prints `group=<ID>` last), adds or removes members.
     Group(cli::GroupArgs),
     /// Start nodes and Redis, drive users while killing and restarting them, check delivery
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
             Command::Chat(args) => cli::chat(args).await,
             Command::History(args) => cli::history(args).await,
             Command::Conversations(args) => cli::conversations(args).await,
+            Command::Read(args) => cli::read(args).await,
             Command::Group(args) => cli::group(args).await,
             Command::Chaos(args) => cli::forward("tim-chaos", args).await,
             Command::Bench(args) => cli::forward("tim-bench", args).await,

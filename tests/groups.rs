@@ -444,7 +444,123 @@ on_every_store!(
     get_group_pages_its_members_for_members_only,
     list_conversations_shows_titles_last_messages_and_unread_counts,
     list_conversations_pages_in_activity_order_and_refuses_bad_calls,
+    receipts_count_the_other_members_who_read_each_message,
+    read_receipts_refuse_outsiders_and_bad_calls,
 );
+
+async fn mark_read(
+    node: &TestNode,
+    user: &str,
+    conversation: &str,
+    with: &str,
+    conv_seq: u64,
+) -> Result<proto::MarkReadResponse, tonic::Status> {
+    let token = node.login(user, "reader").await.token;
+    let req =
+        proto::MarkReadRequest { conversation: conversation.into(), with: with.into(), conv_seq };
+    node.gateway().await.mark_read(client::authorized(req, &token)).await.map(|r| r.into_inner())
+}
+
+async fn receipts(
+    node: &TestNode,
+    user: &str,
+    conversation: &str,
+    conv_seq: u64,
+    limit: u32,
+    page_token: &str,
+) -> Result<proto::GetReceiptsResponse, tonic::Status> {
+    let token = node.login(user, "reader").await.token;
+    let req = proto::GetReceiptsRequest {
+        conversation: conversation.into(),
+        conv_seq,
+        limit,
+        page_token: page_token.into(),
+        ..Default::default()
+    };
+    node.gateway().await.get_receipts(client::authorized(req, &token)).await.map(|r| r.into_inner())
+}
+
+/// (read_by, recipients, readers) of message `seq`, asked by `user`.
+async fn read_by(node: &TestNode, user: &str, group: &str, seq: u64) -> (u32, u32, Vec<String>) {
+    let r = receipts(node, user, group, seq, 0, "").await.unwrap();
+    (r.read_by, r.recipients, r.readers.into_iter().map(|r| r.user_id).collect())
+}
+
+async fn receipts_count_the_other_members_who_read_each_message(b: &Backend) {
+    let node = TestNode::start(b).await;
+    let group = create(&node, "alice", &["bob", "carol", "dave"], false).await;
+    let alice = node.connect("alice", "phone", 0).await;
+    assert_eq!(send(&alice, &group, "m1", "lunch?").await.conv_seq, 2);
+    assert_eq!(read_by(&node, "bob", &group, 2).await, (0, 3, vec![]));
+    // The sender reading her own message does not count; a cursor before it does not either.
+    mark_read(&node, "alice", &group, "", 0).await.unwrap();
+    mark_read(&node, "carol", &group, "", 1).await.unwrap();
+    assert_eq!(read_by(&node, "bob", &group, 2).await, (0, 3, vec![]));
+    mark_read(&node, "bob", &group, "", 2).await.unwrap();
+    mark_read(&node, "dave", &group, "", 0).await.unwrap();
+    assert_eq!(read_by(&node, "carol", &group, 2).await, (2, 3, vec!["bob".into(), "dave".into()]));
+    // The creation event (seq 1) has been read by everyone but its sender, alice.
+    assert_eq!(read_by(&node, "carol", &group, 1).await.0, 3);
+    // Paged: every reader once.
+    let (mut who, mut token) = (Vec::new(), String::new());
+    loop {
+        let page = receipts(&node, "bob", &group, 1, 1, &token).await.unwrap();
+        who.extend(page.readers.into_iter().map(|r| (r.user_id, r.read_seq)));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let want = [("carol", 1), ("bob", 2), ("dave", 2)].map(|(u, s)| (u.to_string(), s));
+    assert_eq!(who, want, "by cursor, then user id; the sender left out");
+    // A removed member's cursor no longer counts.
+    change(&node, "alice", &group, &["dave"], false).await.unwrap();
+    assert_eq!(read_by(&node, "bob", &group, 2).await, (1, 2, vec!["bob".into()]));
+    // Direct: whether the other user has read it.
+    node.send_unary("alice", "d1", "bob", "one").await.unwrap();
+    node.send_unary("alice", "d2", "bob", "two").await.unwrap();
+    let direct = Conversation::direct("alice", "bob").id();
+    mark_read(&node, "bob", "", "alice", 1).await.unwrap();
+    assert_eq!(read_by(&node, "alice", &direct, 1).await, (1, 1, vec!["bob".into()]));
+    assert_eq!(read_by(&node, "alice", &direct, 2).await, (0, 1, vec![]));
+    // Past the newest: read up to the newest.
+    assert_eq!(mark_read(&node, "bob", "", "alice", 99).await.unwrap().read_seq, 2);
+}
+
+async fn read_receipts_refuse_outsiders_and_bad_calls(b: &Backend) {
+    let node = TestNode::start(b).await;
+    let group = create(&node, "alice", &["bob"], false).await;
+    node.send_unary("alice", "d1", "bob", "private").await.unwrap();
+    let direct = Conversation::direct("alice", "bob").id();
+    let err = mark_read(&node, "mallory", &group, "", 0).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let err = receipts(&node, "mallory", &group, 1, 0, "").await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let err = mark_read(&node, "mallory", &direct, "", 0).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = receipts(&node, "mallory", &direct, 1, 0, "").await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    for (conversation, with) in [("", ""), (group.as_str(), "bob"), ("nonsense", ""), ("", "a b")] {
+        let err = mark_read(&node, "alice", conversation, with, 0).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{conversation:?} {with:?}: {err:?}");
+    }
+    let err = receipts(&node, "alice", &group, 0, 0, "").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "conv_seq 0: {err:?}");
+    let err = receipts(&node, "alice", &group, 1, 0, "x").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "page token: {err:?}");
+    let mut gw = node.gateway().await;
+    let req = proto::MarkReadRequest { conversation: group.clone(), ..Default::default() };
+    let err = gw.mark_read(req.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = gw.mark_read(client::authorized(req, "forged")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let req = proto::GetReceiptsRequest { conversation: group, conv_seq: 1, ..Default::default() };
+    let err = gw.get_receipts(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    // Nothing an outsider tried moved a cursor.
+    let page = node.list_conversations("alice", 0, "").await.unwrap();
+    assert!(page.conversations.iter().all(|c| c.peer_read_seq == 0 && c.read_seq == 0));
+}
 
 /// ListConversations as `user`: (id, kind, title, unread, last body) of the first page.
 async fn listed(node: &TestNode, user: &str) -> Vec<(String, Kind, String, u64, String)> {
@@ -470,26 +586,35 @@ async fn list_conversations_shows_titles_last_messages_and_unread_counts(b: &Bac
     eventually(|| async { (listed(&node, "bob").await == want).then_some(()) }).await;
     let want = vec![row(&direct, Kind::Direct, "bob", 0, "two")];
     eventually(|| async { (listed(&node, "alice").await == want).then_some(()) }).await;
-    // Bob's device takes both and acks them: nothing is unread.
+    // Bob's device takes both and acks them: delivered, not read.
     let mut bob = node.connect("bob", "phone", 0).await;
     assert_eq!(next_message(&mut bob).await.body, "one");
     assert_eq!(next_message(&mut bob).await.seq, 2);
     bob.sender().ack(2).await.unwrap();
-    let want = vec![row(&direct, Kind::Direct, "alice", 0, "two")];
-    eventually(|| async { (listed(&node, "bob").await == want).then_some(()) }).await;
+    // He reads the first: one unread, for all his devices; alice sees "read up to 1".
+    assert_eq!(mark_read(&node, "bob", "", "alice", 1).await.unwrap().read_seq, 1);
+    assert_eq!(listed(&node, "bob").await, [row(&direct, Kind::Direct, "alice", 1, "two")]);
+    let page = node.list_conversations("alice", 0, "").await.unwrap();
+    let c = &page.conversations[0];
+    assert_eq!((c.read_seq, c.peer_read_seq, page.total_unread), (0, 1, 0));
+    assert_eq!(mark_read(&node, "bob", &direct, "", 0).await.unwrap().read_seq, 2, "0: newest");
+    assert_eq!(mark_read(&node, "bob", &direct, "", 1).await.unwrap().read_seq, 2, "never back");
+    assert_eq!(listed(&node, "bob").await, [row(&direct, Kind::Direct, "alice", 0, "two")]);
 
     // A group: its name, its last message, unread since joining, the most recent first.
     let group = create(&node, "alice", &["bob", "carol"], false).await;
     let carol = node.connect("carol", "phone", 0).await;
     send(&carol, &group, "g1", "hi all").await;
+    let page = node.list_conversations("bob", 0, "").await.unwrap();
+    assert_eq!(page.total_unread, 1);
     let rows = listed(&node, "bob").await;
     assert_eq!(rows[0], row(&group, Kind::Group, "team", 1, "hi all"), "{rows:?}");
     assert_eq!(rows[1..], [row(&direct, Kind::Direct, "alice", 0, "two")]);
     assert_eq!(listed(&node, "carol").await, [row(&group, Kind::Group, "team", 0, "hi all")]);
     assert!(event_of(&next_message(&mut bob).await).0 > 0, "the group's creation");
     assert_eq!(next_message(&mut bob).await.body, "hi all");
-    bob.sender().ack(4).await.unwrap();
-    eventually(|| async { (listed(&node, "bob").await[0].3 == 0).then_some(()) }).await;
+    mark_read(&node, "bob", &group, "", 0).await.unwrap();
+    assert_eq!(listed(&node, "bob").await[0].3, 0);
     // A removed member no longer sees the group.
     change(&node, "alice", &group, &["carol"], false).await.unwrap();
     assert!(listed(&node, "carol").await.iter().all(|r| r.0 != group));

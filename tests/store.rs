@@ -94,7 +94,49 @@ on_every_store!(
     concurrent_appends_keep_each_inbox_contiguous_and_each_sender_in_order,
     a_message_that_cannot_be_taken_fails_alone,
     a_conversation_index_only_moves_forward_and_keeps_the_most_recent,
+    read_cursors_move_forward_count_readers_and_leave_with_the_member,
 );
+
+/// Read cursors: one per user and conversation, forward only, in what the user has seen too;
+/// readers counted and paged by cursor then id; a member who leaves takes theirs along.
+async fn read_cursors_move_forward_count_readers_and_leave_with_the_member(backend: &Backend) {
+    let s = open(backend, StoreOptions::default()).await;
+    let group = "g:readers-test";
+    let create = GroupChange::Create {
+        name: "team".into(),
+        members: vec!["bob".into(), "carol".into()],
+        history_for_new_members: false,
+    };
+    let event = NewMessage {
+        from: "alice".into(),
+        origin_device: "phone".into(),
+        to: String::new(),
+        conversation: group.into(),
+        client_msg_id: "create".into(),
+        body: String::new(),
+        msg_id: tim::ids::new_id(),
+        sent_at: unix_ms(SystemTime::now()),
+    };
+    s.groups.change_group(event.clone(), create, LIMITS).await.unwrap();
+    assert_eq!(s.index.mark_read("bob", group, 5).await.unwrap(), 5);
+    assert_eq!(s.index.mark_read("bob", group, 3).await.unwrap(), 5, "never back");
+    assert_eq!(s.index.mark_read("carol", group, 3).await.unwrap(), 3);
+    assert_eq!(s.index.mark_read("alice", group, 5).await.unwrap(), 5);
+    let users = ["alice", "bob", "carol", "dave"].map(String::from);
+    assert_eq!(s.index.read_cursors(group, &users).await.unwrap(), [5, 5, 3, 0]);
+    let page = |v: &[(&str, u64)]| v.iter().map(|(u, s)| (u.to_string(), *s)).collect::<Vec<_>>();
+    assert_eq!(
+        s.index.readers(group, 4, 0, 10).await.unwrap(),
+        (2, page(&[("alice", 5), ("bob", 5)]))
+    );
+    assert_eq!(s.index.readers(group, 1, 1, 1).await.unwrap(), (3, page(&[("alice", 5)])));
+    let seen = s.index.indexed("bob").await.unwrap();
+    assert_eq!(seen, vec![Noted { conversation: group.into(), at: 0, seen: 5 }]);
+    let leave = NewMessage { from: "bob".into(), client_msg_id: "leave".into(), ..event };
+    s.groups.change_group(leave, GroupChange::Leave, LIMITS).await.unwrap();
+    assert_eq!(s.index.readers(group, 1, 0, 10).await.unwrap().0, 2, "bob left");
+    assert!(s.index.indexed("bob").await.unwrap().is_empty(), "and what he had seen went");
+}
 
 /// ListConversations' index: activity and what was seen only move forward, newest first, and
 /// past its bound the least recently active go with what was seen of them.
@@ -114,9 +156,14 @@ async fn a_conversation_index_only_moves_forward_and_keeps_the_most_recent(backe
         (0..MAX_INDEXED as i64).map(|i| note(&format!("d:n{i}"), 1000 + i, 1)).collect();
     s.index.note("alice", &many).await.unwrap();
     let got = s.index.indexed("alice").await.unwrap();
-    assert_eq!(got.len(), MAX_INDEXED, "bounded");
-    assert_eq!(got[0], note(&format!("d:n{}", MAX_INDEXED - 1), 1000 + MAX_INDEXED as i64 - 1, 1));
-    assert!(got.iter().all(|n| n.conversation.starts_with("d:n")), "the three oldest went");
+    assert_eq!(got.len(), MAX_INDEXED + 1, "bounded direct ones, and the group");
+    let newest = MAX_INDEXED as i64 - 1;
+    assert_eq!(got[0], note(&format!("d:n{newest}"), 1000 + newest, 1));
+    assert_eq!(got[MAX_INDEXED], note("g:x", 0, 2), "a group is not evicted");
+    assert!(
+        got[..MAX_INDEXED].iter().all(|n| n.conversation.starts_with("d:n")),
+        "the two oldest went"
+    );
     // One that went and comes back starts again from nothing seen.
     s.index.note("alice", &[note("d:a", 5000, 0)]).await.unwrap();
     assert_eq!(s.index.indexed("alice").await.unwrap()[0], note("d:a", 5000, 0));

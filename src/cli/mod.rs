@@ -89,6 +89,21 @@ pub struct HistoryArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ReadArgs {
+    #[command(flatten)]
+    pub login: LoginArgs,
+    /// The other user of the direct conversation to mark read.
+    #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+    pub with: Option<String>,
+    /// A group's id, instead of --with.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Read up to this conversation seq (default: the newest).
+    #[arg(long, default_value_t = 0)]
+    pub up_to: u64,
+}
+
+#[derive(Debug, Args)]
 pub struct ConversationsArgs {
     #[command(flatten)]
     pub login: LoginArgs,
@@ -238,8 +253,25 @@ pub async fn history(args: HistoryArgs) -> Result<()> {
     Ok(())
 }
 
+/// Marks a conversation read for all the user's devices; prints `read=<seq>`.
+pub async fn read(args: ReadArgs) -> Result<()> {
+    let l = &args.login;
+    let opts = l.options()?;
+    let login = client::login(&l.addr, &l.user, &l.device, &l.jwt, &opts).await?;
+    let mut gw = GatewayClient::new(client::channel(&l.addr, &opts).await?);
+    let req = proto::MarkReadRequest {
+        with: args.with.clone().unwrap_or_default(),
+        conversation: args.group.clone().unwrap_or_default(),
+        conv_seq: args.up_to,
+    };
+    let reply = gw.mark_read(client::authorized(req, &login.token)).await;
+    let reply = reply.map_err(client::ClientError::from)?.into_inner();
+    println!("read={}", reply.read_seq);
+    Ok(())
+}
+
 /// Prints the user's conversations, most recently active first, one a line:
-/// `<id> <title> unread=<N>` and, when there is one, ` | [<seq>] from: body` of the last message.
+/// `<id> <title> unread=<N> read=<seq>` and, when there is one, ` | [<seq>] from: body` of the last message.
 pub async fn conversations(args: ConversationsArgs) -> Result<()> {
     let l = &args.login;
     let opts = l.options()?;
@@ -259,7 +291,7 @@ pub async fn conversations(args: ConversationsArgs) -> Result<()> {
                 Some(m) => format!(" | [{}] {}: {}", m.conv_seq, m.from, text(m)),
                 None => String::new(),
             };
-            println!("{} {} unread={}{last}", c.id, c.title, c.unread);
+            println!("{} {} unread={} read={}{last}", c.id, c.title, c.unread, c.read_seq);
         }
         got += page.conversations.len();
         if page.next_page_token.is_empty() {

@@ -1,8 +1,9 @@
-//! Conversations: their history, for their members.
+//! Conversations: which one a call names and whether the caller is in it, and its history.
 use crate::auth::AuthError;
 use crate::error::Error;
 use crate::ids::{self, Conversation};
 use crate::proto;
+use crate::store::groups::GroupInfo;
 use crate::store::{HistoryPage, StoreError, StoredMessage};
 
 use super::Node;
@@ -14,7 +15,54 @@ const DEFAULT_HISTORY_PAGE: usize = 50;
 /// Bodies one History page holds at most, about (always at least one message).
 pub const MAX_HISTORY_BYTES: usize = 1 << 20;
 
+/// A conversation as one of its members sees it.
+pub(super) struct Opened {
+    pub(super) id: String,
+    /// The group, for a group.
+    pub(super) group: Option<GroupInfo>,
+    /// The first conversation seq the member may see.
+    pub(super) first_seen: u64,
+}
+
 impl Node {
+    /// The conversation `conversation` names (or the direct one with `with`: exactly one of
+    /// the two), if `caller` is one of its members: else INVALID_ARGUMENT, PERMISSION_DENIED
+    /// (a direct conversation of others) or NOT_FOUND (a group they are not in).
+    pub(super) async fn open(
+        &self,
+        caller: &str,
+        conversation: &str,
+        with: &str,
+    ) -> Result<Opened, Error> {
+        let conversation = match (conversation.is_empty(), with.is_empty()) {
+            (false, true) => Conversation::parse(conversation)?,
+            (true, false) => {
+                ids::user(with).map_err(|e| Error::invalid(format!("with: {e}")))?;
+                Conversation::direct(caller, with)
+            }
+            _ => return Err(Error::invalid("give exactly one of conversation and with")),
+        };
+        let id = conversation.id();
+        // What of the log the caller may see: all of a direct conversation they are in; of a
+        // group, from when they joined unless the group shows earlier history to newcomers.
+        match &conversation {
+            Conversation::Direct(lo, hi) if lo == caller || hi == caller => {
+                Ok(Opened { id, group: None, first_seen: 0 })
+            }
+            Conversation::Direct(..) => {
+                let why = "not a member of this conversation".to_string();
+                Err(AuthError::Forbidden(why).into())
+            }
+            Conversation::Group(_) => {
+                let member = self.groups.member(&id, caller).await?;
+                let member = member.ok_or(StoreError::NotMember)?;
+                let info = self.groups.group(&id).await?.ok_or(StoreError::NotMember)?;
+                let first_seen = if info.history_for_new_members { 0 } else { member.joined_seq };
+                Ok(Opened { id, group: Some(info), first_seen })
+            }
+        }
+    }
+
     /// A page of a conversation's history for `caller`, who must be one of its members:
     /// `conversation` by id, or the direct one with `with`. At most [`MAX_HISTORY_PAGE`]
     /// messages and about [`MAX_HISTORY_BYTES`] of bodies.
@@ -23,31 +71,8 @@ impl Node {
         caller: &str,
         req: proto::HistoryRequest,
     ) -> Result<proto::HistoryResponse, Error> {
-        let conversation = match (req.conversation.is_empty(), req.with.is_empty()) {
-            (false, true) => Conversation::parse(&req.conversation)?,
-            (true, false) => {
-                ids::user(&req.with).map_err(|e| Error::invalid(format!("with: {e}")))?;
-                Conversation::direct(caller, &req.with)
-            }
-            _ => return Err(Error::invalid("give exactly one of conversation and with")),
-        };
         self.take_allowance(caller, "retry later")?;
-        let id = conversation.id();
-        // What of the log the caller may see: all of a direct conversation they are in; of a
-        // group, from when they joined unless the group shows earlier history to newcomers.
-        let first_seen = match &conversation {
-            Conversation::Direct(lo, hi) if lo == caller || hi == caller => 0,
-            Conversation::Direct(..) => {
-                let why = "not a member of this conversation".to_string();
-                return Err(AuthError::Forbidden(why).into());
-            }
-            Conversation::Group(_) => {
-                let member = self.groups.member(&id, caller).await?;
-                let member = member.ok_or(StoreError::NotMember)?;
-                let info = self.groups.group(&id).await?.ok_or(StoreError::NotMember)?;
-                if info.history_for_new_members { 0 } else { member.joined_seq }
-            }
-        };
+        let Opened { id, first_seen, .. } = self.open(caller, &req.conversation, &req.with).await?;
         let limit = match req.limit {
             0 => DEFAULT_HISTORY_PAGE,
             n => (n as usize).min(MAX_HISTORY_PAGE),

@@ -1,5 +1,5 @@
 //! ListConversations: a user's conversations, the most recently active first, each with its
-//! last message and unread count. The direct ones come from the user's index (`notes`), the
+//! last message, unread count and read cursors. The direct ones come from the user's index (`notes`), the
 //! groups from the groups they were put in; each one's last message is read from its log.
 use std::collections::HashMap;
 
@@ -27,13 +27,14 @@ const READS_IN_FLIGHT: usize = 64;
 struct Row {
     id: String,
     last_active: i64,
-    seen: u64,
+    unread: u64,
     last: Option<StoredMessage>,
 }
 
 impl Node {
     /// A page of `caller`'s conversations (at most [`MAX_CONVERSATIONS_PAGE`]), most recently
-    /// active first. Costs one send allowance per [`PER_ALLOWANCE`] conversations considered.
+    /// active first, and their unread counts added up over all of them. Costs one send
+    /// allowance per [`PER_ALLOWANCE`] conversations considered.
     pub async fn list_conversations(
         &self,
         caller: &str,
@@ -64,15 +65,20 @@ impl Node {
         }
         let mut rows = Vec::with_capacity(ids.len());
         for wave in ids.chunks(READS_IN_FLIGHT) {
-            let newest = HistoryPage { after: 0, before: 0, limit: 1 };
-            let reads = wave.iter().map(|id| self.inbox.history(id, newest));
-            for (id, page) in wave.iter().zip(join_all(reads).await) {
-                let last = page?.pop();
+            let reads = wave.iter().map(|id| self.newest_and_floor(caller, id));
+            for (id, read) in wave.iter().zip(join_all(reads).await) {
+                // A group the caller is no longer in (their list lags a removal) is skipped.
+                let Some((last, floor)) = read? else { continue };
                 let (at, seen) = seen.get(id).copied().unwrap_or((0, 0));
                 let last_active = at.max(last.as_ref().map_or(0, |m| m.sent_at));
-                rows.push(Row { id: id.clone(), last_active, seen, last });
+                let unread = match &last {
+                    Some(m) if m.from != caller => m.conv_seq.saturating_sub(seen.max(floor)),
+                    _ => 0,
+                };
+                rows.push(Row { id: id.clone(), last_active, unread, last });
             }
         }
+        let total_unread = rows.iter().map(|r| r.unread).sum();
         rows.sort_unstable_by(|a, b| (b.last_active, &a.id).cmp(&(a.last_active, &b.id)));
         if let Some((at, id)) = &after {
             rows.retain(|r| r.last_active < *at || (r.last_active == *at && r.id > *id));
@@ -84,43 +90,60 @@ impl Node {
             _ => String::new(),
         };
         let summaries = join_all(rows.into_iter().map(|r| self.summary(caller, r))).await;
-        let conversations: Result<Vec<_>, Error> =
-            summaries.into_iter().filter_map(Result::transpose).collect();
-        Ok(proto::ListConversationsResponse { conversations: conversations?, next_page_token })
+        let conversations: Result<Vec<_>, Error> = summaries.into_iter().collect();
+        Ok(proto::ListConversationsResponse {
+            conversations: conversations?,
+            next_page_token,
+            total_unread,
+        })
     }
 
-    /// What the caller is shown of one conversation; None for a group they are no longer in.
-    async fn summary(
+    /// The newest message of `id`'s log and the conversation seq the caller's unread count
+    /// starts after (a group's: the event that made them a member); None for a group they are
+    /// not in, or an id that is none.
+    async fn newest_and_floor(
         &self,
         caller: &str,
-        row: Row,
-    ) -> Result<Option<proto::ConversationSummary>, Error> {
-        let (kind, title, floor) = match Conversation::parse(&row.id) {
-            Ok(Conversation::Direct(lo, hi)) => {
-                (Kind::Direct, if lo == caller { hi } else { lo }, 0)
-            }
-            Ok(Conversation::Group(_)) => {
-                let member = self.groups.member(&row.id, caller).await?;
-                let info = self.groups.group(&row.id).await?;
-                let (Some(member), Some(info)) = (member, info) else {
-                    return Ok(None);
-                };
-                (Kind::Group, info.name, member.joined_seq)
-            }
+        id: &str,
+    ) -> Result<Option<(Option<StoredMessage>, u64)>, Error> {
+        let floor = match Conversation::parse(id) {
+            Ok(Conversation::Direct(..)) => 0,
+            Ok(Conversation::Group(_)) => match self.groups.member(id, caller).await? {
+                Some(member) => member.joined_seq,
+                None => return Ok(None),
+            },
             Err(_) => return Ok(None),
         };
-        let unread = match &row.last {
-            Some(m) if m.from != caller => m.conv_seq.saturating_sub(row.seen.max(floor)),
-            _ => 0,
+        let newest = HistoryPage { after: 0, before: 0, limit: 1 };
+        Ok(Some((self.inbox.history(id, newest).await?.pop(), floor)))
+    }
+
+    /// What the caller is shown of one of their conversations.
+    async fn summary(&self, caller: &str, row: Row) -> Result<proto::ConversationSummary, Error> {
+        let (kind, title, other) = match Conversation::parse(&row.id) {
+            Ok(Conversation::Direct(lo, hi)) => {
+                let other = if lo == caller { hi } else { lo };
+                (Kind::Direct, other.clone(), Some(other))
+            }
+            _ => {
+                let info = self.groups.group(&row.id).await?;
+                (Kind::Group, info.map(|g| g.name).unwrap_or_default(), None)
+            }
         };
-        Ok(Some(proto::ConversationSummary {
+        let mut users = vec![caller.to_string()];
+        users.extend(other);
+        let cursors = self.notes.index().read_cursors(&row.id, &users).await?;
+        Ok(proto::ConversationSummary {
             id: row.id,
             kind: kind.into(),
             title,
             last_message: row.last.map(Into::into),
-            unread,
+            unread: row.unread,
             last_active_at: row.last_active,
-        }))
+            read_seq: cursors.first().copied().unwrap_or(0),
+            // Notes to oneself: the other reader is oneself.
+            peer_read_seq: cursors.get(1).copied().unwrap_or(0),
+        })
     }
 }
 

@@ -24,7 +24,6 @@ use crate::proto;
 use crate::store::conversations::ConversationIndex;
 use crate::store::groups::Groups;
 use crate::store::{Appended, Inbox, NewMessage, Outgoing, RouteStore, message_at};
-
 use crate::tls::{ClientTls, ServerTls};
 
 mod broadcast;
@@ -32,11 +31,12 @@ mod conversations;
 mod groups;
 mod listing;
 mod notes;
+mod receipts;
 
 pub use conversations::{MAX_HISTORY_BYTES, MAX_HISTORY_PAGE};
 pub use groups::MAX_GROUP_NAME;
 pub use listing::MAX_CONVERSATIONS_PAGE;
-pub use notes::Notes;
+pub use {notes::Notes, receipts::MAX_READERS_PAGE};
 
 /// Device name used when Login names none.
 pub const DEFAULT_DEVICE: &str = "default";

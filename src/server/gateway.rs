@@ -9,6 +9,8 @@
 //! (100 messages, about 1 MiB), and counts against the caller's send allowance like a Send.
 //! ListConversations lists only the caller's own conversations, a page of at most 100, and
 //! costs a send allowance per 100 conversations the caller has (1,000 considered at most).
+//! MarkRead moves only the caller's own read cursor, GetReceipts reads the cursors of a
+//! conversation the caller is in (a page of 100 at most); each costs a send allowance.
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -87,5 +89,21 @@ impl Gateway for GatewayService {
     ) -> Result<Response<proto::ListConversationsResponse>, Status> {
         let claims = self.node.authorize(req.metadata()).await?;
         Ok(Response::new(self.node.list_conversations(&claims.sub, req.into_inner()).await?))
+    }
+
+    async fn mark_read(
+        &self,
+        req: Request<proto::MarkReadRequest>,
+    ) -> Result<Response<proto::MarkReadResponse>, Status> {
+        let claims = self.node.authorize(req.metadata()).await?;
+        Ok(Response::new(self.node.mark_read(&claims.sub, req.into_inner()).await?))
+    }
+
+    async fn get_receipts(
+        &self,
+        req: Request<proto::GetReceiptsRequest>,
+    ) -> Result<Response<proto::GetReceiptsResponse>, Status> {
+        let claims = self.node.authorize(req.metadata()).await?;
+        Ok(Response::new(self.node.receipts(&claims.sub, req.into_inner()).await?))
     }
 }

@@ -56,9 +56,6 @@ impl Session {
                 "Ack up_to {up_to} is beyond the last seq delivered on this stream ({delivered})"
             ))));
         }
-        for (conversation, at, seen) in self.pushed.acked(up_to) {
-            self.node.notes().note(&self.user, &conversation, at, seen);
-        }
         if let Some(up_to) = self.acks.receive(up_to) {
             self.store_ack(up_to).await;
             self.acks.open_window(tokio::time::Instant::now());

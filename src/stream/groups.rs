@@ -244,10 +244,6 @@ impl Groups {
             return;
         }
         let acks: Vec<(String, u64)> = self.acks.drain().collect();
-        for (group, seq) in &acks {
-            // Activity is when messages come, not when they are acked: 0 moves nothing.
-            node.notes().note(user, group, 0, *seq);
-        }
         if let Err(e) = node.groups().ack_groups(user, device, &acks).await {
             tracing::warn!(%user, error = %e, "group acks not stored");
         }

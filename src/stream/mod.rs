@@ -6,7 +6,6 @@
 //! - `end`: why a session ended, and what its client is told.
 //! - `frames`: what the client sends after Hello: messages and acks.
 //! - `acks`: merging bursts of acks into few cursor stores.
-//! - `seen`: which conversations an ack reaches (for unread counts).
 //! - `gate`: the per-stream send rate and the order hold after a retryable refusal.
 //! - `groups`: broadcast groups' order, catch-up from the log and acks by conversation.
 //! - `outbound`: the bounded queue tonic streams out; it detects a client that stopped reading.
@@ -21,5 +20,4 @@ mod gate;
 mod groups;
 mod hello;
 pub mod outbound;
-mod seen;
 pub mod session;

@@ -69,7 +69,6 @@ pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: 
         gate: SendGate::new(),
         // Grows as pushes come: an idle device holds none.
         sent: std::collections::VecDeque::new(),
-        pushed: Default::default(),
         groups: Groups::default(),
     };
     let body = async {
@@ -122,8 +121,6 @@ pub(super) struct Session {
     /// (seq, msg_id) of the last messages pushed, to tell a retry's push from a seq that a
     /// rolled-back store gave out again.
     pub(super) sent: std::collections::VecDeque<(u64, String)>,
-    /// Pushed, not yet acked: what an ack tells of the user's conversations.
-    pub(super) pushed: super::seen::Pushed,
     /// Broadcast groups: their order and catch-up.
     pub(super) groups: Groups,
 }
@@ -327,7 +324,6 @@ impl Session {
             self.sent.pop_front();
         }
         self.sent.push_back((msg.seq, msg.msg_id.clone()));
-        self.pushed.push(&msg);
         out.send(Frame::Message(msg.into())).await?;
         Ok(())
     }

@@ -6,7 +6,9 @@ use super::MemoryStore;
 use crate::store::groups::Position;
 
 impl MemoryStore {
-    /// Adds `group` to (or, `add` false, removes it from) each of `users`' group lists.
+    /// Adds `group` to (or, `add` false, removes it from) each of `users`' group lists; what a
+    /// user removed had seen of it goes (the caller, holding the group's log, drops their read
+    /// cursors there).
     pub(super) fn index_members(&self, group: &str, users: &[String], add: bool) {
         for user in users {
             self.with_user(user, |u| {
@@ -15,6 +17,7 @@ impl MemoryStore {
                 } else {
                     u.groups.remove(group);
                     u.group_cursors.retain(|(_, g), _| g != group);
+                    u.conversations.remove(group);
                 }
             });
         }

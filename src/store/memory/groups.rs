@@ -220,6 +220,9 @@ impl Groups for MemoryStore {
         // Conversation, then user: the lock order of every delivery.
         self.index_members(&message.conversation, &joined, true);
         self.index_members(&message.conversation, &removed, false);
+        for user in &removed {
+            log.readers.remove(user);
+        }
         Ok(Changed {
             members: group.members_to_write(),
             broadcast_from: group.broadcast_from,

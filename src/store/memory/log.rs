@@ -17,6 +17,8 @@ pub(super) struct ConvLog {
     messages: VecDeque<StoredMessage>,
     /// A group's state, for a group's conversation.
     pub(super) group: Option<GroupState>,
+    /// Each reader's cursor: user → the conversation seq they have read up to.
+    pub(super) readers: HashMap<String, u64>,
     /// Group messages by (sender, client_msg_id): (conv_seq, msg_id, sent_at, until).
     retries: HashMap<(String, String), (u64, String, i64, Instant)>,
     retry_order: VecDeque<(String, String)>,

@@ -49,7 +49,8 @@ fn cursor_field(device: &str, group: &str) -> String {
 }
 
 impl RedisStore {
-    /// Adds `group` to (or, `add` false, removes it from) each of `users`' group lists.
+    /// Adds `group` to (or, `add` false, removes it from) each of `users`' group lists; a user
+    /// removed also leaves the group's readers, and what they had seen of it goes.
     pub(super) async fn index_members(
         &self,
         group: &str,
@@ -57,26 +58,35 @@ impl RedisStore {
         add: bool,
     ) -> Result<(), StoreError> {
         let command = if add { "SADD" } else { "SREM" };
+        // One user's changes, in their slot.
+        let per_user = |pipe: &mut redis::Pipeline, u: &str| {
+            pipe.cmd(command).arg(self.key("ugroups", u)).arg(group).ignore();
+            if !add {
+                pipe.cmd("HDEL").arg(self.key("useen", u)).arg(group).ignore();
+            }
+        };
         if self.conn.is_single() {
             for chunk in users.chunks(INDEX_AT_ONCE) {
                 let mut pipe = redis::pipe();
-                for u in chunk {
-                    pipe.cmd(command).arg(self.key("ugroups", u)).arg(group).ignore();
-                }
+                chunk.iter().for_each(|u| per_user(&mut pipe, u));
                 pipe.query_async::<()>(&mut self.conn.clone()).await?;
             }
-            return Ok(());
-        }
-        for wave in users.chunks(INDEX_IN_FLIGHT) {
-            let calls = wave.iter().map(|u| {
-                let mut conn = self.conn.clone();
-                let key = self.key("ugroups", u);
-                async move {
-                    redis::cmd(command).arg(key).arg(group).query_async::<i64>(&mut conn).await
+        } else {
+            for wave in users.chunks(INDEX_IN_FLIGHT) {
+                let calls = wave.iter().map(|u| {
+                    let mut pipe = redis::pipe();
+                    per_user(&mut pipe, u);
+                    let mut conn = self.conn.clone();
+                    async move { pipe.query_async::<()>(&mut conn).await }
+                });
+                for r in futures_util::future::join_all(calls).await {
+                    r?;
                 }
-            });
-            for r in futures_util::future::join_all(calls).await {
-                r?;
+            }
+        }
+        if !add {
+            for chunk in users.chunks(INDEX_AT_ONCE) {
+                let () = self.conn.clone().zrem(self.key("readers", group), chunk).await?;
             }
         }
         Ok(())

@@ -1,7 +1,8 @@
 //! Each user's conversation index in Redis, in the user's slot: `<p>:uconv:{uid}` (sorted set:
-//! conversation → last activity, Unix ms) and `<p>:useen:{uid}` (hash: conversation → highest
-//! conversation seq sent or acked). Both are written by `note.lua`, at most
-//! [`MAX_INDEXED`] conversations, and expire with the user's other keys.
+//! direct conversation → last activity, Unix ms; at most [`MAX_INDEXED`]) and `<p>:useen:{uid}`
+//! (hash: conversation → highest conversation seq sent or read), written by `note.lua`, expiring
+//! with the user's other keys. Each conversation's readers, in its slot: `<p>:readers:{conv}`
+//! (sorted set: user → conversation seq read up to; `read.lua`), kept as long as its history.
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
@@ -13,6 +14,7 @@ use crate::store::StoreError;
 use crate::store::conversations::{ConversationIndex, MAX_INDEXED, Noted};
 
 static NOTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("note.lua")));
+static READ: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("read.lua")));
 
 #[async_trait]
 impl ConversationIndex for RedisStore {
@@ -37,12 +39,72 @@ impl ConversationIndex for RedisStore {
             .hgetall(self.key("useen", user))
             .query_async(&mut self.conn.clone())
             .await?;
-        Ok(index
+        let mut out: Vec<Noted> = index
             .into_iter()
             .map(|(conversation, at)| {
                 let seen = seen.get(&conversation).copied().unwrap_or(0);
                 Noted { conversation, at: at as i64, seen }
             })
-            .collect())
+            .collect();
+        let groups = seen.into_iter().filter(|(c, _)| !c.starts_with("d:"));
+        out.extend(groups.map(|(conversation, seen)| Noted { conversation, at: 0, seen }));
+        Ok(out)
+    }
+
+    async fn mark_read(&self, user: &str, conversation: &str, seq: u64) -> Result<u64, StoreError> {
+        // Two slots: the readers first, then what the user has seen; each only moves forward,
+        // so a retry after a failure between them completes both.
+        let keep = self.opts.history_retention + std::time::Duration::from_secs(86_400);
+        let cursor: u64 = READ
+            .key(self.key("readers", conversation))
+            .arg(user)
+            .arg(seq)
+            .arg(keep.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let seen = Noted { conversation: conversation.to_string(), at: 0, seen: cursor };
+        self.note(user, &[seen]).await?;
+        Ok(cursor)
+    }
+
+    async fn read_cursors(
+        &self,
+        conversation: &str,
+        users: &[String],
+    ) -> Result<Vec<u64>, StoreError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let scores: Vec<Option<f64>> = redis::cmd("ZMSCORE")
+            .arg(self.key("readers", conversation))
+            .arg(users)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(scores.into_iter().map(|s| s.unwrap_or(0.0) as u64).collect())
+    }
+
+    async fn readers(
+        &self,
+        conversation: &str,
+        seq: u64,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(u32, Vec<(String, u64)>), StoreError> {
+        let key = self.key("readers", conversation);
+        let (count, page): (u32, Vec<(String, f64)>) = redis::pipe()
+            .atomic()
+            .zcount(&key, seq, "+inf")
+            .cmd("ZRANGE")
+            .arg(&key)
+            .arg(seq)
+            .arg("+inf")
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(offset)
+            .arg(limit)
+            .arg("WITHSCORES")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok((count, page.into_iter().map(|(u, s)| (u, s as u64)).collect()))
     }
 }

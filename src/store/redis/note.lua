@@ -1,12 +1,14 @@
 -- Records a user's activity in their conversations (ListConversations' index).
--- KEYS: 1 the index (sorted set: conversation -> last activity, Unix ms), 2 what was seen
---       (hash: conversation -> highest conversation seq sent or acked)
+-- KEYS: 1 the index of direct conversations (sorted set: conversation -> last activity, Unix
+--       ms), 2 what was seen (hash: conversation -> highest conversation seq sent or read)
 -- ARGV: the most conversations kept, both keys' lifetime (ms), then triples of a conversation,
 --       its activity time and its seen seq (0: nothing seen).
 local index, seen = KEYS[1], KEYS[2]
 for i = 3, #ARGV, 3 do
   local conv, at, seq = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  redis.call('ZADD', index, 'GT', at, conv)
+  if string.sub(conv, 1, 2) == 'd:' then
+    redis.call('ZADD', index, 'GT', at, conv)
+  end
   if seq > 0 and seq > tonumber(redis.call('HGET', seen, conv) or '0') then
     redis.call('HSET', seen, conv, seq)
   end
