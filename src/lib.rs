@@ -46,6 +46,7 @@ pub mod ids;
 pub mod lb;
 pub mod limit;
 pub mod node;
+pub mod push;
 pub mod server;
 pub mod store;
 pub mod stream;

@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::webhook::{Received, Webhook};
 use common::{Backend, TestNode, assert_quiet, eventually, next_message};
 use tim::client::{self, Session};
 use tim::ids::Conversation;
@@ -446,7 +447,58 @@ on_every_store!(
     list_conversations_pages_in_activity_order_and_refuses_bad_calls,
     receipts_count_the_other_members_who_read_each_message,
     read_receipts_refuse_outsiders_and_bad_calls,
+    offline_push_retries_until_taken_and_skips_who_is_online,
 );
+
+const PUSH_SECRET: &str = "push-secret-0123456789";
+
+/// The webhook's requests once `n` have come and nothing more does for a while.
+async fn pushed(hook: &Webhook, n: usize) -> Vec<Received> {
+    eventually(|| async { (hook.received().len() >= n).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let got = hook.received();
+    assert_eq!(got.len(), n, "{got:?}");
+    got
+}
+
+async fn offline_push_retries_until_taken_and_skips_who_is_online(b: &Backend) {
+    // Two failures, then taken; the fourth request is refused.
+    let hook = Webhook::start(&[503, 503, 200, 400]).await;
+    let node = TestNode::with(b, |c| {
+        c.push.push_webhook = Some(hook.url.clone());
+        c.push.push_secret = Some(PUSH_SECRET.into());
+        c.push.push_backoff = Duration::from_millis(50);
+    })
+    .await;
+    let ack = node.send_unary("alice", "d1", "bob", "wake up").await.unwrap();
+    let got = pushed(&hook, 3).await;
+    for r in &got {
+        assert_eq!(r.path, "/hook");
+        assert_eq!(r.body, got[0].body, "the same notification each try");
+        assert_eq!(r.header("x-tim-delivery"), Some(ack.msg_id.as_str()));
+        let mac = tim::push::sign(PUSH_SECRET.as_bytes(), &r.body);
+        let want = format!("sha256={}", tim::push::hex(&mac));
+        assert_eq!(r.header("x-tim-signature"), Some(want.as_str()));
+    }
+    let n: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!((n["user"].as_str(), n["from"].as_str()), (Some("bob"), Some("alice")));
+    assert_eq!((n["body"].as_str(), n["conv_seq"].as_u64()), (Some("wake up"), Some(1)));
+    // Bob online: nothing to push, for a direct message or a group's.
+    let mut bob = node.connect("bob", "phone", 0).await;
+    node.send_unary("alice", "d2", "bob", "here?").await.unwrap();
+    let group = create(&node, "alice", &["bob", "carol"], false).await;
+    let alice = node.connect("alice", "phone", 0).await;
+    send(&alice, &group, "g1", "team news").await;
+    assert_eq!(next_message(&mut bob).await.body, "wake up");
+    // Only carol, offline, is told (not of the group's creation, not alice of her own); her
+    // notification is refused, and a refusal is not tried again.
+    let got = pushed(&hook, 4).await;
+    let n: serde_json::Value = serde_json::from_slice(&got[3].body).unwrap();
+    assert_eq!(
+        (n["user"].as_str(), n["conversation"].as_str()),
+        (Some("carol"), Some(group.as_str()))
+    );
+}
 
 async fn mark_read(
     node: &TestNode,

@@ -1,5 +1,5 @@
 //! Secrets from files (`--token-secret-file`, `--node-secret-file`, `--jwt-secret-file`, `--redis-password-file`,
-//! `--consul-token-file`), so they stay out of process lists and shell history, and URLs with
+//! `--consul-token-file`, `--push-secret-file`), so they stay out of process lists and shell history, and URLs with
 //! their passwords masked for logs.
 use std::path::{Path, PathBuf};
 
@@ -18,6 +18,8 @@ impl Config {
             self.consul_token = std::env::var("CONSUL_HTTP_TOKEN").ok().filter(|t| !t.is_empty());
         }
         read(&mut self.redis_password, self.redis_password_file.take(), "--redis-password")?;
+        let push = &mut self.push;
+        read(&mut push.push_secret, push.push_secret_file.take(), "--push-secret")?;
         Ok(self)
     }
 }

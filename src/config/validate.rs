@@ -9,6 +9,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |m: &str| Err(ConfigError(m.to_string()));
         self.login_mode()?;
+        self.push.validate()?;
         if self.token_secret.as_ref().is_some_and(|s| s.len() < 16) {
             return fail("--token-secret must be at least 16 bytes");
         }

@@ -194,6 +194,7 @@ impl Node {
     ) -> Result<(), Error> {
         let delivered = self.groups.deliver_group(message, origin_device, members).await?;
         for Delivered { user, message, routes } in &delivered {
+            self.push_if_offline(user, message, routes);
             self.delivery.fan_out(user, message, routes);
         }
         Ok(())

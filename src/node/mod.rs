@@ -21,9 +21,12 @@ use crate::ids::Conversation;
 use crate::lb::{NodeSelectLayer, Placed};
 use crate::limit::{QueueBudget, SendLimits};
 use crate::proto;
+use crate::push::{Notification, Pusher};
 use crate::store::conversations::ConversationIndex;
 use crate::store::groups::Groups;
-use crate::store::{Appended, Inbox, NewMessage, Outgoing, RouteStore, message_at};
+use crate::store::{
+    Appended, Inbox, NewMessage, Outgoing, Route, RouteStore, StoredMessage, message_at,
+};
 use crate::tls::{ClientTls, ServerTls};
 
 mod broadcast;
@@ -31,12 +34,13 @@ mod conversations;
 mod groups;
 mod listing;
 mod notes;
+mod presence;
 mod receipts;
 
 pub use conversations::{MAX_HISTORY_BYTES, MAX_HISTORY_PAGE};
 pub use groups::MAX_GROUP_NAME;
 pub use listing::MAX_CONVERSATIONS_PAGE;
-pub use {notes::Notes, receipts::MAX_READERS_PAGE};
+pub use {notes::Notes, presence::Presence, receipts::MAX_READERS_PAGE};
 
 /// Device name used when Login names none.
 pub const DEFAULT_DEVICE: &str = "default";
@@ -96,6 +100,8 @@ pub struct Node {
     routes: Arc<dyn RouteStore>,
     groups: Arc<dyn Groups>,
     notes: Notes,
+    /// The offline-push webhook, when configured.
+    push: Option<Pusher>,
     delivery: Delivery,
     login: LoginService,
     member_sets: broadcast::MemberSets,
@@ -112,6 +118,7 @@ impl Node {
         security: Security,
         stores: Stores,
         membership: Arc<Membership>,
+        push: Option<Pusher>,
     ) -> (Self, LoginWorker) {
         /// Live messages queued per session before it falls back to reading its inbox.
         const FEED_CAPACITY: usize = 1024;
@@ -138,6 +145,7 @@ impl Node {
             inbox: stores.inbox,
             groups: stores.groups,
             notes: Notes::new(stores.conversations),
+            push,
             member_sets: Default::default(),
             routes: stores.routes,
             login,
@@ -165,6 +173,23 @@ impl Node {
 
     pub fn groups(&self) -> &dyn Groups {
         self.groups.as_ref()
+    }
+
+    /// Tells the push webhook (if any) of `message` for `user`, unless they have a live stream
+    /// (or it is their own, or a group event).
+    pub(crate) fn push_if_offline(
+        &self,
+        user: &str,
+        message: &StoredMessage,
+        routes: &[(String, Route)],
+    ) {
+        if let Some(push) = &self.push
+            && user != message.from
+            && message.event.is_none()
+            && !routes.iter().any(|(_, r)| self.delivery.is_live(r))
+        {
+            push.notify(Notification::of(user, message));
+        }
     }
 
     /// What the node learned of its users' conversations, not yet in their indexes.
@@ -299,6 +324,7 @@ impl Node {
         self.notes.note(from, &m.conversation, m.sent_at, m.conv_seq);
         self.notes.note(&m.to, &m.conversation, m.sent_at, 0);
         if !appended.duplicate {
+            self.push_if_offline(&m.to, m, &appended.routes);
             self.delivery.fan_out(&appended.message.to, &appended.message, &appended.routes);
             if let Some(copy) = &appended.copy {
                 self.delivery.fan_out(from, &copy.message, &copy.routes);
@@ -333,36 +359,6 @@ impl Node {
         }
         Ok(())
     }
-
-    /// Whether `user` holds a stream on a live node (or, if not, when last seen) and, only when
-    /// `caller` is that user, on which devices and nodes, as (device, node id) sorted. Other
-    /// users learn online or last seen, nothing more.
-    pub async fn presence(&self, caller: &str, user: &str) -> Result<Presence, Error> {
-        ids::user(user)?;
-        let routes = self.routes.get(user).await?;
-        let mut devices: Vec<_> = routes
-            .into_iter()
-            .filter(|(_, r)| self.delivery.is_live(r))
-            .map(|(device, r)| (device, r.node_id))
-            .collect();
-        devices.sort();
-        let online = !devices.is_empty();
-        if caller != user {
-            devices.clear();
-        }
-        let last_seen = if online { None } else { self.routes.last_seen(user).await? };
-        Ok(Presence { online, devices, last_seen })
-    }
-}
-
-/// What Presence tells a caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Presence {
-    pub online: bool,
-    /// (device, node id) of each online device; empty unless the caller asked about themself.
-    pub devices: Vec<(String, String)>,
-    /// While offline: when the user's last stream ended (Unix ms), if known.
-    pub last_seen: Option<i64>,
 }
 
 /// The Login pipeline: a timeout (an empty cluster is UNAVAILABLE, not a hang), a buffer (the

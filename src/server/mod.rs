@@ -166,7 +166,11 @@ pub async fn run(
         tls: tls.clone(),
         peer_tls: config.peer_tls()?,
     };
-    let (node, login_worker) = Node::new(&id, config, security, stores, membership);
+    let push = crate::push::Pusher::start(&config.push).map(|(pusher, worker)| {
+        tasks.spawn(worker);
+        pusher
+    });
+    let (node, login_worker) = Node::new(&id, config, security, stores, membership, push);
     let node = Arc::new(node);
     tasks.spawn(login_worker);
     tasks.spawn({
