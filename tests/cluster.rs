@@ -7,12 +7,16 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::consul::ConsulDouble;
-use common::{Backend, NODE_SECRET, SECRET, TestNode, WAIT, eventually, next_event, next_message};
+use common::{
+    Backend, NODE_SECRET, SECRET, TestNode, WAIT, assert_quiet, eventually, next_event,
+    next_message,
+};
 use futures_util::StreamExt as _;
 use tim::client::{self, Event, Options};
 use tim::discovery::consul::ConsulClient;
 use tim::discovery::{ConsulDiscovery, ConsulRegistration, Discovery, Update};
 use tim::lb::StrategyKind;
+use tim::proto;
 
 const TTL: Duration = Duration::from_secs(1);
 
@@ -160,6 +164,62 @@ async fn users_on_different_nodes_chat_both_ways() {
         started.elapsed() < Duration::from_secs(5),
         "pushed by relay, not by the periodic catch-up"
     );
+}
+
+/// The next event, which must be a signal.
+async fn next_signal(s: &mut client::Session) -> proto::Signal {
+    match next_event(s).await {
+        Event::Signal(signal) => signal,
+        other => panic!("expected a signal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_reads_reach_members_on_other_nodes_and_nothing_is_stored() {
+    use proto::signal::Kind;
+    let consul = ConsulDouble::start().await;
+    let backend = Backend::redis();
+    let nodes = cluster(2, &consul, &backend, StrategyKind::RoundRobin).await;
+    let direct = tim::ids::Conversation::direct("alice", "bob").id();
+    let mut alice = nodes[0].connect_here("alice", "phone", 0).await;
+    let mut bob = nodes[1].connect_here("bob", "phone", 0).await;
+    let mut tablet = nodes[0].connect_here("bob", "tablet", 0).await;
+    // A burst of typing is relayed once a second at most.
+    for _ in 0..5 {
+        alice.sender().typing(&direct).await.unwrap();
+    }
+    for device in [&mut bob, &mut tablet] {
+        let s = next_signal(device).await;
+        assert_eq!(
+            (s.kind(), s.user_id.as_str(), s.conversation.as_str()),
+            (Kind::Typing, "alice", direct.as_str())
+        );
+        assert!(s.expires_in_ms > 0, "it expires by itself");
+    }
+    assert_quiet(&mut bob, Duration::from_millis(300)).await;
+    assert_quiet(&mut alice, Duration::from_millis(100)).await;
+    // Never stored: the first message is the conversation's first and the inbox's first.
+    alice.sender().send("bob", "hi").await.unwrap();
+    let m = next_message(&mut bob).await;
+    assert_eq!((m.seq, m.conv_seq, m.body.as_str()), (1, 1, "hi"));
+    assert_eq!(next_message(&mut tablet).await.seq, 1);
+    // Bob reads it on his phone's node: alice (on the other node) and his devices hear of it.
+    let token = nodes[1].login("bob", "phone").await.token;
+    let req = proto::MarkReadRequest { conversation: direct.clone(), ..Default::default() };
+    let mut gw = nodes[1].gateway().await;
+    gw.mark_read(client::authorized(req, &token)).await.unwrap();
+    for device in [&mut alice, &mut tablet, &mut bob] {
+        let s = next_signal(device).await;
+        assert_eq!((s.kind(), s.user_id.as_str(), s.conv_seq), (Kind::Read, "bob", 1));
+    }
+    // Someone else's conversation: the stream ends, nothing relayed.
+    let mut mallory = nodes[0].connect_here("mallory", "phone", 0).await;
+    mallory.sender().typing(&direct).await.unwrap();
+    match next_event(&mut mallory).await {
+        Event::Closed(Some(status)) => assert_eq!(status.code(), tonic::Code::PermissionDenied),
+        other => panic!("expected the stream to end, got {other:?}"),
+    }
+    assert_quiet(&mut bob, Duration::from_millis(300)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

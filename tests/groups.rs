@@ -448,7 +448,46 @@ on_every_store!(
     receipts_count_the_other_members_who_read_each_message,
     read_receipts_refuse_outsiders_and_bad_calls,
     offline_push_retries_until_taken_and_skips_who_is_online,
+    typing_reaches_a_small_groups_members_online_only,
 );
+
+async fn typing_reaches_a_small_groups_members_online_only(b: &Backend) {
+    use proto::signal::Kind;
+    let node = TestNode::with(b, |c| c.group_fanout_limit = 3).await;
+    let small = create(&node, "alice", &["bob", "carol"], false).await;
+    let large = create(&node, "alice", &["bob", "carol", "dave"], false).await;
+    let alice = node.connect("alice", "phone", 0).await;
+    let mut bob = node.connect("bob", "phone", 0).await;
+    // Bob's inbox first: the two creations.
+    assert!(next_message(&mut bob).await.event.is_some());
+    assert!(next_message(&mut bob).await.event.is_some());
+    alice.sender().typing(&small).await.unwrap();
+    match common::next_event(&mut bob).await {
+        client::Event::Signal(s) => {
+            assert_eq!(
+                (s.kind(), s.user_id.as_str(), s.conversation.as_str()),
+                (Kind::Typing, "alice", small.as_str())
+            )
+        }
+        other => panic!("expected typing, got {other:?}"),
+    }
+    // Past the fan-out limit typing is not relayed (its member list is not read for it).
+    alice.sender().typing(&large).await.unwrap();
+    assert_quiet(&mut bob, Duration::from_millis(300)).await;
+    // Not a member: the stream ends NOT_FOUND.
+    let mut mallory = node.connect("mallory", "phone", 0).await;
+    mallory.sender().typing(&small).await.unwrap();
+    match common::next_event(&mut mallory).await {
+        client::Event::Closed(Some(status)) => assert_eq!(status.code(), Code::NotFound),
+        other => panic!("expected the stream to end, got {other:?}"),
+    } // Not a conversation id: INVALID_ARGUMENT.
+    let mut odd = node.connect("odd", "phone", 0).await;
+    odd.sender().typing("nonsense").await.unwrap();
+    match common::next_event(&mut odd).await {
+        client::Event::Closed(Some(status)) => assert_eq!(status.code(), Code::InvalidArgument),
+        other => panic!("expected the stream to end, got {other:?}"),
+    }
+}
 
 const PUSH_SECRET: &str = "push-secret-0123456789";
 

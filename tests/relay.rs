@@ -115,6 +115,13 @@ impl Relay for PeerDouble {
     ) -> Result<Response<proto::KickResponse>, Status> {
         Err(Status::unimplemented("kick"))
     }
+
+    async fn signal(
+        &self,
+        _: Request<proto::SignalRequest>,
+    ) -> Result<Response<proto::DeliverResponse>, Status> {
+        Err(Status::unimplemented("signal"))
+    }
 }
 
 fn message(to: &str, seq: u64) -> StoredMessage {

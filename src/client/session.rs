@@ -17,6 +17,8 @@ use crate::proto::{
 #[derive(Debug, Clone)]
 pub enum Event {
     Message(proto::Message),
+    /// Ephemeral: someone is typing, or read up to a seq (never sent again).
+    Signal(proto::Signal),
     /// A newer session of this device took over; do not reconnect automatically.
     Kicked(String),
     /// The node is draining; reconnect (through any gateway) after this many ms.
@@ -161,6 +163,13 @@ impl Sender {
         Ok(async move { rx.await.unwrap_or(Err(ClientError::Closed)) })
     }
 
+    /// Tells the other members of `conversation` online that this user is typing (the server
+    /// relays at most one a second).
+    pub async fn typing(&self, conversation: &str) -> Result<(), ClientError> {
+        let typing = proto::Typing { conversation: conversation.into() };
+        self.frame(client_frame::Frame::Typing(typing)).await
+    }
+
     /// Tells the server everything up to `up_to` is processed.
     pub async fn ack(&self, up_to: u64) -> Result<(), ClientError> {
         self.frame(client_frame::Frame::Ack(proto::Ack { up_to, ..Default::default() })).await
@@ -301,6 +310,7 @@ async fn read(mut inbound: Streaming<ServerFrame>, events: mpsc::Sender<Event>, 
                     continue;
                 }
                 Frame::Message(m) => Event::Message(m),
+                Frame::Signal(s) => Event::Signal(s),
                 Frame::Kicked(k) => Event::Kicked(k.reason),
                 Frame::Drain(d) => Event::Drain(d.reconnect_after_ms),
                 Frame::SessionEnded(e) => match e.reason() {

@@ -85,6 +85,21 @@ impl Delivery {
         }
     }
 
+    /// Hands an ephemeral signal to `users`' sessions: here at once, and through every live
+    /// peer (no route is read for something this cheap to lose). Returns without waiting.
+    pub fn signal(&self, users: Vec<String>, signal: crate::proto::Signal) {
+        self.sessions.signal(&users, &Arc::new(signal.clone()));
+        for node in self.membership.nodes().iter().filter(|n| n.id != self.self_id) {
+            let (peers, users, signal) = (self.peers.clone(), users.clone(), signal.clone());
+            let node = node.id.clone();
+            self.spawn(async move {
+                if let Err(e) = peers.signal(&node, users, signal).await {
+                    debug!(peer = %node, error = %e, "signal not relayed");
+                }
+            });
+        }
+    }
+
     /// The relay clients (the node queues broadcast groups' messages on them).
     pub fn peers(&self) -> &Peers {
         &self.peers

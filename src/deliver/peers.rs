@@ -202,6 +202,18 @@ impl Peers {
         let resp = self.client(node_id)?.kick(authorized(req, &self.inner.token.get())).await?;
         Ok(resp.into_inner().kicked)
     }
+
+    /// Hands an ephemeral `signal` to `users`' sessions on `node_id`.
+    pub async fn signal(
+        &self,
+        node_id: &str,
+        users: Vec<String>,
+        signal: proto::Signal,
+    ) -> Result<(), Status> {
+        let req = proto::SignalRequest { user_ids: users, signal: Some(signal) };
+        self.client(node_id)?.signal(authorized(req, &self.inner.token.get())).await?;
+        Ok(())
+    }
 }
 
 /// The task that sends one peer's relay queue.

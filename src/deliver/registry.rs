@@ -60,12 +60,16 @@ impl Lag {
 /// Body bytes queued towards one session before live messages stop being queued (the session
 /// reads them from the inbox instead): a session that falls behind costs at most this.
 pub const FEED_BYTES: usize = 1024 * 1024;
+/// Ephemeral signals queued towards one session; past it they are dropped.
+const SIGNALS_QUEUED: usize = 32;
 
 /// What a session task receives from the registry.
 #[derive(Debug)]
 pub struct Feed {
     /// Live messages for this user, in the order they were stored on this node's path.
     pub messages: Live,
+    /// Ephemeral signals (typing, read); a session that does not keep up misses some.
+    pub signals: mpsc::Receiver<Arc<crate::proto::Signal>>,
     pub lag: Arc<Lag>,
     pub stop: watch::Receiver<Option<Stop>>,
 }
@@ -104,6 +108,7 @@ impl Drop for Live {
 struct Handle {
     session_id: String,
     messages: mpsc::Sender<Arc<StoredMessage>>,
+    signals: mpsc::Sender<Arc<crate::proto::Signal>>,
     queued: Arc<AtomicUsize>,
     budget: Arc<QueueBudget>,
     lag: Arc<Lag>,
@@ -164,11 +169,13 @@ impl Registry {
     pub fn register(&self, user: &str, device: &str, session_id: &str) -> Feed {
         let (tx, rx) = mpsc::channel(self.feed_capacity);
         let (stop_tx, stop_rx) = watch::channel(None);
+        let (signal_tx, signals) = mpsc::channel(SIGNALS_QUEUED);
         let lag = Arc::new(Lag::default());
         let queued = Arc::new(AtomicUsize::new(0));
         let handle = Handle {
             session_id: session_id.to_string(),
             messages: tx,
+            signals: signal_tx,
             queued: queued.clone(),
             budget: self.budget.clone(),
             lag: lag.clone(),
@@ -183,7 +190,7 @@ impl Registry {
             old.stop.send_replace(Some(Stop::Kicked(super::REPLACED.into())));
         }
         let budget = self.budget.clone();
-        Feed { messages: Live { rx, queued, budget }, lag, stop: stop_rx }
+        Feed { messages: Live { rx, queued, budget }, signals, lag, stop: stop_rx }
     }
 
     /// Removes a session if it is still the registered one for its device.
@@ -200,6 +207,14 @@ impl Registry {
     }
 
     /// Hands messages to every local session of `user`; returns how many sessions got them.
+    /// Hands an ephemeral signal to every local session of `users` that has room for it;
+    /// returns how many sessions took it.
+    pub fn signal(&self, users: &[String], signal: &Arc<crate::proto::Signal>) -> usize {
+        let all = self.users();
+        let handles = users.iter().filter_map(|u| all.get(u)).flat_map(|d| d.values());
+        handles.filter(|h| h.signals.try_send(signal.clone()).is_ok()).count()
+    }
+
     pub fn deliver(&self, user: &str, messages: &[StoredMessage]) -> usize {
         let users = self.users();
         let Some(devices) = users.get(user) else { return 0 };

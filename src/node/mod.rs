@@ -36,6 +36,7 @@ mod listing;
 mod notes;
 mod presence;
 mod receipts;
+mod signals;
 
 pub use conversations::{MAX_HISTORY_BYTES, MAX_HISTORY_PAGE};
 pub use groups::MAX_GROUP_NAME;
@@ -102,6 +103,7 @@ pub struct Node {
     notes: Notes,
     /// The offline-push webhook, when configured.
     push: Option<Pusher>,
+    typing_limit: signals::TypingLimit,
     delivery: Delivery,
     login: LoginService,
     member_sets: broadcast::MemberSets,
@@ -146,6 +148,7 @@ impl Node {
             groups: stores.groups,
             notes: Notes::new(stores.conversations),
             push,
+            typing_limit: Default::default(),
             member_sets: Default::default(),
             routes: stores.routes,
             login,

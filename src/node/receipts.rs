@@ -7,7 +7,6 @@ use crate::proto;
 use crate::store::HistoryPage;
 
 use super::Node;
-use super::conversations::Opened;
 
 /// Readers one GetReceipts page holds at most.
 pub const MAX_READERS_PAGE: usize = 100;
@@ -23,11 +22,14 @@ impl Node {
         req: proto::MarkReadRequest,
     ) -> Result<proto::MarkReadResponse, Error> {
         self.take_allowance(caller, "retry later")?;
-        let Opened { id, .. } = self.open(caller, &req.conversation, &req.with).await?;
+        let opened = self.open(caller, &req.conversation, &req.with).await?;
+        let id = opened.id.clone();
         let newest = HistoryPage { after: 0, before: 0, limit: 1 };
         let last = self.inbox.history(&id, newest).await?.pop().map_or(0, |m| m.conv_seq);
         let up_to = if req.conv_seq == 0 { last } else { req.conv_seq.min(last) };
         let read_seq = self.notes.index().mark_read(caller, &id, up_to).await?;
+        // The other members online and the caller's other devices hear of it at once.
+        self.signal_read(caller, &opened, read_seq).await?;
         Ok(proto::MarkReadResponse { conversation: id, read_seq })
     }
 

@@ -88,4 +88,19 @@ impl Relay for RelayService {
         };
         Ok(Response::new(proto::KickResponse { kicked }))
     }
+
+    async fn signal(
+        &self,
+        req: Request<proto::SignalRequest>,
+    ) -> Result<Response<proto::DeliverResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let signal = r.signal.ok_or_else(|| Status::invalid_argument("no signal"))?;
+        // A node sends a signal to a small group's members at most.
+        if r.user_ids.len() > self.node.config().group_fanout_limit as usize + 1 {
+            return Err(Status::invalid_argument("a signal names too many users"));
+        }
+        let sessions = self.node.delivery().sessions().signal(&r.user_ids, &Arc::new(signal));
+        Ok(Response::new(proto::DeliverResponse { sessions: sessions as u32 }))
+    }
 }

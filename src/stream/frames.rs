@@ -29,6 +29,11 @@ impl Session {
                 self.groups.ack(&a.conversation, a.conv_seq).map_err(End::Status)
             }
             Some(client_frame::Frame::Ack(a)) => self.ack(a.up_to).await,
+            Some(client_frame::Frame::Typing(t)) => self
+                .node
+                .typing(&self.user, &t.conversation)
+                .await
+                .map_err(|e| End::Status(e.into())),
             Some(client_frame::Frame::Hello(_)) => Err(End::Status(Status::failed_precondition(
                 "Hello was already sent on this stream",
             ))),

@@ -220,6 +220,9 @@ impl Session {
                     Err(status) => return Err(End::Status(status)),
                 },
                 Some(msg) = feed.messages.recv() => self.on_live(msg, out).await?,
+                Some(signal) = feed.signals.recv() => {
+                    out.send(Frame::Signal(Arc::unwrap_or_clone(signal))).await?;
+                }
                 _ = feed.lag.wait() => {
                     self.groups.check_all();
                     self.fill(out).await?

@@ -317,11 +317,15 @@ pub async fn next_event(s: &mut Session) -> Event {
         .expect("event stream ended")
 }
 
-/// The next pushed message; panics on any other event.
+/// The next pushed message, past any ephemeral signal (typing, read); panics on any other
+/// event.
 pub async fn next_message(s: &mut Session) -> proto::Message {
-    match next_event(s).await {
-        Event::Message(m) => m,
-        other => panic!("expected a message, got {other:?}"),
+    loop {
+        match next_event(s).await {
+            Event::Message(m) => return m,
+            Event::Signal(_) => continue,
+            other => panic!("expected a message, got {other:?}"),
+        }
     }
 }
 

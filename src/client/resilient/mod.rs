@@ -65,6 +65,8 @@ pub enum ClientEvent {
     /// The device was logged out (by this user, maybe from another device): the client has
     /// stopped.
     LoggedOut(String),
+    /// Ephemeral: someone is typing, or read up to a seq.
+    Signal(proto::Signal),
     /// Messages `first..=last` expired (past the retention) before this device got them; they
     /// will never come. Delivery goes on after `last`.
     Gap { first: u64, last: u64 },

@@ -288,6 +288,8 @@ impl Supervisor {
                             self.forward(m);
                         }
                     }
+                    // Ephemeral: dropped rather than waited for when the application lags.
+                    Some(Event::Signal(s)) => _ = self.events.try_send(ClientEvent::Signal(s)),
                     Some(Event::Kicked(reason)) => {
                         let _ = self.events.send(ClientEvent::Kicked(reason)).await;
                         return Ended::Stop;

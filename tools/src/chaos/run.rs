@@ -279,6 +279,8 @@ pub async fn record(mut client: Client, user: String, ledger: Arc<Ledger>) {
             // Chaos keeps every message within the retention: a gap is a loss, and the ledger
             // counts it as one.
             ClientEvent::Gap { .. } => {}
+            // Ephemeral, no part of the ledger.
+            ClientEvent::Signal(_) => {}
         }
     }
 }
