@@ -23,6 +23,9 @@ pub enum Error {
     /// The message or route store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Not now, and retrying will not help (a recall past its window).
+    #[error("{0}")]
+    Precondition(String),
 }
 
 impl Error {
@@ -35,6 +38,7 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::Precondition(_) => Code::FailedPrecondition,
             Error::RateLimited { .. } => Code::ResourceExhausted,
             Error::Auth(e) if e.is_permission() => Code::PermissionDenied,
             Error::Auth(_) => Code::Unauthenticated,

@@ -19,6 +19,7 @@ impl From<StoredMessage> for proto::Message {
             conv_seq: m.conv_seq,
             client_msg_id: m.client_msg_id,
             event: m.event.map(Into::into),
+            changed_by: 0,
         }
     }
 }
@@ -42,7 +43,20 @@ impl From<proto::Message> for StoredMessage {
 
 impl From<GroupEvent> for proto::GroupEvent {
     fn from(e: GroupEvent) -> Self {
-        proto::GroupEvent { kind: e.kind as i32, users: e.users, name: e.name }
+        match e.target() {
+            Some(target_seq) => proto::GroupEvent {
+                kind: e.kind as i32,
+                users: e.users,
+                name: String::new(),
+                target_seq,
+            },
+            None => proto::GroupEvent {
+                kind: e.kind as i32,
+                users: e.users,
+                name: e.name,
+                target_seq: 0,
+            },
+        }
     }
 }
 
@@ -51,6 +65,9 @@ impl TryFrom<proto::GroupEvent> for GroupEvent {
 
     fn try_from(e: proto::GroupEvent) -> Result<Self, ()> {
         let kind = EventKind::from_number(e.kind.into()).ok_or(())?;
+        if kind.changes_a_message() {
+            return Ok(GroupEvent::change(kind, e.target_seq));
+        }
         Ok(GroupEvent { kind, users: e.users, name: e.name })
     }
 }
@@ -102,14 +119,29 @@ impl From<Member> for proto::Member {
 
 impl From<proto::SendMessage> for Outgoing {
     fn from(m: proto::SendMessage) -> Self {
-        Outgoing { client_msg_id: m.client_msg_id, to: m.to, body: m.body, group: m.group }
+        let change = m.change.map(change_of);
+        Outgoing { client_msg_id: m.client_msg_id, to: m.to, body: m.body, group: m.group, change }
     }
 }
 
 impl From<proto::SendRequest> for Outgoing {
     fn from(m: proto::SendRequest) -> Self {
-        Outgoing { client_msg_id: m.client_msg_id, to: m.to, body: m.body, group: m.group }
+        let change = m.change.map(change_of);
+        Outgoing { client_msg_id: m.client_msg_id, to: m.to, body: m.body, group: m.group, change }
     }
+}
+
+/// A Send's change as the event it is logged as (an unknown kind: EDITED with target 0, which
+/// the node refuses as naming no message).
+fn change_of(c: proto::Change) -> (EventKind, u64) {
+    use proto::change::Kind;
+    let kind = match c.kind() {
+        Kind::Delete => EventKind::Deleted,
+        Kind::Recall => EventKind::Recalled,
+        Kind::Edit => EventKind::Edited,
+        Kind::Unspecified => return (EventKind::Edited, 0),
+    };
+    (kind, c.target_seq)
 }
 
 impl From<Appended> for proto::SendResponse {

@@ -191,6 +191,7 @@ async fn membership_rules_and_every_refusal(b: &Backend) {
         to: "bob".into(),
         body: "where to?".into(),
         group: group.clone(),
+        change: None,
     };
     let err = node.gateway().await.send(client::authorized(both, &token)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -401,6 +402,7 @@ async fn fan_out_cut_short(b: &Backend) {
         body: format!("body {id}"),
         msg_id: tim::ids::new_id(),
         sent_at: tim::auth::unix_ms(std::time::SystemTime::now()),
+        event: None,
     };
     let create = GroupChange::Create {
         name: "cut".into(),
@@ -449,7 +451,107 @@ on_every_store!(
     read_receipts_refuse_outsiders_and_bad_calls,
     offline_push_retries_until_taken_and_skips_who_is_online,
     typing_reaches_a_small_groups_members_online_only,
+    edits_deletes_and_recalls_are_logged_and_history_shows_the_latest_state,
 );
+
+/// A unary Send as `from` that changes message `target` of the conversation with `to` (a user,
+/// or a group's id).
+async fn change_unary(
+    node: &TestNode,
+    from: &str,
+    to: &str,
+    kind: proto::change::Kind,
+    target: u64,
+    body: &str,
+) -> Result<proto::SendResponse, tonic::Status> {
+    let token = node.login(from, "phone").await.token;
+    let group = to.starts_with("g:");
+    let req = proto::SendRequest {
+        client_msg_id: tim::ids::new_id(),
+        to: if group { String::new() } else { to.into() },
+        group: if group { to.into() } else { String::new() },
+        body: body.into(),
+        change: Some(proto::Change { kind: kind.into(), target_seq: target }),
+    };
+    node.gateway().await.send(client::authorized(req, &token)).await.map(|r| r.into_inner())
+}
+
+/// History as `user` of `conversation`: (conv_seq, body, changed_by) of each message that is
+/// no event.
+async fn latest(node: &TestNode, user: &str, conversation: &str) -> Vec<(u64, String, u64)> {
+    let req = proto::HistoryRequest { conversation: conversation.into(), ..Default::default() };
+    let page = node.history(user, req).await.unwrap().messages;
+    page.into_iter()
+        .filter(|m| m.event.is_none())
+        .map(|m| (m.conv_seq, m.body, m.changed_by))
+        .collect()
+}
+
+async fn edits_deletes_and_recalls_are_logged_and_history_shows_the_latest_state(b: &Backend) {
+    use proto::change::Kind as Change;
+    use proto::group_event::Kind as Event;
+    let node = TestNode::with(b, |c| c.recall_window = Duration::from_secs(2)).await;
+    let direct = Conversation::direct("alice", "bob").id();
+    let alice = node.connect("alice", "phone", 0).await;
+    let mut bob = node.connect("bob", "phone", 0).await;
+    alice.sender().send("bob", "helo").await.unwrap();
+    alice.sender().send("bob", "second").await.unwrap();
+    // An edit is a message of the conversation: in order, to every device, pointing at its target.
+    let ack = alice.sender().change("e1", "bob", Change::Edit, 1, "hello").await.unwrap();
+    assert_eq!(ack.conv_seq, 3);
+    let edit = take_messages(&mut bob, 3).await.pop().unwrap();
+    let e = edit.event.clone().expect("an event");
+    assert_eq!((e.kind(), e.target_seq, edit.body.as_str()), (Event::Edited, 1, "hello"));
+    alice.sender().change("e2", "bob", Change::Edit, 1, "hello!").await.unwrap();
+    alice.sender().change("r1", "bob", Change::Recall, 2, "").await.unwrap();
+    let want = vec![(1, "hello!".to_string(), 4), (2, String::new(), 5)];
+    assert_eq!(latest(&node, "bob", &direct).await, want, "the latest state of each");
+    // Refusals: someone else's message, a change of a change, no such message, a body on a
+    // delete, a recall too late.
+    let err = change_unary(&node, "bob", "alice", Change::Edit, 1, "mine now").await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    for (kind, target, body) in [
+        (Change::Edit, 3, "x"),
+        (Change::Edit, 99, "x"),
+        (Change::Delete, 1, "x"),
+        (Change::Edit, 0, "x"),
+        (Change::Unspecified, 1, "x"),
+    ] {
+        let err = change_unary(&node, "alice", "bob", kind, target, body).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{kind:?} {target}: {err:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let err = change_unary(&node, "alice", "bob", Change::Recall, 1, "").await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    change_unary(&node, "alice", "bob", Change::Delete, 1, "").await.unwrap();
+    assert_eq!(latest(&node, "alice", &direct).await[0], (1, String::new(), 6));
+    // Deleted or recalled stays so: no edit brings it back.
+    for target in [1, 2] {
+        let err = change_unary(&node, "alice", "bob", Change::Edit, target, "back").await;
+        assert_eq!(err.unwrap_err().code(), Code::FailedPrecondition, "{target}");
+    }
+    assert_eq!(latest(&node, "bob", &direct).await, [(1, String::new(), 6), (2, String::new(), 5)]);
+
+    // A group: a plain member may not delete another's message; the owner may.
+    let group = create(&node, "alice", &["bob", "carol"], false).await;
+    let carol = node.connect("carol", "phone", 0).await;
+    let said = send(&carol, &group, "c1", "oops").await.conv_seq;
+    let err = change_unary(&node, "bob", &group, Change::Delete, said, "").await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    change_unary(&node, "alice", &group, Change::Delete, said, "").await.unwrap();
+    assert_eq!(latest(&node, "bob", &group).await, [(said, String::new(), said + 1)]);
+    let err = change_unary(&node, "mallory", &group, Change::Delete, said, "").await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+}
+
+/// The next `n` messages of `s`.
+async fn take_messages(s: &mut Session, n: usize) -> Vec<proto::Message> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(next_message(s).await);
+    }
+    out
+}
 
 async fn typing_reaches_a_small_groups_members_online_only(b: &Backend) {
     use proto::signal::Kind;

@@ -280,7 +280,8 @@ async fn cli_send_and_chat() {
 }
 
 /// The CLI walk-through: create a group, send to it, chat prints it with the group's
-/// id and sends `#<id>: text` to it, history prints the conversation oldest first.
+/// id and sends `#<id>: text` to it, send edits and deletes, history prints the conversation
+/// oldest first, each message as its latest change left it.
 #[tokio::test]
 async fn cli_groups_send_chat_and_history() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -327,11 +328,22 @@ async fn cli_groups_send_chat_and_history() {
     let out = tokio::time::timeout(WAIT, chat.wait_with_output()).await.unwrap().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
+    // Alice edits her message; bob deletes his.
+    let edit = ["send", "--addr", &addr, "--user", "alice", "--group", &group, "--edit", "2"];
+    run([&edit[..], &["hello, team"]].concat()).await;
+    run(vec!["send", "--addr", &addr, "--user", "bob", "--group", &group, "--delete", "3"]).await;
+
     let history = run(vec!["history", "--addr", &addr, "--user", "carol", "--group", &group]).await;
     let lines: Vec<&str> = history.lines().collect();
-    assert_eq!(lines.len(), 3, "{history}");
+    assert_eq!(lines.len(), 5, "{history}");
     assert!(lines[0].starts_with("[1] alice: (created"), "{history}");
-    assert_eq!(&lines[1..], ["[2] alice: hello team", "[3] bob: hi all"]);
+    let want = [
+        "[2] alice: hello, team (edited)",
+        "[3] bob: (deleted)",
+        "[4] alice: (edited [2]: hello, team)",
+        "[5] bob: (deleted [3])",
+    ];
+    assert_eq!(&lines[1..], want);
 }
 
 #[tokio::test]

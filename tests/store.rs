@@ -58,6 +58,7 @@ async fn a_group_delivery_fills_a_gap_from_the_log_first(backend: &Backend) {
         body: format!("body {id}"),
         msg_id: tim::ids::new_id(),
         sent_at: unix_ms(SystemTime::now()),
+        event: None,
     };
     let create = GroupChange::Create {
         name: "gap".into(),
@@ -116,6 +117,7 @@ async fn read_cursors_move_forward_count_readers_and_leave_with_the_member(backe
         body: String::new(),
         msg_id: tim::ids::new_id(),
         sent_at: unix_ms(SystemTime::now()),
+        event: None,
     };
     s.groups.change_group(event.clone(), create, LIMITS).await.unwrap();
     assert_eq!(s.index.mark_read("bob", group, 5).await.unwrap(), 5);
@@ -238,6 +240,7 @@ fn message(to: &str, client_msg_id: &str, body: &str) -> NewMessage {
         body: body.into(),
         msg_id: tim::ids::new_id(),
         sent_at: unix_ms(SystemTime::now()),
+        event: None,
     }
 }
 

@@ -43,10 +43,16 @@ pub struct MembersArgs {
     pub users: Vec<String>,
 }
 
-/// A message's text: its body, or what its group event says.
+/// A message's text: its body (as History's latest change left it), or what its event says.
 pub(super) fn text(m: &proto::Message) -> String {
     use proto::group_event::Kind;
-    let Some(e) = &m.event else { return m.body.clone() };
+    let Some(e) = &m.event else {
+        return match (m.changed_by, m.body.is_empty()) {
+            (0, _) => m.body.clone(),
+            (_, true) => "(deleted)".to_string(),
+            (_, false) => format!("{} (edited)", m.body),
+        };
+    };
     let users = e.users.join(", ");
     match Kind::try_from(e.kind) {
         Ok(Kind::Created) => format!("(created {:?})", e.name),
@@ -55,6 +61,9 @@ pub(super) fn text(m: &proto::Message) -> String {
         Ok(Kind::Removed) => format!("(removed {users})"),
         Ok(Kind::Renamed) => format!("(renamed the group {:?})", e.name),
         Ok(Kind::RoleChanged) => format!("(made {users} {})", e.name),
+        Ok(Kind::Edited) => format!("(edited [{}]: {})", e.target_seq, m.body),
+        Ok(Kind::Deleted) => format!("(deleted [{}])", e.target_seq),
+        Ok(Kind::Recalled) => format!("(recalled [{}])", e.target_seq),
         _ => "(changed the group)".to_string(),
     }
 }

@@ -72,8 +72,33 @@ pub struct SendArgs {
     /// A group's id (`g:...`, as `tim group create` printed it), instead of --to.
     #[arg(long)]
     pub group: Option<String>,
-    /// Message body.
+    /// Message body (the new text, with --edit; none with --delete or --recall).
+    #[arg(default_value = "")]
     pub body: String,
+    /// Replace the text of your message with this conversation seq.
+    #[arg(long, value_name = "SEQ", conflicts_with_all = ["delete", "recall"])]
+    pub edit: Option<u64>,
+    /// Delete the message with this conversation seq for everyone (yours, or any as a group
+    /// admin).
+    #[arg(long, value_name = "SEQ", conflicts_with = "recall")]
+    pub delete: Option<u64>,
+    /// Recall your message with this conversation seq (within the node's --recall-window).
+    #[arg(long, value_name = "SEQ")]
+    pub recall: Option<u64>,
+}
+
+impl SendArgs {
+    /// The change this send makes to an earlier message, if any.
+    fn change(&self) -> Option<proto::Change> {
+        use proto::change::Kind;
+        let (kind, target_seq) = match (self.edit, self.delete, self.recall) {
+            (Some(seq), _, _) => (Kind::Edit, seq),
+            (_, Some(seq), _) => (Kind::Delete, seq),
+            (_, _, Some(seq)) => (Kind::Recall, seq),
+            _ => return None,
+        };
+        Some(proto::Change { kind: kind.into(), target_seq })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -205,6 +230,7 @@ pub async fn send(args: SendArgs) -> Result<()> {
     let mut gw = GatewayClient::new(client::channel(&l.addr, &opts).await?);
     let req = proto::SendRequest {
         client_msg_id: tim::ids::new_id(),
+        change: args.change(),
         to: args.to.unwrap_or_default(),
         body: args.body,
         group: args.group.unwrap_or_default(),

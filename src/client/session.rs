@@ -130,6 +130,27 @@ impl Sender {
         self.submit_message(msg).await?.await
     }
 
+    /// Edits, deletes or recalls message `target_seq` of a conversation (`to` a user, or a
+    /// `group`): logged as a change, acked like a send.
+    pub async fn change(
+        &self,
+        client_msg_id: &str,
+        to_or_group: &str,
+        kind: proto::change::Kind,
+        target_seq: u64,
+        body: &str,
+    ) -> Result<proto::SendAck, ClientError> {
+        let group = to_or_group.starts_with("g:");
+        let msg = proto::SendMessage {
+            client_msg_id: client_msg_id.to_string(),
+            to: if group { String::new() } else { to_or_group.to_string() },
+            group: if group { to_or_group.to_string() } else { String::new() },
+            body: body.to_string(),
+            change: Some(proto::Change { kind: kind.into(), target_seq }),
+        };
+        self.submit_message(msg).await?.await
+    }
+
     /// Queues a send frame and returns at once with the future of its ack, so that several
     /// sends can be in flight; the server stores them in the order they were submitted.
     pub async fn submit(

@@ -246,6 +246,9 @@ pub struct Config {
     /// How long a (sender, client_msg_id) pair is remembered, so retries are not stored twice.
     #[arg(long, env = "TIM_DEDUP_TTL", default_value = "24h", value_parser = parse_duration)]
     pub dedup_ttl: Duration,
+    /// How long after sending its author may recall a message (edits and deletes have no limit).
+    #[arg(long, env = "TIM_RECALL_WINDOW", default_value = "2m", value_parser = parse_duration)]
+    pub recall_window: Duration,
     #[command(flatten)]
     pub push: PushConfig,
 }

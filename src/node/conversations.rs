@@ -98,7 +98,9 @@ impl Node {
         } else {
             messages.drain(..messages.len() - fits);
         }
-        let messages = messages.into_iter().map(Into::into).collect();
+        let mut messages: Vec<proto::Message> = messages.into_iter().map(Into::into).collect();
+        // Each message as its latest edit, delete or recall left it (those stay in the log).
+        self.apply_changes(&id, &mut messages).await?;
         Ok(proto::HistoryResponse { conversation: id, messages })
     }
 }

@@ -7,7 +7,7 @@ use crate::auth::{Claims, unix_ms};
 use crate::error::Error;
 use crate::ids::{self, Conversation};
 use crate::proto;
-use crate::store::groups::{Delivered, GroupChange, Limits, MAX_CHANGED_USERS, Role};
+use crate::store::groups::{Delivered, GroupChange, GroupEvent, Limits, MAX_CHANGED_USERS, Role};
 use crate::store::{Appended, NewMessage, Outgoing, StoreError, StoredMessage};
 
 use super::Node;
@@ -118,6 +118,7 @@ impl Node {
         from: &str,
         device: &str,
         msg: Outgoing,
+        event: Option<GroupEvent>,
     ) -> Result<Appended, Error> {
         let id = group_id(&msg.group)?;
         let logged = self
@@ -132,6 +133,7 @@ impl Node {
                     body: msg.body,
                     msg_id: ids::new_id(),
                     sent_at: unix_ms(SystemTime::now()),
+                    event,
                 },
                 self.config.group_fanout_limit,
             )
@@ -163,6 +165,7 @@ impl Node {
             body: String::new(),
             msg_id: ids::new_id(),
             sent_at: unix_ms(SystemTime::now()),
+            event: None,
         };
         let limits = Limits {
             max_members: self.config.group_max_members,

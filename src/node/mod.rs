@@ -30,6 +30,7 @@ use crate::store::{
 use crate::tls::{ClientTls, ServerTls};
 
 mod broadcast;
+mod changes;
 mod conversations;
 mod groups;
 mod listing;
@@ -179,7 +180,7 @@ impl Node {
     }
 
     /// Tells the push webhook (if any) of `message` for `user`, unless they have a live stream
-    /// (or it is their own, or a group event).
+    /// (or it is their own, or an event: a group change, an edit, delete or recall).
     pub(crate) fn push_if_offline(
         &self,
         user: &str,
@@ -286,26 +287,14 @@ impl Node {
     /// over its send allowance on this node or the recipient's inbox over its rate.
     pub async fn send(&self, from: &str, device: &str, msg: Outgoing) -> Result<Appended, Error> {
         self.take_allowance(from, "retry with the same client_msg_id")?;
-        ids::client_msg_id(&msg.client_msg_id)?;
-        match (msg.to.is_empty(), msg.group.is_empty()) {
-            (true, false) => {}
-            (false, true) => {
-                ids::user(&msg.to).map_err(|e| Error::invalid(format!("recipient: {e}")))?
-            }
-            _ => return Err(Error::invalid("give exactly one of to and group")),
-        }
-        if msg.body.is_empty() {
-            return Err(Error::invalid("body is empty"));
-        }
-        if msg.body.len() > self.config.max_body {
-            return Err(Error::invalid(format!(
-                "body is {} bytes; the limit is {} bytes",
-                msg.body.len(),
-                self.config.max_body
-            )));
-        }
+        self.check_outgoing(&msg)?;
+        let event = self.change_event(from, &msg).await?;
+        let target = event.as_ref().and_then(|e| e.target());
         if !msg.group.is_empty() {
-            let sent = self.send_to_group(from, device, msg).await?;
+            let sent = self.send_to_group(from, device, msg, event).await?;
+            if let Some(target) = target {
+                self.record_change(&sent.message, target).await?;
+            }
             let m = &sent.message;
             self.notes.note(from, &m.conversation, m.sent_at, m.conv_seq);
             return Ok(sent);
@@ -321,8 +310,12 @@ impl Node {
                 body: msg.body,
                 msg_id: ids::new_id(),
                 sent_at: unix_ms(SystemTime::now()),
+                event,
             })
             .await?;
+        if let Some(target) = target {
+            self.record_change(&appended.message, target).await?;
+        }
         let m = &appended.message;
         self.notes.note(from, &m.conversation, m.sent_at, m.conv_seq);
         self.notes.note(&m.to, &m.conversation, m.sent_at, 0);

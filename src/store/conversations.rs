@@ -45,6 +45,18 @@ pub trait ConversationIndex: Send + Sync + 'static {
         users: &[String],
     ) -> Result<Vec<u64>, StoreError>;
 
+    /// Records that conversation seq `change` of `conversation` edits, deletes or recalls its
+    /// message `target` (the latest change of each target is kept: the highest seq).
+    async fn note_change(
+        &self,
+        conversation: &str,
+        target: u64,
+        change: u64,
+    ) -> Result<(), StoreError>;
+
+    /// The latest change of each of `targets` (0: none), in their order.
+    async fn changes(&self, conversation: &str, targets: &[u64]) -> Result<Vec<u64>, StoreError>;
+
     /// How many of `conversation`'s readers have read up to `seq` or beyond, and `limit` of
     /// them from `offset` on, by cursor then user id.
     async fn readers(

@@ -48,6 +48,11 @@ pub enum EventKind {
     Removed = 4,
     Renamed = 5,
     RoleChanged = 6,
+    /// A change of an earlier message (in any conversation): its [`GroupEvent::name`] is the
+    /// target's conversation seq; an edit's new text is the message's body.
+    Edited = 7,
+    Deleted = 8,
+    Recalled = 9,
 }
 
 impl EventKind {
@@ -59,8 +64,16 @@ impl EventKind {
             4 => Some(EventKind::Removed),
             5 => Some(EventKind::Renamed),
             6 => Some(EventKind::RoleChanged),
+            7 => Some(EventKind::Edited),
+            8 => Some(EventKind::Deleted),
+            9 => Some(EventKind::Recalled),
             _ => None,
         }
+    }
+
+    /// Whether it changes an earlier message rather than the group.
+    pub fn changes_a_message(self) -> bool {
+        matches!(self, EventKind::Edited | EventKind::Deleted | EventKind::Recalled)
     }
 }
 
@@ -72,8 +85,21 @@ pub struct GroupEvent {
     /// [`MAX_CHANGED_USERS`]); none for CREATED: its copy lands in every member's inbox, and
     /// the members are for GetGroup to page.
     pub users: Vec<String>,
-    /// CREATED, RENAMED: the group's name; ROLE_CHANGED: the role's name.
+    /// CREATED, RENAMED: the group's name; ROLE_CHANGED: the role's name; EDITED, DELETED,
+    /// RECALLED: the target's conversation seq, in decimal.
     pub name: String,
+}
+
+impl GroupEvent {
+    /// The change of message `target` (EDITED, DELETED or RECALLED).
+    pub fn change(kind: EventKind, target: u64) -> Self {
+        GroupEvent { kind, users: Vec::new(), name: target.to_string() }
+    }
+
+    /// The conversation seq an EDITED, DELETED or RECALLED event changes.
+    pub fn target(&self) -> Option<u64> {
+        self.kind.changes_a_message().then(|| self.name.parse().ok()).flatten()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

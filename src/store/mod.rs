@@ -75,6 +75,9 @@ pub struct Outgoing {
     pub body: String,
     /// A group's conversation id, instead of `to`.
     pub group: String,
+    /// An edit, delete or recall of this conversation seq of the conversation, instead of a
+    /// new message.
+    pub change: Option<(groups::EventKind, u64)>,
 }
 
 /// A message to append to its conversation and `to`'s inbox.
@@ -94,6 +97,8 @@ pub struct NewMessage {
     pub msg_id: String,
     /// Unix epoch ms at which the accepting node took the message.
     pub sent_at: i64,
+    /// Set for a change of an earlier message (EDITED, DELETED, RECALLED).
+    pub event: Option<groups::GroupEvent>,
 }
 
 /// A message in an inbox (or, with `seq` 0, in a conversation's history).

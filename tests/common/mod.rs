@@ -224,6 +224,7 @@ impl TestNode {
             to: to.into(),
             body: body.into(),
             group: String::new(),
+            change: None,
         };
         self.gateway().await.send(client::authorized(req, &token)).await.map(|r| r.into_inner())
     }

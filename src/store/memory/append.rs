@@ -36,7 +36,7 @@ impl MemoryStore {
             conversation: msg.conversation.clone(),
             conv_seq,
             client_msg_id: msg.client_msg_id.clone(),
-            event: None,
+            event: msg.event.clone(),
         };
         if let Some(e) = u.dedup.get(&key) {
             message.seq = e.seq;

@@ -291,6 +291,7 @@ impl Groups for MemoryStore {
             sent_at: msg.sent_at,
             conversation: msg.conversation,
             client_msg_id: msg.client_msg_id,
+            event: msg.event,
             ..StoredMessage::default()
         };
         if let Some((conv_seq, msg_id, sent_at)) =

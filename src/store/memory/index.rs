@@ -67,6 +67,26 @@ impl ConversationIndex for MemoryStore {
         Ok(cursor)
     }
 
+    async fn note_change(
+        &self,
+        conversation: &str,
+        target: u64,
+        change: u64,
+    ) -> Result<(), StoreError> {
+        let mut convs = self.conv_shard(conversation);
+        let log = convs.entry(conversation.to_string()).or_default();
+        let latest = log.changes.entry(target).or_default();
+        *latest = (*latest).max(change);
+        Ok(())
+    }
+
+    async fn changes(&self, conversation: &str, targets: &[u64]) -> Result<Vec<u64>, StoreError> {
+        let convs = self.conv_shard(conversation);
+        let changes = convs.get(conversation).map(|log| &log.changes);
+        let latest = |t: &u64| changes.and_then(|c| c.get(t)).copied().unwrap_or(0);
+        Ok(targets.iter().map(latest).collect())
+    }
+
     async fn read_cursors(
         &self,
         conversation: &str,

@@ -19,6 +19,8 @@ pub(super) struct ConvLog {
     pub(super) group: Option<GroupState>,
     /// Each reader's cursor: user → the conversation seq they have read up to.
     pub(super) readers: HashMap<String, u64>,
+    /// Conversation seq → that of its latest edit, delete or recall.
+    pub(super) changes: HashMap<u64, u64>,
     /// Group messages by (sender, client_msg_id): (conv_seq, msg_id, sent_at, until).
     retries: HashMap<(String, String), (u64, String, i64, Instant)>,
     retry_order: VecDeque<(String, String)>,

@@ -358,6 +358,7 @@ mod tests {
             body: "x".into(),
             msg_id: format!("m{n}"),
             sent_at: unix_ms(SystemTime::now()),
+            event: None,
         }
     }
 

@@ -182,6 +182,7 @@ impl RedisStore {
             body: m.body,
             msg_id: m.msg_id,
             sent_at: m.sent_at,
+            event: m.event,
         };
         match self.writer.complete(again, stored).await {
             Ok(_) => true,

@@ -221,6 +221,7 @@ impl Groups for RedisStore {
             sent_at: msg.sent_at,
             conversation: conv.clone(),
             client_msg_id: msg.client_msg_id,
+            event: msg.event,
             ..StoredMessage::default()
         };
         stored_args(&mut inv, &message, &msg.origin_device);

@@ -2,7 +2,8 @@
 //! direct conversation → last activity, Unix ms; at most [`MAX_INDEXED`]) and `<p>:useen:{uid}`
 //! (hash: conversation → highest conversation seq sent or read), written by `note.lua`, expiring
 //! with the user's other keys. Each conversation's readers, in its slot: `<p>:readers:{conv}`
-//! (sorted set: user → conversation seq read up to; `read.lua`), kept as long as its history.
+//! (sorted set: user → conversation seq read up to; `read.lua`) and `<p>:changes:{conv}` (hash:
+//! conversation seq → that of its latest edit, delete or recall), kept as long as its history.
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
@@ -65,6 +66,38 @@ impl ConversationIndex for RedisStore {
         let seen = Noted { conversation: conversation.to_string(), at: 0, seen: cursor };
         self.note(user, &[seen]).await?;
         Ok(cursor)
+    }
+
+    async fn note_change(
+        &self,
+        conversation: &str,
+        target: u64,
+        change: u64,
+    ) -> Result<(), StoreError> {
+        // gcur.lua: a hash of fields moved forward only, with a lifetime (the history's).
+        let keep = self.opts.history_retention + std::time::Duration::from_secs(86_400);
+        let _: i64 = self
+            .groups
+            .cursors
+            .key(self.key("changes", conversation))
+            .arg(keep.as_millis() as u64)
+            .arg(target)
+            .arg(change)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn changes(&self, conversation: &str, targets: &[u64]) -> Result<Vec<u64>, StoreError> {
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let found: Vec<Option<u64>> = redis::cmd("HMGET")
+            .arg(self.key("changes", conversation))
+            .arg(targets)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(found.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     async fn read_cursors(

@@ -99,7 +99,7 @@ impl Committer {
             conversation,
             origin,
             conv_seq,
-            event: None,
+            event: m.event.as_ref(),
         }
         .push(inv);
     }

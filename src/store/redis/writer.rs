@@ -295,7 +295,7 @@ fn appended(msg: NewMessage, r: AppendReply) -> Appended {
         conversation: msg.conversation,
         conv_seq: r.stored.conv_seq,
         client_msg_id: msg.client_msg_id,
-        event: None,
+        event: msg.event,
     };
     let copy = r.copy.map(|(seq, routes)| SenderCopy {
         message: StoredMessage { seq, ..message.clone() },

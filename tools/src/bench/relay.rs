@@ -89,6 +89,7 @@ async fn relay(users: Arc<Users>, mut inbound: Streaming<ClientFrame>, tx: Tx) {
                 conv_seq: seq,
                 event: None,
                 client_msg_id: m.client_msg_id.clone(),
+                changed_by: 0,
             };
             let _ = to_tx.send(frame(Frame::Message(msg))).await;
         }

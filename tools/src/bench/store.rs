@@ -61,6 +61,7 @@ pub async fn append_baseline(
                         body: body(&clock, shape.size),
                         msg_id: tim::ids::new_id(),
                         sent_at: tim::auth::unix_ms(std::time::SystemTime::now()),
+                        event: None,
                     };
                     let t = Instant::now();
                     match store.append(msg).await {
