@@ -506,6 +506,9 @@ async fn edits_deletes_and_recalls_are_logged_and_history_shows_the_latest_state
     alice.sender().change("r1", "bob", Change::Recall, 2, "").await.unwrap();
     let want = vec![(1, "hello!".to_string(), 4), (2, String::new(), 5)];
     assert_eq!(latest(&node, "bob", &direct).await, want, "the latest state of each");
+    // A retry of the recall (its ack lost) gets the same ack, not "recalled already".
+    let again = alice.sender().change("r1", "bob", Change::Recall, 2, "").await.unwrap();
+    assert_eq!(again.conv_seq, 5, "the retry is the same change");
     // Refusals: someone else's message, a change of a change, no such message, a body on a
     // delete, a recall too late.
     let err = change_unary(&node, "bob", "alice", Change::Edit, 1, "mine now").await.unwrap_err();

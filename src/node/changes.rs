@@ -104,7 +104,7 @@ impl Node {
                 "only its author (or, to delete it, a group's owner or admin) may change a message";
             return Err(AuthError::Forbidden(why.into()).into());
         }
-        if self.gone(&conversation, target).await? {
+        if self.gone(&conversation, target, from, &msg.client_msg_id).await? {
             return Err(Error::Precondition(format!(
                 "message {target} of {conversation} was deleted or recalled: it stays so"
             )));
@@ -119,12 +119,21 @@ impl Node {
         Ok(Some(GroupEvent::change(kind, target)))
     }
 
-    /// Whether the latest change of message `target` deleted or recalled it.
-    async fn gone(&self, conversation: &str, target: u64) -> Result<bool, Error> {
+    /// Whether the latest change of message `target` deleted or recalled it, unless that change
+    /// is this Send's own (`from`'s `client_msg_id`), retried after its ack was lost: the store's
+    /// dedup answers that with the first ack.
+    async fn gone(
+        &self,
+        conversation: &str,
+        target: u64,
+        from: &str,
+        client_msg_id: &str,
+    ) -> Result<bool, Error> {
         let latest = self.notes.index().changes(conversation, &[target]).await?;
         let Some(&by) = latest.first().filter(|by| **by > 0) else { return Ok(false) };
-        let change = self.message_at(conversation, by).await?;
-        Ok(change.and_then(|c| c.event).is_some_and(|e| e.kind != EventKind::Edited))
+        let Some(change) = self.message_at(conversation, by).await? else { return Ok(false) };
+        let retry = change.from == from && change.client_msg_id == client_msg_id;
+        Ok(!retry && change.event.is_some_and(|e| e.kind != EventKind::Edited))
     }
 
     /// Message `seq` of `conversation`'s log, if it still holds it.
