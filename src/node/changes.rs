@@ -47,15 +47,14 @@ impl Node {
         Ok(())
     }
 
-    /// Notes a logged change in its conversation's index of changes (History reads it). A
-    /// retry of the Send notes it again: a failure here heals that way.
-    pub(super) async fn record_change(
-        &self,
-        change: &StoredMessage,
-        target: u64,
-    ) -> Result<(), Error> {
+    /// Notes `logged`, if it is a change, in its conversation's index of changes (History
+    /// reads it). A retry of the Send notes it again: a failure here heals that way.
+    pub(super) async fn record_change(&self, logged: &StoredMessage) -> Result<(), Error> {
+        let Some(target) = logged.event.as_ref().and_then(GroupEvent::target) else {
+            return Ok(());
+        };
         let index = self.notes.index();
-        index.note_change(&change.conversation, target, change.conv_seq).await?;
+        index.note_change(&logged.conversation, target, logged.conv_seq).await?;
         Ok(())
     }
 

@@ -289,12 +289,9 @@ impl Node {
         self.take_allowance(from, "retry with the same client_msg_id")?;
         self.check_outgoing(&msg)?;
         let event = self.change_event(from, &msg).await?;
-        let target = event.as_ref().and_then(|e| e.target());
         if !msg.group.is_empty() {
             let sent = self.send_to_group(from, device, msg, event).await?;
-            if let Some(target) = target {
-                self.record_change(&sent.message, target).await?;
-            }
+            self.record_change(&sent.message).await?;
             let m = &sent.message;
             self.notes.note(from, &m.conversation, m.sent_at, m.conv_seq);
             return Ok(sent);
@@ -313,9 +310,7 @@ impl Node {
                 event,
             })
             .await?;
-        if let Some(target) = target {
-            self.record_change(&appended.message, target).await?;
-        }
+        self.record_change(&appended.message).await?;
         let m = &appended.message;
         self.notes.note(from, &m.conversation, m.sent_at, m.conv_seq);
         self.notes.note(&m.to, &m.conversation, m.sent_at, 0);

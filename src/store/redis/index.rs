@@ -55,12 +55,11 @@ impl ConversationIndex for RedisStore {
     async fn mark_read(&self, user: &str, conversation: &str, seq: u64) -> Result<u64, StoreError> {
         // Two slots: the readers first, then what the user has seen; each only moves forward,
         // so a retry after a failure between them completes both.
-        let keep = self.opts.history_retention + std::time::Duration::from_secs(86_400);
         let cursor: u64 = READ
             .key(self.key("readers", conversation))
             .arg(user)
             .arg(seq)
-            .arg(keep.as_millis() as u64)
+            .arg(self.index_keep_ms())
             .invoke_async(&mut self.conn.clone())
             .await?;
         let seen = Noted { conversation: conversation.to_string(), at: 0, seen: cursor };
@@ -75,12 +74,11 @@ impl ConversationIndex for RedisStore {
         change: u64,
     ) -> Result<(), StoreError> {
         // gcur.lua: a hash of fields moved forward only, with a lifetime (the history's).
-        let keep = self.opts.history_retention + std::time::Duration::from_secs(86_400);
         let _: i64 = self
             .groups
             .cursors
             .key(self.key("changes", conversation))
-            .arg(keep.as_millis() as u64)
+            .arg(self.index_keep_ms())
             .arg(target)
             .arg(change)
             .invoke_async(&mut self.conn.clone())
@@ -139,5 +137,13 @@ impl ConversationIndex for RedisStore {
             .query_async(&mut self.conn.clone())
             .await?;
         Ok((count, page.into_iter().map(|(u, s)| (u, s as u64)).collect()))
+    }
+}
+
+impl RedisStore {
+    /// How long (ms) a conversation's read cursors and change index live unrenewed: the
+    /// history's retention and a day, so they outlast every message they speak of.
+    fn index_keep_ms(&self) -> u64 {
+        (self.opts.history_retention + std::time::Duration::from_secs(86_400)).as_millis() as u64
     }
 }
