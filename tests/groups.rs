@@ -823,12 +823,14 @@ async fn list_conversations_pages_in_activity_order_and_refuses_bad_calls(b: &Ba
     for i in 0..105 {
         node.send_unary(&format!("u{i:03}"), "c1", "dave", "hello").await.unwrap();
     }
+    // The index is written after the ack: wait until all 105 count (the total is over all).
     let first = eventually(|| async {
         let page = node.list_conversations("dave", 1000, "").await.unwrap();
-        (page.conversations.len() == 100).then_some(page)
+        (page.total_unread == 105).then_some(page)
     })
     .await;
-    assert!(!first.next_page_token.is_empty(), "a page holds 100 at most");
+    assert_eq!(first.conversations.len(), 100, "a page holds 100 at most");
+    assert!(!first.next_page_token.is_empty(), "and says there is more");
     let page = node.list_conversations("dave", 0, "").await.unwrap();
     assert_eq!(page.conversations.len(), 50, "no limit: 50");
     // Pages of 7 give every conversation once, the most recently active first.
