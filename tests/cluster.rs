@@ -222,6 +222,72 @@ async fn typing_and_reads_reach_members_on_other_nodes_and_nothing_is_stored() {
     assert_quiet(&mut bob, Duration::from_millis(300)).await;
 }
 
+/// The unread counts the Welcome of `user`'s `device` on `node` gives: (total, conversations).
+async fn welcome_unread(node: &TestNode, user: &str, device: &str) -> (Option<u64>, u32) {
+    let s = node.connect_here(user, device, 0).await;
+    (s.welcome.unread_total, s.welcome.unread_conversations)
+}
+
+/// Marks `conversation` read for `user` up to `conv_seq` (0: its newest), through `node`.
+async fn mark_read(node: &TestNode, user: &str, conversation: &str, conv_seq: u64) {
+    let token = node.login(user, "reader").await.token;
+    let req = proto::MarkReadRequest {
+        conversation: conversation.into(),
+        conv_seq,
+        ..Default::default()
+    };
+    node.gateway().await.mark_read(client::authorized(req, &token)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_counts_agree_across_devices_nodes_and_members() {
+    use tim::proto::groups_client::GroupsClient;
+    let consul = ConsulDouble::start().await;
+    let backend = Backend::redis();
+    let nodes = cluster(2, &consul, &backend, StrategyKind::RoundRobin).await;
+    let direct = tim::ids::Conversation::direct("alice", "bob").id();
+    // Carol makes a group of three and writes in it twice; bob writes alice three times.
+    let token = nodes[1].login("carol", "phone").await.token;
+    let ch = client::channel(&nodes[1].endpoint(), &Options::default()).await.unwrap();
+    let req = proto::CreateGroupRequest {
+        name: "three".into(),
+        members: vec!["alice".into(), "bob".into()],
+        history_for_new_members: false,
+    };
+    let group = GroupsClient::new(ch).create_group(client::authorized(req, &token)).await;
+    let group = group.unwrap().into_inner().group.unwrap().id;
+    let carol = nodes[1].connect_here("carol", "phone", 0).await;
+    for i in 1..=2 {
+        carol.sender().send_to_group(&format!("c{i}"), &group, "hi all").await.unwrap();
+    }
+    for i in 1..=3 {
+        nodes[1].send_unary("bob", &format!("b{i}"), "alice", "hi").await.unwrap();
+    }
+    // The index is written after the ack: wait for it, then every view agrees.
+    eventually(|| async {
+        let page = nodes[0].list_conversations("alice", 0, "").await.unwrap();
+        (page.total_unread == 5).then_some(())
+    })
+    .await;
+    assert_eq!(welcome_unread(&nodes[0], "alice", "phone").await, (Some(5), 2));
+    assert_eq!(welcome_unread(&nodes[1], "alice", "tablet").await, (Some(5), 2));
+    assert_eq!(welcome_unread(&nodes[0], "bob", "phone").await, (Some(2), 1));
+    assert_eq!(welcome_unread(&nodes[1], "carol", "tablet").await, (Some(0), 0), "her own");
+    // Alice reads two of bob's on one node: both her devices, on either node, count one less.
+    mark_read(&nodes[0], "alice", &direct, 2).await;
+    assert_eq!(welcome_unread(&nodes[1], "alice", "tablet").await, (Some(3), 2));
+    assert_eq!(welcome_unread(&nodes[0], "alice", "phone").await, (Some(3), 2));
+    let page = nodes[1].list_conversations("alice", 0, "").await.unwrap();
+    assert_eq!(page.total_unread, 3);
+    // The group read on the other: only bob's last one is left, in one conversation.
+    mark_read(&nodes[1], "alice", &group, 0).await;
+    assert_eq!(welcome_unread(&nodes[0], "alice", "phone").await, (Some(1), 1));
+    // Bob's count is his own: untouched by alice's reads, gone with his.
+    assert_eq!(welcome_unread(&nodes[1], "bob", "phone").await, (Some(2), 1));
+    mark_read(&nodes[0], "bob", &group, 0).await;
+    assert_eq!(welcome_unread(&nodes[1], "bob", "phone").await, (Some(0), 0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_places_users_as_the_strategy_says() {
     let consul = ConsulDouble::start().await;

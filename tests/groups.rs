@@ -831,6 +831,10 @@ async fn list_conversations_pages_in_activity_order_and_refuses_bad_calls(b: &Ba
     .await;
     assert_eq!(first.conversations.len(), 100, "a page holds 100 at most");
     assert!(!first.next_page_token.is_empty(), "and says there is more");
+    // Welcome counts them too: the first 100 free, then a send allowance per 100 more.
+    let phone = node.connect("dave", "phone", 0).await;
+    let unread = (phone.welcome.unread_total, phone.welcome.unread_conversations);
+    assert_eq!(unread, (Some(105), 105));
     let page = node.list_conversations("dave", 0, "").await.unwrap();
     assert_eq!(page.conversations.len(), 50, "no limit: 50");
     // Pages of 7 give every conversation once, the most recently active first.
@@ -868,4 +872,8 @@ async fn list_conversations_pages_in_activity_order_and_refuses_bad_calls(b: &Ba
     }
     let err = refused.expect("the allowance ran out");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    // Out of allowance, a session still starts and is delivered to; only the count is left out.
+    let mut tablet = node.connect("dave", "tablet", 0).await;
+    assert_eq!(tablet.welcome.unread_total, None, "not counted without an allowance");
+    assert_eq!(next_message(&mut tablet).await.body, "hello");
 }

@@ -331,8 +331,12 @@ pub async fn chat(args: ChatArgs) -> Result<()> {
                     }
                     handle.ack_message(&m).await?;
                 }
-                Some(ClientEvent::Connected { node_id, .. }) => {
+                Some(ClientEvent::Connected { node_id, unread, .. }) => {
                     eprintln!("connected as {}/{} to {node_id}; type `<to>: <text>` or `#<group id>: <text>`", l.user, l.device);
+                    if let Some((total, conversations)) = unread.filter(|u| u.0 > 0) {
+                        let s = if conversations == 1 { "" } else { "s" };
+                        eprintln!("({total} unread in {conversations} conversation{s})");
+                    }
                 }
                 Some(ClientEvent::Disconnected { reason }) => eprintln!("disconnected ({reason}); reconnecting"),
                 Some(ClientEvent::Kicked(reason)) => return Err(format!("kicked: {reason}").into()),

@@ -23,6 +23,17 @@ const PER_ALLOWANCE: usize = 100;
 /// Logs read at once.
 const READS_IN_FLIGHT: usize = 64;
 
+/// By conversation id: (last active, read up to) from the user's index.
+type Seen = HashMap<String, (i64, u64)>;
+
+/// A user's unread messages, added over their conversations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unread {
+    pub total: u64,
+    /// Conversations with at least one unread message.
+    pub conversations: u32,
+}
+
 /// One of the caller's conversations while the page is made.
 struct Row {
     id: String,
@@ -46,38 +57,12 @@ impl Node {
             n => (n as usize).min(MAX_CONVERSATIONS_PAGE),
         };
         self.take_allowance(caller, "retry later")?;
-        let indexed = self.notes.index().indexed(caller).await?;
-        let groups = self.groups.user_groups(caller).await?;
-        let mut seen: HashMap<String, (i64, u64)> = HashMap::new();
-        let mut ids = Vec::new();
-        for n in indexed {
-            // A group counts only while the user is in it (their group list says so).
-            if n.conversation.starts_with("d:") {
-                ids.push(n.conversation.clone());
-            }
-            seen.insert(n.conversation, (n.at, n.seen));
-        }
-        ids.extend(groups);
-        ids.truncate(MAX_CONSIDERED);
+        let (ids, seen) = self.considered(caller).await?;
         let extra = ids.len().saturating_sub(1) / PER_ALLOWANCE;
         if extra > 0 {
             self.take_allowances(caller, extra as u32, "retry later")?;
         }
-        let mut rows = Vec::with_capacity(ids.len());
-        for wave in ids.chunks(READS_IN_FLIGHT) {
-            let reads = wave.iter().map(|id| self.newest_and_floor(caller, id));
-            for (id, read) in wave.iter().zip(join_all(reads).await) {
-                // A group the caller is no longer in (their list lags a removal) is skipped.
-                let Some((last, floor)) = read? else { continue };
-                let (at, seen) = seen.get(id).copied().unwrap_or((0, 0));
-                let last_active = at.max(last.as_ref().map_or(0, |m| m.sent_at));
-                let unread = match &last {
-                    Some(m) if m.from != caller => m.conv_seq.saturating_sub(seen.max(floor)),
-                    _ => 0,
-                };
-                rows.push(Row { id: id.clone(), last_active, unread, last });
-            }
-        }
+        let mut rows = self.rows(caller, &ids, &seen).await?;
         let total_unread = rows.iter().map(|r| r.unread).sum();
         rows.sort_unstable_by(|a, b| (b.last_active, &a.id).cmp(&(a.last_active, &b.id)));
         if let Some((at, id)) = &after {
@@ -96,6 +81,65 @@ impl Node {
             next_page_token,
             total_unread,
         })
+    }
+
+    /// `user`'s unread messages over all their conversations, and how many conversations hold
+    /// them: what Welcome tells a device that starts. Reads what ListConversations reads (one
+    /// log read per conversation, at most [`MAX_CONSIDERED`]) without a page's summaries. The
+    /// first [`PER_ALLOWANCE`] conversations are free; each [`PER_ALLOWANCE`] more cost a send
+    /// allowance, and None (not counted) is the answer when the user has none left.
+    pub async fn unread(&self, user: &str) -> Result<Option<Unread>, Error> {
+        let (ids, seen) = self.considered(user).await?;
+        let extra = ids.len().saturating_sub(1) / PER_ALLOWANCE;
+        if extra > 0 && self.take_allowances(user, extra as u32, "").is_err() {
+            return Ok(None);
+        }
+        let rows = self.rows(user, &ids, &seen).await?;
+        let unread = rows.iter().filter(|r| r.unread > 0);
+        Ok(Some(Unread {
+            total: rows.iter().map(|r| r.unread).sum(),
+            conversations: unread.count() as u32,
+        }))
+    }
+
+    /// The ids of `caller`'s conversations (at most [`MAX_CONSIDERED`]: the indexed direct
+    /// ones, then their groups) and, by id, when each was last active and read up to.
+    async fn considered(&self, caller: &str) -> Result<(Vec<String>, Seen), Error> {
+        let indexed = self.notes.index().indexed(caller).await?;
+        let groups = self.groups.user_groups(caller).await?;
+        let mut seen = Seen::new();
+        let mut ids = Vec::new();
+        for n in indexed {
+            // A group counts only while the user is in it (their group list says so).
+            if n.conversation.starts_with("d:") {
+                ids.push(n.conversation.clone());
+            }
+            seen.insert(n.conversation, (n.at, n.seen));
+        }
+        ids.extend(groups);
+        ids.truncate(MAX_CONSIDERED);
+        Ok((ids, seen))
+    }
+
+    /// Each of `ids` with its last message and the caller's unread count, [`READS_IN_FLIGHT`]
+    /// logs read at once.
+    async fn rows(&self, caller: &str, ids: &[String], seen: &Seen) -> Result<Vec<Row>, Error> {
+        let mut rows = Vec::with_capacity(ids.len());
+        for wave in ids.chunks(READS_IN_FLIGHT) {
+            let reads = wave.iter().map(|id| self.newest_and_floor(caller, id));
+            for (id, read) in wave.iter().zip(join_all(reads).await) {
+                // A group the caller is no longer in (their list lags a removal) is skipped.
+                let Some((last, floor)) = read? else { continue };
+                let (at, seen) = seen.get(id).copied().unwrap_or((0, 0));
+                let last_active = at.max(last.as_ref().map_or(0, |m| m.sent_at));
+                let unread = match &last {
+                    Some(m) if m.from != caller => m.conv_seq.saturating_sub(seen.max(floor)),
+                    _ => 0,
+                };
+                rows.push(Row { id: id.clone(), last_active, unread, last });
+            }
+        }
+        Ok(rows)
     }
 
     /// The newest message of `id`'s log and the conversation seq the caller's unread count

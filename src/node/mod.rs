@@ -41,7 +41,7 @@ mod signals;
 
 pub use conversations::{MAX_HISTORY_BYTES, MAX_HISTORY_PAGE};
 pub use groups::MAX_GROUP_NAME;
-pub use listing::MAX_CONVERSATIONS_PAGE;
+pub use listing::{MAX_CONVERSATIONS_PAGE, Unread};
 pub use {notes::Notes, presence::Presence, receipts::MAX_READERS_PAGE};
 
 /// Device name used when Login names none.

@@ -164,7 +164,10 @@ impl Session {
         if first_seq > cursor + 1 {
             debug!(user = %self.user, device = %self.device, cursor, first_seq, "gone before delivered");
         }
-        let (groups, moved) = Groups::start(&node, &self.user, &self.device).await?;
+        let groups = Groups::start(&node, &self.user, &self.device);
+        let (groups, unread) = tokio::join!(groups, node.unread(&self.user));
+        let (groups, moved) = groups?;
+        let unread = unread.map_err(|e| End::Status(e.into()))?;
         self.groups = groups;
         out.send(Frame::Welcome(proto::Welcome {
             session_id: self.route.session_id.clone(),
@@ -176,6 +179,8 @@ impl Session {
             inbox_epoch: epoch,
             first_seq,
             moved,
+            unread_total: unread.map(|u| u.total),
+            unread_conversations: unread.map_or(0, |u| u.conversations),
         }))
         .await?;
         self.more = page.len() == PAGE;

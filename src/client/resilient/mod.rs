@@ -56,8 +56,9 @@ pub enum ClientEvent {
     /// A new message (each seq once, in order; a broadcast group's, seq 0, each conversation
     /// seq once, in its conversation's order).
     Message(proto::Message),
-    /// A stream is up (again), on this node.
-    Connected { node_id: String, endpoint: String },
+    /// A stream is up (again), on this node. `unread`: the user's unread messages over all
+    /// their conversations and how many conversations hold them, when Welcome counted them.
+    Connected { node_id: String, endpoint: String, unread: Option<(u64, u32)> },
     /// The stream ended; reconnecting.
     Disconnected { reason: String },
     /// Another session of this device took over: the client has stopped.

@@ -192,7 +192,11 @@ impl Supervisor {
         self.backoff = self.config.backoff_min;
         let _ = self
             .events
-            .send(ClientEvent::Connected { node_id: w.node_id.clone(), endpoint: login.endpoint })
+            .send(ClientEvent::Connected {
+                node_id: w.node_id.clone(),
+                endpoint: login.endpoint,
+                unread: w.unread_total.map(|total| (total, w.unread_conversations)),
+            })
             .await;
         if let Some(gap) = gap {
             let _ = self.events.send(gap).await;
