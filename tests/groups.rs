@@ -526,6 +526,9 @@ async fn edits_deletes_and_recalls_are_logged_and_history_shows_the_latest_state
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let err = change_unary(&node, "alice", "bob", Change::Recall, 1, "").await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    // A retry that comes after the window still gets its first ack: it was in time when sent.
+    let again = alice.sender().change("r1", "bob", Change::Recall, 2, "").await.unwrap();
+    assert_eq!(again.conv_seq, 5, "the late retry is the same change");
     change_unary(&node, "alice", "bob", Change::Delete, 1, "").await.unwrap();
     assert_eq!(latest(&node, "alice", &direct).await[0], (1, String::new(), 6));
     // Deleted or recalled stays so: no edit brings it back.

@@ -21,6 +21,16 @@ use crate::store::{HistoryPage, Outgoing, StoreError, StoredMessage};
 
 use super::Node;
 
+/// What a message's latest change means for a Send that changes it.
+enum Latest {
+    /// Unchanged, or edited: it may be changed.
+    Live,
+    /// Deleted or recalled: it stays so.
+    Gone,
+    /// The latest change is this very Send, retried after its ack was lost.
+    Retry,
+}
+
 impl Node {
     /// A Send's shape: its idempotency key, exactly one of a recipient and a group, a body
     /// within the limit (none only for a delete or recall).
@@ -103,10 +113,16 @@ impl Node {
                 "only its author (or, to delete it, a group's owner or admin) may change a message";
             return Err(AuthError::Forbidden(why.into()).into());
         }
-        if self.gone(&conversation, target, from, &msg.client_msg_id).await? {
-            return Err(Error::Precondition(format!(
-                "message {target} of {conversation} was deleted or recalled: it stays so"
-            )));
+        match self.latest_change(&conversation, target, from, &msg.client_msg_id).await? {
+            Latest::Gone => {
+                return Err(Error::Precondition(format!(
+                    "message {target} of {conversation} was deleted or recalled: it stays so"
+                )));
+            }
+            // Allowed when it was first sent, window and all: the store's dedup answers it
+            // with the first ack.
+            Latest::Retry => return Ok(Some(GroupEvent::change(kind, target))),
+            Latest::Live => {}
         }
         let age = unix_ms(SystemTime::now()) - original.sent_at;
         if kind == EventKind::Recalled && age > self.config.recall_window.as_millis() as i64 {
@@ -118,21 +134,25 @@ impl Node {
         Ok(Some(GroupEvent::change(kind, target)))
     }
 
-    /// Whether the latest change of message `target` deleted or recalled it, unless that change
-    /// is this Send's own (`from`'s `client_msg_id`), retried after its ack was lost: the store's
-    /// dedup answers that with the first ack.
-    async fn gone(
+    /// What the latest change of message `target` says of this Send (`from`'s
+    /// `client_msg_id`).
+    async fn latest_change(
         &self,
         conversation: &str,
         target: u64,
         from: &str,
         client_msg_id: &str,
-    ) -> Result<bool, Error> {
+    ) -> Result<Latest, Error> {
         let latest = self.notes.index().changes(conversation, &[target]).await?;
-        let Some(&by) = latest.first().filter(|by| **by > 0) else { return Ok(false) };
-        let Some(change) = self.message_at(conversation, by).await? else { return Ok(false) };
-        let retry = change.from == from && change.client_msg_id == client_msg_id;
-        Ok(!retry && change.event.is_some_and(|e| e.kind != EventKind::Edited))
+        let Some(&by) = latest.first().filter(|by| **by > 0) else { return Ok(Latest::Live) };
+        let Some(change) = self.message_at(conversation, by).await? else {
+            return Ok(Latest::Live);
+        };
+        if change.from == from && change.client_msg_id == client_msg_id {
+            return Ok(Latest::Retry);
+        }
+        let gone = change.event.is_some_and(|e| e.kind != EventKind::Edited);
+        Ok(if gone { Latest::Gone } else { Latest::Live })
     }
 
     /// Message `seq` of `conversation`'s log, if it still holds it.
