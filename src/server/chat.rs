@@ -1,13 +1,13 @@
 //! Chat: the per-device bidirectional stream. The handler only spawns the session task and
-//! returns its outbound queue as the response stream (see `stream::session`).
+//! returns its outbound queue as the response stream (see `stream::session`). Browsers reach
+//! the same session through a WebSocket (`web::socket`).
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::Node;
 use crate::proto::{ClientFrame, chat_server::Chat};
-use crate::stream::outbound::{self, OutboundStream};
-use crate::stream::session;
+use crate::stream::{self, outbound::OutboundStream};
 
 pub struct ChatService {
     node: Arc<Node>,
@@ -27,15 +27,6 @@ impl Chat for ChatService {
         &self,
         req: Request<Streaming<ClientFrame>>,
     ) -> Result<Response<OutboundStream>, Status> {
-        let cfg = self.node.config();
-        let budget = self.node.delivery().sessions().budget().clone();
-        let (out, stream) = outbound::channel(
-            cfg.outbound_queue,
-            cfg.outbound_bytes,
-            cfg.slow_client_timeout,
-            budget,
-        );
-        tokio::spawn(session::run(self.node.clone(), req.into_inner(), out));
-        Ok(Response::new(stream))
+        Ok(Response::new(stream::open(&self.node, Box::pin(req.into_inner()))))
     }
 }

@@ -2,14 +2,15 @@
 //! and where the client says it is (its resume point), checked against the inbox it refers to.
 use std::time::Duration;
 
-use tonic::{Status, Streaming};
+use futures_util::StreamExt as _;
+use tonic::Status;
 use tracing::warn;
 
 use crate::auth::{AuthError, Claims};
 use crate::error::Error;
 use crate::ids;
 use crate::node::Node;
-use crate::proto::{ClientFrame, client_frame};
+use crate::proto::client_frame;
 
 /// Where the client says it is (from Hello).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,16 +61,13 @@ impl From<Status> for Refused {
 /// FAILED_PRECONDITION; a bad, expired or revoked token → UNAUTHENTICATED (a store failure
 /// while checking → UNAVAILABLE); a device other than the token's →
 /// PERMISSION_DENIED.
-pub async fn hello(
-    node: &Node,
-    inbound: &mut Streaming<ClientFrame>,
-) -> Result<(Claims, Resume), Refused> {
-    let first = tokio::time::timeout(node.config().hello_timeout, inbound.message()).await;
+pub async fn hello(node: &Node, inbound: &mut super::Inbound) -> Result<(Claims, Resume), Refused> {
+    let first = tokio::time::timeout(node.config().hello_timeout, inbound.next()).await;
     let frame = match first {
         Err(_) => return Err(Status::deadline_exceeded("no Hello within the hello timeout").into()),
-        Ok(Ok(Some(f))) => f,
-        Ok(Ok(None)) => return Err(Refused::Gone),
-        Ok(Err(status)) => return Err(status.into()),
+        Ok(Some(Ok(f))) => f,
+        Ok(None) => return Err(Refused::Gone),
+        Ok(Some(Err(status))) => return Err(status.into()),
     };
     let Some(client_frame::Frame::Hello(h)) = frame.frame else {
         return Err(Status::failed_precondition("the first frame must be Hello").into());

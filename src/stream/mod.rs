@@ -13,6 +13,16 @@
 //! Dead streams: HTTP/2 keepalive (server PING interval/timeout) closes a dead connection; its
 //! response streams are dropped, which [`outbound::Outbound::closed`] observes, and the session
 //! ends, removing itself from the registry and compare-deleting its route.
+use std::pin::Pin;
+
+use futures_util::Stream;
+
+use crate::proto::ClientFrame;
+
+/// What a session reads from its client, whatever the transport: the gRPC request stream, or a
+/// WebSocket's messages decoded (`web::socket`). An undecodable frame is an error item.
+pub type Inbound = Pin<Box<dyn Stream<Item = Result<ClientFrame, tonic::Status>> + Send>>;
+
 mod acks;
 mod end;
 mod frames;
@@ -21,3 +31,17 @@ mod groups;
 mod hello;
 pub mod outbound;
 pub mod session;
+
+/// Starts a session on `inbound` (Hello first) and returns what it sends, for the transport to
+/// carry to the client: the same bounded queue, whichever the transport.
+pub fn open(
+    node: &std::sync::Arc<crate::node::Node>,
+    inbound: Inbound,
+) -> outbound::OutboundStream {
+    let cfg = node.config();
+    let budget = node.delivery().sessions().budget().clone();
+    let (out, stream) =
+        outbound::channel(cfg.outbound_queue, cfg.outbound_bytes, cfg.slow_client_timeout, budget);
+    tokio::spawn(session::run(node.clone(), inbound, out));
+    stream
+}

@@ -9,9 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::{Status, Streaming};
+use futures_util::StreamExt as _;
+use tonic::Status;
 use tracing::{debug, warn};
 
+use super::Inbound;
 use super::acks::AckMerge;
 use super::end::{End, end_with, ended, rolled_back};
 use super::gate::SendGate;
@@ -21,7 +23,7 @@ use super::outbound::{Gone, Outbound};
 use crate::deliver::{Feed, Phase, REPLACED, Stop};
 use crate::ids::new_id;
 use crate::node::Node;
-use crate::proto::{self, ClientFrame, server_frame::Frame, session_ended::Reason};
+use crate::proto::{self, server_frame::Frame, session_ended::Reason};
 use crate::store::{PutRoute, Route, StoredMessage, message_at};
 
 /// How many messages one inbox read returns.
@@ -36,7 +38,7 @@ const LAST_SEEN_KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
 const RETRY: Duration = Duration::from_secs(1);
 
 /// Runs a session to its end. Spawned per stream by the Chat service.
-pub async fn run(node: Arc<Node>, mut inbound: Streaming<ClientFrame>, mut out: Outbound) {
+pub async fn run(node: Arc<Node>, mut inbound: Inbound, mut out: Outbound) {
     let sessions = node.delivery().sessions();
     let (claims, resume) = tokio::select! {
         hello = hello(&node, &mut inbound) => match hello {
@@ -202,7 +204,7 @@ impl Session {
 
     async fn serve(
         &mut self,
-        inbound: &mut Streaming<ClientFrame>,
+        inbound: &mut Inbound,
         out: &mut Outbound,
         mut feed: Feed,
     ) -> Result<(), End> {
@@ -219,10 +221,10 @@ impl Session {
                     return self.stop(stop, out).await;
                 }
                 _ = out.closed() => return Err(End::Gone(Gone::Closed)),
-                frame = inbound.message() => match frame {
-                    Ok(Some(frame)) => self.on_frame(frame, out).await?,
-                    Ok(None) => return Ok(()),
-                    Err(status) => return Err(End::Status(status)),
+                frame = inbound.next() => match frame {
+                    Some(Ok(frame)) => self.on_frame(frame, out).await?,
+                    None => return Ok(()),
+                    Some(Err(status)) => return Err(End::Status(status)),
                 },
                 Some(msg) = feed.messages.recv() => self.on_live(msg, out).await?,
                 Some(signal) = feed.signals.recv() => {
