@@ -10,7 +10,9 @@
 //! run by CI, finds none).
 //! - [`server`]: [`run`]: the gRPC services (Gateway, Chat, Relay), health, reflection, the
 //!   node's background tasks and the ordered shutdown. Handlers translate and call the node.
-//! - [`stream`]: one task per device stream: Hello and resume, delivery in seq order, sends
+//! - [`web`]: the browser side on the same port: the web chat page, `Chat.Session` over a
+//!   WebSocket (protobuf or proto3 JSON), reached through the server's protocol split.
+//! - [`stream`]: one task per device stream (gRPC or WebSocket): Hello and resume, delivery in seq order, sends
 //!   through the send gate, ack coalescing, the bounded outbound queue.
 //! - [`node`]: one node's shared state behind methods, and its flows: Login, Send, Presence.
 //! - [`deliver`]: cluster delivery: local sessions, relay to the nodes holding a recipient's
@@ -52,6 +54,7 @@ pub mod store;
 pub mod stream;
 pub mod task;
 pub mod tls;
+pub mod web;
 pub mod wire;
 
 pub use config::Config;
@@ -62,6 +65,8 @@ pub use server::run;
 pub mod proto {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("im.v1");
+    // proto3 JSON mapping (lowerCamelCase names, 64-bit integers as strings, enums by name).
+    include!(concat!(env!("OUT_DIR"), "/im.v1.serde.rs"));
 
     /// Encoded descriptor set of im.proto, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("im_descriptor");

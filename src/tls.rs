@@ -143,7 +143,8 @@ impl Loaded {
                 let (cert, key) = (files.cert.display(), files.key.display());
                 TlsError(format!("{cert} with {key}: {e}"))
             })?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        // HTTP/1.1 too, for browsers' page loads and WebSockets (src/web).
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Loaded { config: Arc::new(config), nodes, modified })
     }
 }

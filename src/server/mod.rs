@@ -1,5 +1,6 @@
-//! The gRPC server of one node: Gateway, Chat and Relay, plus gRPC health and reflection, and
-//! the ordered shutdown (NOT_SERVING, Drain every stream, bounded grace).
+//! The server of one node: gRPC (Gateway, Groups, Chat, Relay, health, reflection) and, on the
+//! same port, the browser side (`crate::web`: page, WebSocket, JSON calls); the node's
+//! background tasks and the ordered shutdown (NOT_SERVING, Drain every stream, bounded grace).
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -25,8 +27,11 @@ use crate::store::{MemoryStore, RedisAccess, RedisStore};
 const FANOUT_SWEEP: std::time::Duration = std::time::Duration::from_secs(5);
 use crate::task::AbortOnDrop;
 use crate::tls::ServerTls;
+use crate::web::Web;
 
 mod cluster;
+mod json;
+mod split;
 
 pub mod chat;
 pub mod gateway;
@@ -45,6 +50,8 @@ const MAX_PENDING_RESETS: usize = 20;
 const INSECURE_WARNING_EVERY: Duration = Duration::from_secs(60);
 /// How often the in-memory store drops what expired in inboxes nobody touches.
 const MEMORY_SWEEP: Duration = Duration::from_secs(60);
+/// How often a draining node looks whether its last sessions ended.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// How often idle senders' rate buckets are dropped.
 const LIMITS_SWEEP: Duration = Duration::from_secs(10);
 
@@ -234,15 +241,11 @@ async fn serve(
     let stopped = async {
         let _ = stop_rx.await;
     };
-    let router = Server::builder()
-        .http2_keepalive_interval(Some(config.keepalive_interval))
-        .http2_keepalive_timeout(Some(config.keepalive_timeout))
-        // What one connection may cost: a few streams, bounded headers, and a GOAWAY for a
-        // client that opens and resets streams faster than they are accepted (rapid reset).
-        .max_concurrent_streams(config.max_streams_per_connection)
-        .http2_max_header_list_size(MAX_HEADER_LIST)
-        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
-        .add_service(health_service)
+    // gRPC, and beside it the browser side (page, JSON calls) for HTTP/2 browsers; HTTP/1.1
+    // connections (and WebSocket upgrades) are split off to `web` before tonic sees them.
+    let web = Web::new(node.clone(), max_frame, json::routes(node));
+    let mut grpc = Routes::builder();
+    grpc.add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
@@ -261,14 +264,29 @@ async fn serve(
             RelayServer::new(relay::RelayService::new(node.clone()))
                 .max_decoding_message_size(max_frame),
         );
+    let routes = Routes::from(web.router().merge(grpc.routes().into_axum_router()));
+    let router = Server::builder()
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        // What one connection may cost: a few streams, bounded headers, and a GOAWAY for a
+        // client that opens and resets streams faster than they are accepted (rapid reset).
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .http2_max_header_list_size(MAX_HEADER_LIST)
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
+        .add_routes(routes);
+    let timeout = config.hello_timeout;
     let mut server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
         match &tls {
             Some(tls) => {
                 // An unauthenticated connection lives no longer than a stream without Hello.
-                let incoming = tls.clone().accept(incoming, config.hello_timeout);
+                let incoming = tls.clone().accept(incoming, timeout);
+                let incoming = split::split(incoming, timeout, web);
                 Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
             }
-            None => Box::pin(router.serve_with_incoming_shutdown(incoming, stopped)),
+            None => {
+                let incoming = split::split(incoming, timeout, web);
+                Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
+            }
         };
     info!(node = %node.id(), addr = %local, tls = tls.is_some(), "serving");
     let heartbeat =
@@ -292,16 +310,22 @@ async fn serve(
     sessions.drain_all(|| rand::random_range(0..1000));
     let _ = stop_tx.send(());
     let grace = config.drain_grace;
-    match tokio::time::timeout(grace, &mut server).await {
-        Ok(result) => result.map_err(Into::into),
-        Err(_) => {
-            warn!(?grace, sessions = sessions.len(), "drain grace expired; ending the rest");
-            sessions.terminate();
+    let mut ended = None;
+    let drained = tokio::time::timeout(grace, async {
+        ended = Some((&mut server).await);
+        // WebSocket sessions are not tonic's connections: wait for them as well.
+        while !sessions.is_empty() {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!(?grace, sessions = sessions.len(), "drain grace expired; ending the rest");
+        sessions.terminate();
+        if ended.is_none() {
             // Sessions end at once; give their connections a moment to close.
-            match tokio::time::timeout(Duration::from_secs(1), &mut server).await {
-                Ok(result) => result.map_err(Into::into),
-                Err(_) => Ok(()),
-            }
+            ended = tokio::time::timeout(Duration::from_secs(1), &mut server).await.ok();
         }
     }
+    ended.unwrap_or(Ok(())).map_err(Into::into)
 }

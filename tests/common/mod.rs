@@ -17,6 +17,7 @@ pub mod process;
 pub mod proxy;
 pub mod redis;
 pub mod tls;
+pub mod web;
 pub mod webhook;
 
 /// Where a test node keeps inboxes and routes.
