@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+pub mod browser;
 pub mod consul;
 pub mod process;
 pub mod proxy;

@@ -27,6 +27,16 @@ const state = {
   lastTyping: 0,
 };
 
+// What the page did lately (connects, closes, refusals), for the console and for tests.
+const journal = [];
+window.timJournal = journal;
+function note(...what) {
+  const line = what.join(" ");
+  console.info("tim:", line);
+  journal.push(line);
+  if (journal.length > 100) journal.shift();
+}
+
 // ---- storage -------------------------------------------------------------------------------
 
 function deviceId() {
@@ -77,11 +87,12 @@ async function login() {
 
 // ---- the stream ----------------------------------------------------------------------------
 
+// Login's endpoint is `host:port` (plaintext), `http://host:port` or `https://host:port` (TLS).
 function socketUrl(endpoint) {
-  let base = endpoint || location.origin;
-  if (base.startsWith("https://")) base = "wss://" + base.slice(8);
-  else if (base.startsWith("http://")) base = (location.protocol === "https:" ? "wss://" : "ws://") + base.slice(7);
-  return base.replace(/\/$/, "") + "/v1/chat";
+  let base = endpoint || location.host;
+  const tls = base.startsWith("https://") || (!base.startsWith("http://") && location.protocol === "https:");
+  base = base.replace(/^https?:\/\//, "").replace(/\/$/, "");
+  return (tls ? "wss://" : "ws://") + base + "/v1/chat";
 }
 
 function setStatus(kind, text) {
@@ -101,6 +112,7 @@ async function connect() {
   try {
     answer = await login();
   } catch (err) {
+    note("login failed:", err.code, err.message);
     if (err.code !== undefined && err.code !== UNAVAILABLE && err.code !== RESOURCE_EXHAUSTED) {
       stop("offline", "login refused: " + err.message);
       $("login-error").textContent = err.message;
@@ -109,7 +121,9 @@ async function connect() {
     return retry();
   }
   if (state.stopped) return;
-  const ws = new WebSocket(socketUrl(answer.endpoint), "tim.v1.json");
+  const url = socketUrl(answer.endpoint);
+  note("connecting to", url);
+  const ws = new WebSocket(url, "tim.v1.json");
   state.ws = ws;
   ws.onopen = () => {
     const hello = { token: state.token, device: state.device };
@@ -128,6 +142,7 @@ async function connect() {
   };
   ws.onclose = (event) => {
     if (ws !== state.ws) return;
+    note("closed:", event.code, event.reason);
     state.ws = null;
     state.online = false;
     if (state.stopped) return;
@@ -175,6 +190,7 @@ function onFrame(frame) {
 }
 
 function onWelcome(welcome) {
+  note("welcome: session", welcome.sessionId, "resume from", welcome.resumeFrom || 0);
   state.online = true;
   state.backoff = 0;
   const epoch = welcome.inboxEpoch || "";
@@ -293,8 +309,13 @@ function show(m, fromHistory) {
 function noteConversation(m) {
   const id = m.conversation;
   if (!id) return;
-  const c = state.conversations.get(id);
-  if (!c) return refreshConversations();
+  let c = state.conversations.get(id);
+  if (!c) {
+    // New here: shown at once, named properly by the next listing (which may lag the message).
+    c = { id, kind: id.startsWith("g:") ? "GROUP" : "DIRECT", title: titleOf(id), unread: "0" };
+    state.conversations.set(id, c);
+    setTimeout(refreshConversations, 1000);
+  }
   c.lastMessage = m;
   c.lastActiveAt = m.sentAt;
   if (m.from !== state.user && id !== state.selected) c.unread = String(Number(c.unread || 0) + 1);
@@ -400,6 +421,17 @@ async function select(c) {
 
 function markRead(conversation, convSeq) {
   call("Gateway/MarkRead", { conversation, convSeq: String(convSeq) }, state.token).catch(() => {});
+}
+
+// A direct conversation `d:<length of the smaller id>:<smaller>:<larger>` is titled with the
+// other user's id; a group with its id until the listing gives its name.
+function titleOf(id) {
+  const m = /^d:(\d+):/.exec(id);
+  if (!m) return id;
+  const rest = id.slice(m[0].length);
+  const first = rest.slice(0, Number(m[1]));
+  const second = rest.slice(Number(m[1]) + 1);
+  return first === state.user ? second : first;
 }
 
 function directId(a, b) {
