@@ -19,6 +19,7 @@
 //!   devices, remote kick, route liveness.
 //! - [`lb`]: node-selection strategies and the tower layer Login places users with.
 //! - [`limit`]: the per-user send allowance of a node.
+//! - [`metrics`]: a node's Prometheus metrics (one registry per node).
 //! - [`discovery`]: node-set updates (`Add`, `Remove`, `Reset`) from static or Consul backends,
 //!   folded into the live `Membership`.
 //! - [`store`]: the Inbox and RouteStore traits; memory and Redis backends that answer alike.
@@ -47,6 +48,7 @@ pub mod error;
 pub mod ids;
 pub mod lb;
 pub mod limit;
+pub mod metrics;
 pub mod node;
 pub mod push;
 pub mod server;

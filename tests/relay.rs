@@ -137,7 +137,8 @@ fn message(to: &str, seq: u64) -> StoredMessage {
 }
 
 fn peers_with(endpoint: &str) -> Peers {
-    let peers = Peers::new("node-a", TokenSigner::new(NODE_SECRET.as_bytes().to_vec()), None);
+    let signer = TokenSigner::new(NODE_SECRET.as_bytes().to_vec());
+    let peers = Peers::new("node-a", signer, None, Default::default());
     let b = NodeInfo { id: "node-b".into(), endpoint: endpoint.into(), load: 0 };
     let a = NodeInfo { id: "node-a".into(), endpoint: "127.0.0.1:1".into(), load: 0 };
     peers.sync(&[a, b]);

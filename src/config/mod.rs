@@ -38,6 +38,11 @@ pub struct Config {
     /// address.
     #[arg(long, env = "TIM_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Serve Prometheus metrics at `http://<addr>/metrics` (off unless given). Anyone who
+    /// reaches it reads the node's counters (no user ids, no bodies): bind it to a private
+    /// address.
+    #[arg(long, env = "TIM_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Unique id of this node; defaults to the advertised address.
     #[arg(long, env = "TIM_NODE_ID")]
     pub node_id: Option<String>,

@@ -100,6 +100,11 @@ impl Delivery {
         }
     }
 
+    /// How many nodes the membership holds alive (this one included).
+    pub fn live_nodes(&self) -> usize {
+        self.membership.nodes().len()
+    }
+
     /// The relay clients (the node queues broadcast groups' messages on them).
     pub fn peers(&self) -> &Peers {
         &self.peers

@@ -21,6 +21,7 @@ use tracing::{debug, warn};
 
 use crate::auth::{TokenKind, TokenSigner};
 use crate::discovery::NodeInfo;
+use crate::metrics::Metrics;
 use crate::proto::{self, relay_client::RelayClient};
 use crate::store::StoredMessage;
 use crate::task::AbortOnDrop;
@@ -55,6 +56,7 @@ struct Inner {
     self_id: String,
     tls: Option<ClientTls>,
     token: Arc<NodeToken>,
+    metrics: Arc<Metrics>,
     /// node id → its channel and relay queue; `None` once closed.
     peers: Mutex<Option<HashMap<String, Peer>>>,
 }
@@ -87,7 +89,13 @@ impl NodeToken {
 }
 
 impl Peers {
-    pub fn new(self_id: &str, signer: TokenSigner, tls: Option<ClientTls>) -> Self {
+    /// Relays are counted in `metrics` (batches, failures, drops).
+    pub fn new(
+        self_id: &str,
+        signer: TokenSigner,
+        tls: Option<ClientTls>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let (token, _) = signer.issue(TokenKind::Node, self_id, "", TOKEN_TTL);
         let token = NodeToken {
             self_id: self_id.to_string(),
@@ -99,6 +107,7 @@ impl Peers {
                 self_id: self_id.to_string(),
                 tls,
                 token: Arc::new(token),
+                metrics,
                 peers: Mutex::new(Some(HashMap::new())),
             }),
         }
@@ -117,7 +126,12 @@ impl Peers {
             let Some(channel) = self.channel(n) else { continue };
             let client = RelayClient::new(channel);
             let (queue, waiting) = mpsc::channel(QUEUE);
-            let relay = Relay { peer: n.id.clone(), client: client.clone(), older_since: None };
+            let relay = Relay {
+                peer: n.id.clone(),
+                client: client.clone(),
+                older_since: None,
+                metrics: self.inner.metrics.clone(),
+            };
             let task = tokio::spawn(relay.run(waiting, self.inner.token.clone()));
             debug!(peer = %n.id, endpoint = %n.endpoint, "relay channel added");
             let peer =
@@ -169,7 +183,18 @@ impl Peers {
     pub fn relay(&self, node_id: &str, user: &str, message: StoredMessage) -> bool {
         let peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
         let peer = peers.as_ref().and_then(|p| p.get(node_id));
-        peer.is_some_and(|p| p.queue.try_send((user.to_string(), 0, message)).is_ok())
+        let queued = peer.is_some_and(|p| p.queue.try_send((user.to_string(), 0, message)).is_ok());
+        if !queued {
+            self.inner.metrics.relay_dropped.inc();
+        }
+        queued
+    }
+
+    /// Messages waiting in the relay queues, over every peer.
+    pub fn queued(&self) -> u64 {
+        let peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let waiting = |p: &Peer| p.queue.max_capacity() - p.queue.capacity();
+        peers.as_ref().map_or(0, |p| p.values().map(waiting).sum::<usize>() as u64)
     }
 
     /// Queues a broadcast group's message (of membership `version`) for every live peer: each
@@ -180,7 +205,9 @@ impl Peers {
         let queued = |q: &&mpsc::Sender<Relayed>| {
             q.try_send((String::new(), version, message.clone())).is_err()
         };
-        queues.map_or(0, |q| q.filter(queued).count())
+        let dropped = queues.map_or(0, |q| q.filter(queued).count());
+        self.inner.metrics.relay_dropped.inc_by(dropped as u64);
+        dropped
     }
 
     /// Ends `user`'s `device` session on `node_id`: `session_id`'s (a newer one took over), or
@@ -222,6 +249,7 @@ struct Relay {
     client: RelayClient<Channel>,
     /// When the peer last answered UNIMPLEMENTED to `DeliverBatch`.
     older_since: Option<Instant>,
+    metrics: Arc<Metrics>,
 }
 
 impl Relay {
@@ -231,7 +259,9 @@ impl Relay {
             let mut rest = waiting.drain(..).peekable();
             while rest.peek().is_some() {
                 let batch = batch(&mut rest);
+                self.metrics.relay_batches.inc();
                 if let Err(e) = self.send(batch, &token.get()).await {
+                    self.metrics.relay_failures.inc();
                     debug!(peer = %self.peer, error = %e, "relay failed; the inbox has it");
                 }
             }

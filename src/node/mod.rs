@@ -7,20 +7,16 @@ use std::time::{Duration, SystemTime};
 use rustls::pki_types::CertificateDer;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
-use tower::buffer::Buffer;
-use tower::util::BoxCloneSyncService;
-use tower::{BoxError, Layer as _, ServiceBuilder, ServiceExt as _};
 
 use crate::auth::{AuthError, Claims, LoginMode, TokenKind, TokenSigner, unix_ms};
 use crate::config::Config;
 use crate::deliver::{Delivery, Peers};
-use crate::discovery::{Membership, NodeInfo};
+use crate::discovery::Membership;
 use crate::error::Error;
 use crate::ids;
 use crate::ids::Conversation;
-use crate::lb::{NodeSelectLayer, Placed};
 use crate::limit::{QueueBudget, SendLimits};
-use crate::proto;
+use crate::metrics::Metrics;
 use crate::push::{Notification, Pusher};
 use crate::store::conversations::ConversationIndex;
 use crate::store::groups::Groups;
@@ -34,6 +30,7 @@ mod changes;
 mod conversations;
 mod groups;
 mod listing;
+mod login;
 mod notes;
 mod presence;
 mod receipts;
@@ -42,35 +39,12 @@ mod signals;
 pub use conversations::{MAX_HISTORY_BYTES, MAX_HISTORY_PAGE};
 pub use groups::MAX_GROUP_NAME;
 pub use listing::{MAX_CONVERSATIONS_PAGE, Unread};
+pub use login::{Grant, LoginWorker};
+use login::{LoginService, login_service};
 pub use {notes::Notes, presence::Presence, receipts::MAX_READERS_PAGE};
 
 /// Device name used when Login names none.
 pub const DEFAULT_DEVICE: &str = "default";
-/// How long Login waits for discovery to know a node before answering UNAVAILABLE.
-const PICK_TIMEOUT: Duration = Duration::from_secs(3);
-/// Logins waiting for the node selector at once, beyond which Login waits for room.
-const PICK_QUEUE: usize = 1024;
-
-/// Who Login is placing: the caller's proven identity.
-#[derive(Debug, Clone)]
-pub struct Grant {
-    pub user: String,
-    pub device: String,
-}
-
-impl Placed for Grant {
-    fn key(&self) -> &str {
-        &self.user
-    }
-}
-
-/// Login after authentication: places the grant on a node (the `--lb` strategy, as a tower
-/// layer) and issues its session token for that node.
-type LoginService = BoxCloneSyncService<Grant, proto::LoginResponse, BoxError>;
-
-/// The task that runs Login's node selection (the worker of its buffer).
-pub type LoginWorker = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
-
 /// The stores a node works on.
 pub struct Stores {
     pub inbox: Arc<dyn Inbox>,
@@ -108,6 +82,7 @@ pub struct Node {
     delivery: Delivery,
     login: LoginService,
     member_sets: broadcast::MemberSets,
+    metrics: Arc<Metrics>,
 }
 
 impl Node {
@@ -122,6 +97,7 @@ impl Node {
         stores: Stores,
         membership: Arc<Membership>,
         push: Option<Pusher>,
+        metrics: Arc<Metrics>,
     ) -> (Self, LoginWorker) {
         /// Live messages queued per session before it falls back to reading its inbox.
         const FEED_CAPACITY: usize = 1024;
@@ -130,7 +106,7 @@ impl Node {
         let scheme = if security.tls.is_some() { "https://" } else { "" };
         let (login, worker) =
             login_service(signer.clone(), config.token_ttl, config.lb, scheme, &membership);
-        let peers = Peers::new(id, node_signer.clone(), security.peer_tls);
+        let peers = Peers::new(id, node_signer.clone(), security.peer_tls, metrics.clone());
         let node = Node {
             id: id.to_string(),
             login_mode: security.login_mode,
@@ -145,7 +121,7 @@ impl Node {
             ),
             signer,
             node_signer,
-            inbox: stores.inbox,
+            inbox: crate::store::metered::Metered::wrap(stores.inbox, &metrics),
             groups: stores.groups,
             notes: Notes::new(stores.conversations),
             push,
@@ -154,8 +130,30 @@ impl Node {
             routes: stores.routes,
             login,
             config,
+            metrics,
         };
         (node, worker)
+    }
+
+    /// Counts one answered send: stored (a retry is not), or refused by its code.
+    pub(crate) fn count_send<T>(&self, result: &Result<T, Status>, duplicate: impl Fn(&T) -> bool) {
+        match result {
+            Ok(a) if !duplicate(a) => {
+                self.metrics.stored.inc();
+            }
+            Ok(_) => {}
+            Err(status) => self.metrics.refused(status.code()),
+        }
+    }
+
+    /// This node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The push webhook's queue and what it dropped, when there is one.
+    pub fn push(&self) -> Option<&Pusher> {
+        self.push.as_ref()
     }
 
     /// Unique node id (routes point at it).
@@ -263,24 +261,6 @@ impl Node {
         self.node_signer.verify_metadata(md, TokenKind::Node)
     }
 
-    /// Login: proves who the caller is (dev or JWT), places them on a node by strategy, and
-    /// returns a session token for that node.
-    pub async fn login(&self, req: proto::LoginRequest) -> Result<proto::LoginResponse, Status> {
-        let user = self.login_mode.authenticate(&req.user_id, &req.jwt)?;
-        ids::user(&user).map_err(Error::from)?;
-        if !req.user_id.is_empty() && req.user_id != user {
-            let msg = format!("user_id {:?} does not match the jwt subject", req.user_id);
-            return Err(AuthError::Forbidden(msg).into());
-        }
-        let device = if req.device.is_empty() { DEFAULT_DEVICE.to_string() } else { req.device };
-        ids::device(&device).map_err(Error::from)?;
-        let reply = self.login.clone().oneshot(Grant { user, device }).await.map_err(|e| {
-            Status::unavailable(format!("no node is available to hold the stream: {e}"))
-        })?;
-        tracing::debug!(user = %reply.user_id, device = %reply.device, node = %reply.node_id, "login");
-        Ok(reply)
-    }
-
     /// Validates, stores and pushes one message from `from`'s `device`. Returns only after the
     /// message is in its conversation's log and the recipient's inbox (and in the sender's, for
     /// their other devices). Refused (RESOURCE_EXHAUSTED, with a retry hint) when `from` is
@@ -342,6 +322,7 @@ impl Node {
     /// [`Node::take_allowance`] for a call that costs `n` sends.
     pub(crate) fn take_allowances(&self, user: &str, n: u32, what_then: &str) -> Result<(), Error> {
         if let Err(retry_after) = self.limits.take_n(user, n, std::time::Instant::now()) {
+            self.metrics.rate_limited("send");
             let (rate, burst) = (self.limits.rate(), self.limits.burst());
             let message = format!(
                 "send rate limit: {rate} messages/s per user (bursts of {burst}); {what_then}"
@@ -350,37 +331,4 @@ impl Node {
         }
         Ok(())
     }
-}
-
-/// The Login pipeline: a timeout (an empty cluster is UNAVAILABLE, not a hang), a buffer (the
-/// strategy is stateful and shared by every Login call; its worker is returned to be run), the
-/// node-selection layer, and the service that issues the session token for the chosen node
-/// (signing runs on the caller's task, not in the worker).
-fn login_service(
-    signer: TokenSigner,
-    ttl: Duration,
-    strategy: crate::lb::StrategyKind,
-    scheme: &'static str,
-    membership: &Membership,
-) -> (LoginService, LoginWorker) {
-    let issue = tower::service_fn(move |(grant, node): (Grant, NodeInfo)| {
-        let signer = signer.clone();
-        async move {
-            let (token, expires_at) =
-                signer.issue(TokenKind::Session, &grant.user, &grant.device, ttl);
-            Ok::<_, BoxError>(proto::LoginResponse {
-                token,
-                expires_at,
-                user_id: grant.user,
-                device: grant.device,
-                node_id: node.id,
-                // https:// when the cluster serves TLS, so clients never dial it in plaintext.
-                endpoint: format!("{scheme}{}", node.endpoint),
-            })
-        }
-    });
-    let select = NodeSelectLayer::new(strategy, membership).layer(issue);
-    let (buffer, worker) = Buffer::pair(select, PICK_QUEUE);
-    let service = ServiceBuilder::new().timeout(PICK_TIMEOUT).service(buffer);
-    (BoxCloneSyncService::new(service), Box::pin(worker))
 }

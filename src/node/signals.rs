@@ -50,6 +50,7 @@ impl Node {
     pub async fn typing(&self, user: &str, conversation: &str) -> Result<(), Error> {
         let opened = self.open(user, conversation, "").await?;
         if !self.typing_limit.admit(user, &opened.id, Instant::now()) {
+            self.metrics.rate_limited("typing");
             return Ok(());
         }
         let signal = proto::Signal {

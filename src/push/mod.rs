@@ -109,6 +109,11 @@ impl Pusher {
         }
     }
 
+    /// Notifications waiting to be posted.
+    pub fn queued(&self) -> u64 {
+        (self.queue.max_capacity() - self.queue.capacity()) as u64
+    }
+
     /// Notifications dropped so far: the queue was full, or every try failed.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)

@@ -27,6 +27,10 @@ impl Chat for ChatService {
         &self,
         req: Request<Streaming<ClientFrame>>,
     ) -> Result<Response<OutboundStream>, Status> {
-        Ok(Response::new(stream::open(&self.node, Box::pin(req.into_inner()))))
+        Ok(Response::new(stream::open(
+            &self.node,
+            Box::pin(req.into_inner()),
+            stream::Transport::Grpc,
+        )))
     }
 }

@@ -12,6 +12,7 @@ use crate::discovery::consul::ConsulClient;
 use crate::discovery::{
     ConsulDiscovery, ConsulRegistration, Discovery, NodeInfo, StaticDiscovery, Update,
 };
+use crate::metrics::Metrics;
 use crate::node::Node;
 
 /// Static discovery (this node plus `--peers`), or Consul with this node's registration.
@@ -19,11 +20,14 @@ pub fn discovery(
     config: &Config,
     id: &str,
     endpoint: &str,
+    metrics: &Metrics,
 ) -> Result<(Box<dyn Discovery>, Option<ConsulRegistration>), ServeError> {
     let err = |e: crate::discovery::consul::ConsulError| ServeError::Discovery(e.to_string());
     if let Some(url) = &config.consul {
         let token = config.consul_token.clone();
-        let client = ConsulClient::with_ca(url, token, config.consul_ca.as_deref()).map_err(err)?;
+        let mut client =
+            ConsulClient::with_ca(url, token, config.consul_ca.as_deref()).map_err(err)?;
+        client.count_errors(metrics.consul_errors.clone());
         let registration = ConsulRegistration::new(
             client.clone(),
             &config.consul_service,

@@ -42,8 +42,10 @@ impl Gateway for GatewayService {
         req: Request<proto::SendRequest>,
     ) -> Result<Response<proto::SendResponse>, Status> {
         let claims = self.node.authorize(req.metadata()).await?;
-        let appended = self.node.send(&claims.sub, &claims.dev, req.into_inner().into()).await?;
-        Ok(Response::new(appended.into()))
+        let result = self.node.send(&claims.sub, &claims.dev, req.into_inner().into()).await;
+        let result = result.map_err(Status::from);
+        self.node.count_send(&result, |a| a.duplicate);
+        Ok(Response::new(result?.into()))
     }
 
     async fn presence(

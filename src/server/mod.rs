@@ -31,6 +31,7 @@ use crate::web::Web;
 
 mod cluster;
 mod json;
+mod metrics;
 mod split;
 
 pub mod chat;
@@ -134,7 +135,8 @@ pub async fn run(
     // Every background task of the node lives here and ends when `run` returns.
     let mut tasks = JoinSet::new();
     let stores = open_store(&config, &mut tasks).await?;
-    let (discovery, registration) = cluster::discovery(&config, &id, &endpoint)?;
+    let node_metrics = Arc::new(crate::metrics::Metrics::new());
+    let (discovery, registration) = cluster::discovery(&config, &id, &endpoint, &node_metrics)?;
     let membership = Membership::new();
     let updates = discovery.updates();
     tasks.spawn({
@@ -177,8 +179,15 @@ pub async fn run(
         tasks.spawn(worker);
         pusher
     });
-    let (node, login_worker) = Node::new(&id, config, security, stores, membership, push);
+    let metrics_addr = config.metrics_addr;
+    let (node, login_worker) =
+        Node::new(&id, config, security, stores, membership, push, node_metrics);
     let node = Arc::new(node);
+    if let Some(addr) = metrics_addr {
+        let listener = TcpListener::bind(addr).await?;
+        info!(addr = %listener.local_addr()?, "metrics at /metrics");
+        tasks.spawn(metrics::serve(listener, node.clone()));
+    }
     tasks.spawn(login_worker);
     tasks.spawn({
         // Forget the send allowance of users who stopped sending.

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 pub mod conversations;
 pub mod groups;
 pub mod memory;
+pub mod metered;
 pub mod redis;
 
 pub use memory::MemoryStore;

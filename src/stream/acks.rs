@@ -27,8 +27,7 @@ impl AckMerge {
     }
 
     /// The cursor as last stored.
-    #[cfg(test)]
-    fn stored(&self) -> u64 {
+    pub fn stored(&self) -> u64 {
         self.stored
     }
 

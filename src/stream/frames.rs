@@ -51,6 +51,7 @@ impl Session {
             Err(refused) => Err(refused),
         };
         self.gate.settle(&id, result.as_ref().err());
+        self.node.count_send(&result, |a| a.duplicate);
         wire::send_reply(id, result)
     }
 
@@ -71,7 +72,11 @@ impl Session {
     /// Stores the device's cursor. A failed store is retried by the next ack.
     pub(super) async fn store_ack(&mut self, up_to: u64) {
         match self.node.inbox().ack(&self.user, &self.device, up_to).await {
-            Ok(cursor) => self.acks.set_stored(cursor),
+            Ok(cursor) => {
+                let advanced = cursor.saturating_sub(self.acks.stored());
+                self.node.metrics().acked.inc_by(advanced);
+                self.acks.set_stored(cursor);
+            }
             Err(e) => warn!(user = %self.user, error = %e, "ack not stored"),
         }
     }

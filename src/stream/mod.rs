@@ -17,6 +17,7 @@ use std::pin::Pin;
 
 use futures_util::Stream;
 
+pub use crate::metrics::Transport;
 use crate::proto::ClientFrame;
 
 /// What a session reads from its client, whatever the transport: the gRPC request stream, or a
@@ -34,14 +35,31 @@ pub mod session;
 
 /// Starts a session on `inbound` (Hello first) and returns what it sends, for the transport to
 /// carry to the client: the same bounded queue, whichever the transport.
+/// The session counts in the node's open streams of `transport` while it runs.
 pub fn open(
     node: &std::sync::Arc<crate::node::Node>,
     inbound: Inbound,
+    transport: Transport,
 ) -> outbound::OutboundStream {
     let cfg = node.config();
     let budget = node.delivery().sessions().budget().clone();
-    let (out, stream) =
+    let (mut out, stream) =
         outbound::channel(cfg.outbound_queue, cfg.outbound_bytes, cfg.slow_client_timeout, budget);
-    tokio::spawn(session::run(node.clone(), inbound, out));
+    out.count_delivered(node.metrics().delivered.clone());
+    let open = node.metrics().stream_opened(transport);
+    let node = node.clone();
+    // Filled in once Hello names the user (never the token, never a body).
+    let span = tracing::info_span!(
+        "session",
+        transport = transport.as_str(),
+        user = tracing::field::Empty,
+        device = tracing::field::Empty,
+        session_id = tracing::field::Empty,
+    );
+    let session = async move {
+        session::run(node, inbound, out).await;
+        drop(open);
+    };
+    tokio::spawn(tracing::Instrument::instrument(session, span));
     stream
 }

@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::Stream;
+use prometheus_client::metrics::counter::Counter;
 use prost::Message as _;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
@@ -67,6 +68,8 @@ pub struct Outbound {
     /// Since when the queue has been full, and what it held then (bytes, frames): it counts as
     /// making progress again only once it drains to half of that.
     full_since: Option<(Instant, usize, usize)>,
+    /// Counts the messages queued (the node's `tim_messages_delivered`).
+    delivered: Counter,
 }
 
 /// The stream tonic sends to the client.
@@ -97,15 +100,22 @@ pub fn channel(
             queued: queued.clone(),
             budget,
             full_since: None,
+            delivered: Counter::default(),
         },
         OutboundStream { rx, abort: Some(abort_rx), done: false },
     )
 }
 
 impl Outbound {
+    /// Counts the messages this queue takes into `delivered`.
+    pub fn count_delivered(&mut self, delivered: Counter) {
+        self.delivered = delivered;
+    }
+
     /// Queues one frame when there is room in frames and bytes; waits for the client to drain,
     /// until the queue has been full for the slow-client timeout.
     pub async fn send(&mut self, frame: Frame) -> Result<(), Gone> {
+        let message = matches!(frame, Frame::Message(_));
         let frame = ServerFrame { frame: Some(frame) };
         let size = frame.encoded_len();
         loop {
@@ -136,6 +146,9 @@ impl Outbound {
                             budget: self.budget.clone(),
                         };
                         permit.send(Ok((frame, charge)));
+                        if message {
+                            self.delivered.inc();
+                        }
                         return Ok(());
                     }
                     Err(mpsc::error::TrySendError::Closed(())) => {

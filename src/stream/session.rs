@@ -54,6 +54,11 @@ pub async fn run(node: Arc<Node>, mut inbound: Inbound, mut out: Outbound) {
     let expires = hello::expiry(claims.exp);
     let (user, device) = (claims.sub, claims.dev);
     let session_id = new_id();
+    // The span `stream::open` entered: everything logged from here on names the session.
+    let span = tracing::Span::current();
+    span.record("user", user.as_str());
+    span.record("device", device.as_str());
+    span.record("session_id", session_id.as_str());
     let feed = sessions.register(&user, &device, &session_id);
     let mut s = Session {
         route: Route {

@@ -35,6 +35,7 @@ use tracing::debug;
 
 use crate::node::Node;
 use crate::proto::{ClientFrame, ServerFrame};
+use crate::stream::Transport;
 use crate::stream::outbound::OutboundStream;
 
 /// Binary protobuf, one frame per message.
@@ -116,7 +117,7 @@ async fn carry(node: Arc<Node>, socket: WebSocket, framing: Framing) {
     let (sink, source) = socket.split();
     let (tx, rx) = mpsc::channel(INBOUND);
     let (heard_tx, heard) = watch::channel(Instant::now());
-    let out = crate::stream::open(&node, Box::pin(ReceiverStream::new(rx)));
+    let out = crate::stream::open(&node, Box::pin(ReceiverStream::new(rx)), Transport::WebSocket);
     let reader = tokio::spawn(read(source, tx, framing, heard_tx));
     let cfg = node.config();
     write(sink, out, framing, heard, cfg.keepalive_interval, cfg.keepalive_timeout).await;

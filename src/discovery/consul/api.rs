@@ -10,6 +10,7 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
 /// A Consul API failure.
@@ -84,6 +85,8 @@ pub struct ConsulClient {
     base: String,
     token: Option<String>,
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// Counts the calls that failed (the node's `tim_consul_errors`).
+    errors: Counter,
 }
 
 impl ConsulClient {
@@ -121,7 +124,12 @@ impl ConsulClient {
         };
         let connector = tls.https_or_http().enable_http1().wrap_connector(connector);
         let http = Client::builder(TokioExecutor::new()).build(connector);
-        Ok(Self { base, token, http })
+        Ok(Self { base, token, http, errors: Counter::default() })
+    }
+
+    /// Counts the calls that fail from now on into `errors`.
+    pub fn count_errors(&mut self, errors: Counter) {
+        self.errors = errors;
     }
 
     async fn call(
@@ -162,9 +170,14 @@ impl ConsulClient {
             }
             Ok((body, index))
         };
-        tokio::time::timeout(timeout, exchange)
+        let answer = tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| ConsulError::Unreachable(format!("no answer within {timeout:?}")))?
+            .map_err(|_| ConsulError::Unreachable(format!("no answer within {timeout:?}")))
+            .and_then(|answer| answer);
+        if answer.is_err() {
+            self.errors.inc();
+        }
+        answer
     }
 
     /// Registers (or re-registers, updating Meta) a service with its TTL check.
