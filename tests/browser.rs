@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::browser::{Browser, Page};
 use common::process::{NodeProcess, free_port};
+use common::tls::Ca;
 use common::{Backend, TestNode, next_message};
 use tim::client::{self, Options};
 use tim::proto::{self, gateway_client::GatewayClient};
@@ -169,5 +170,30 @@ async fn a_page_survives_its_node_restarting_and_a_reload() {
     page.login("alice", "browser").await;
     send_retrying(&addr, "bob", "c9", "alice", "b9").await;
     texts_settle(&page, &["bob: b9".to_string()]).await;
+    page.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_chats_over_tls() {
+    let ca = Ca::new("browser");
+    let pem = ca.issue("node");
+    let node = TestNode::with_options(&Backend::Memory, ca.client(), |c| {
+        c.tls_cert = Some(pem.cert.clone());
+        c.tls_key = Some(pem.key.clone());
+    })
+    .await;
+    let browser = Browser::start().await;
+    // The test CA is not in the browser's store: it is told to accept the node's certificate.
+    let url = format!("https://{}/", node.addr);
+    let page = browser.open_with(&url, &["--ignore-certificate-errors"]).await;
+    page.login("alice", "browser").await;
+    let journal = page.js("return window.timJournal").await;
+    assert!(journal.to_string().contains(&format!("wss://{}/v1/chat", node.addr)), "{journal}");
+
+    let mut bob = node.connect("bob", "phone", 0).await;
+    page.send("bob", "over wss").await;
+    assert_eq!(next_message(&mut bob).await.body, "over wss");
+    bob.sender().send("alice", "and back").await.unwrap();
+    page.wait_message("bob: and back", None).await;
     page.close().await;
 }

@@ -46,17 +46,24 @@ impl Browser {
 
     /// A new headless Chromium showing `url`.
     pub async fn open(&self, url: &str) -> Page {
+        self.open_with(url, &[]).await
+    }
+
+    /// [`Browser::open`] with more Chromium flags.
+    pub async fn open_with(&self, url: &str, flags: &[&str]) -> Page {
         let binary = std::env::var("TIM_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        let mut args = vec![
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-extensions",
+        ];
+        args.extend_from_slice(flags);
         let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": binary,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--no-first-run",
-                         "--disable-background-networking", "--disable-extensions"],
-            }),
-        );
+        caps.insert("goog:chromeOptions".into(), json!({ "binary": binary, "args": args }));
         let mut last = None;
         for _ in 0..3 {
             match ClientBuilder::new(HttpConnector::new())
