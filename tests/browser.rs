@@ -177,11 +177,7 @@ async fn a_page_survives_its_node_restarting_and_a_reload() {
 async fn a_page_chats_over_tls() {
     let ca = Ca::new("browser");
     let pem = ca.issue("node");
-    let node = TestNode::with_options(&Backend::Memory, ca.client(), |c| {
-        c.tls_cert = Some(pem.cert.clone());
-        c.tls_key = Some(pem.key.clone());
-    })
-    .await;
+    let node = TestNode::with_options(&Backend::Memory, ca.client(), |c| pem.serve(c)).await;
     let browser = Browser::start().await;
     // The test CA is not in the browser's store: it is told to accept the node's certificate.
     let url = format!("https://{}/", node.addr);

@@ -13,17 +13,11 @@ use tim::client::{self, ClientError, Options, Session};
 use tim::proto::{self, relay_client::RelayClient};
 use tonic::Code;
 
-/// Serve TLS with `pem`.
-fn serve(c: &mut tim::Config, pem: &Pem) {
-    c.tls_cert = Some(pem.cert.clone());
-    c.tls_key = Some(pem.key.clone());
-}
-
 #[tokio::test]
 async fn users_chat_over_tls_and_login_hands_out_an_https_endpoint() {
     let ca = Ca::new("chat");
     let pem = ca.issue("node");
-    let node = TestNode::with_options(&Backend::Memory, ca.client(), |c| serve(c, &pem)).await;
+    let node = TestNode::with_options(&Backend::Memory, ca.client(), |c| pem.serve(c)).await;
 
     let login = node.login("bob", "phone").await;
     assert_eq!(login.endpoint, format!("https://{}", node.addr));
@@ -43,7 +37,7 @@ async fn users_chat_over_tls_and_login_hands_out_an_https_endpoint() {
 async fn plaintext_and_tls_never_mix() {
     let ca = Ca::new("mix");
     let pem = ca.issue("node");
-    let tls = TestNode::with_options(&Backend::Memory, ca.client(), |c| serve(c, &pem)).await;
+    let tls = TestNode::with_options(&Backend::Memory, ca.client(), |c| pem.serve(c)).await;
     let plain = TestNode::start(&Backend::Memory).await;
     let login = |addr: String, opts: Options| async move {
         client::login(&addr, "bob", "phone", "", &opts).await.unwrap_err()
@@ -73,7 +67,7 @@ async fn a_client_ca_lets_in_only_the_certificates_it_issued() {
     let pem = ca.issue("node");
     let alice = users.issue("alice");
     let node = TestNode::with_options(&Backend::Memory, alice.client(&ca), |c| {
-        serve(c, &pem);
+        pem.serve(c);
         c.tls_client_ca = Some(users.cert.clone());
     })
     .await;
@@ -150,7 +144,7 @@ async fn relays_need_a_node_certificate_of_the_cluster_and_a_node_token() {
         let client_ca = users_ca.map(|ca| ca.cert.clone());
         async move {
             TestNode::with_options(&backend, opts, |c| {
-                serve(c, &pem);
+                pem.serve(c);
                 c.tls_cluster_ca = Some(cluster_ca);
                 c.tls_client_ca = client_ca;
                 c.consul = Some(consul);

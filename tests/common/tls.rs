@@ -21,6 +21,12 @@ impl Pem {
         let tls = ClientTls::from_files(Some(&ca.cert), Some(&self.cert), Some(&self.key));
         Options { tls: Some(tls.unwrap()), ..Options::default() }
     }
+
+    /// Makes `c` serve TLS with this certificate.
+    pub fn serve(&self, c: &mut tim::Config) {
+        c.tls_cert = Some(self.cert.clone());
+        c.tls_key = Some(self.key.clone());
+    }
 }
 
 /// A certificate authority with a directory of its own, removed when dropped.
