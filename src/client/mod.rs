@@ -44,6 +44,11 @@ pub struct Options {
     /// TLS settings (a private CA, a client certificate). With them a bare `host:port` means
     /// `https://`; without them an `https://` address trusts the system's roots.
     pub tls: Option<ClientTls>,
+    /// Addresses to dial instead of others (`host:port` → `host:port`, as curl's
+    /// `--connect-to`): for a client that reaches the nodes at other addresses than the ones
+    /// the cluster advertises (a NAT, a proxy, a port forward). TLS still checks the
+    /// certificate against the address dialed.
+    pub connect_to: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -55,6 +60,7 @@ impl Default for Options {
             event_buffer: 1024,
             local_address: None,
             tls: None,
+            connect_to: Vec::new(),
         }
     }
 }
@@ -132,9 +138,25 @@ pub fn url(addr: &str, opts: &Options) -> Result<String, ClientError> {
     }
 }
 
+/// The address to dial for `addr`: its `connect_to` replacement, if any (matched with or
+/// without the URL's scheme, which is kept).
+fn dialed<'a>(addr: &'a str, opts: &'a Options) -> std::borrow::Cow<'a, str> {
+    let (scheme, bare) = match addr.split_once("://") {
+        Some((scheme, bare)) => (Some(scheme), bare),
+        None => (None, addr),
+    };
+    match opts.connect_to.iter().find(|(from, _)| from == addr || from == bare) {
+        Some((_, to)) => match scheme {
+            Some(scheme) => format!("{scheme}://{to}").into(),
+            None => to.as_str().into(),
+        },
+        None => addr.into(),
+    }
+}
+
 /// Opens a channel to `addr` (host:port or a URL) with the keepalive and TLS settings of `opts`.
 pub async fn channel(addr: &str, opts: &Options) -> Result<Channel, ClientError> {
-    let url = url(addr, opts)?;
+    let url = url(&dialed(addr, opts), opts)?;
     let https = url.starts_with("https://");
     let mut endpoint = Endpoint::from_shared(url.clone())?
         .connect_timeout(opts.connect_timeout)
@@ -228,3 +250,19 @@ fn plaintext_hint(status: Status, url: &str) -> Status {
 
 /// Attaches `authorization: Bearer <token>` to a unary request.
 pub use crate::wire::authorized;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_to_replaces_the_dialed_address_and_keeps_the_scheme() {
+        let opts = Options {
+            connect_to: vec![("10.0.0.5:50051".into(), "127.0.0.1:7000".into())],
+            ..Options::default()
+        };
+        assert_eq!(dialed("10.0.0.5:50051", &opts), "127.0.0.1:7000");
+        assert_eq!(dialed("https://10.0.0.5:50051", &opts), "https://127.0.0.1:7000");
+        assert_eq!(dialed("10.0.0.6:50051", &opts), "10.0.0.6:50051");
+    }
+}
