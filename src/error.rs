@@ -42,7 +42,10 @@ impl Error {
             Error::RateLimited { .. } => Code::ResourceExhausted,
             Error::Auth(e) if e.is_permission() => Code::PermissionDenied,
             Error::Auth(_) => Code::Unauthenticated,
-            Error::Store(StoreError::Unavailable(_)) => Code::Unavailable,
+            // Both retryable: reconnect (a rolled-back inbox is handled at Hello) and retry.
+            Error::Store(StoreError::Unavailable(_) | StoreError::RolledBack { .. }) => {
+                Code::Unavailable
+            }
             Error::Store(StoreError::Internal(_)) => Code::Internal,
             Error::Store(
                 StoreError::InboxRate { .. }

@@ -724,3 +724,61 @@ async fn a_direct_message_cut_short_between_steps_is_completed_by_a_sweep() {
     let again = node.send_unary("alice", "c1", "bob", "cut short").await.unwrap();
     assert!(again.duplicate && again.seq == 1 && again.conv_seq == 1, "{again:?}");
 }
+
+/// Redis rolled back (a failover to a replica that lagged) between a message reaching the
+/// device and the device's ack of it: the ack names a seq the inbox no longer has. It stores
+/// nothing; the stream ends so that the device resumes; the inbox gets a new epoch, and the next
+/// message, given that seq again, reaches the device.
+#[tokio::test]
+async fn an_ack_past_a_rolled_back_inbox_stores_nothing_and_the_reused_seq_arrives() {
+    let backend = Backend::redis();
+    let Backend::Redis { url, prefix, .. } = &backend else { unreachable!() };
+    let node = TestNode::start(&backend).await;
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for i in 1..=3 {
+        node.send_unary("alice", &format!("c{i}"), "bob", &format!("m{i}")).await.unwrap();
+    }
+    let mut phone = node.connect("bob", "phone", 0).await;
+    assert_eq!(take(&mut phone, 3).await, expected("m", 1, 3));
+    phone.sender().ack(3).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pattern = format!("{prefix}:*{{bob}}*");
+    let keys: Vec<String> =
+        ::redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await.unwrap();
+    let mut backup = Vec::new();
+    for key in &keys {
+        let dump: Vec<u8> = ::redis::cmd("DUMP").arg(key).query_async(&mut conn).await.unwrap();
+        backup.push((key.clone(), dump));
+    }
+    node.send_unary("alice", "c4", "bob", "m4").await.unwrap();
+    assert_eq!(take(&mut phone, 1).await, expected("m", 4, 4));
+    let epoch = phone.welcome.inbox_epoch.clone();
+    // The rollback: seq 4 is gone, the cursor back at 3.
+    for (key, dump) in &backup {
+        let mut restore = ::redis::cmd("RESTORE");
+        restore.arg(key).arg(0).arg(dump.as_slice()).arg("REPLACE");
+        let () = restore.query_async(&mut conn).await.unwrap();
+    }
+    phone.sender().ack(4).await.unwrap();
+    match next_event(&mut phone).await {
+        Event::Closed(Some(s)) => {
+            assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+            assert!(s.message().contains("rolled back"), "{s:?}");
+        }
+        other => panic!("expected the stream to end, got {other:?}"),
+    }
+    let cursors: HashMap<String, u64> = ::redis::cmd("HGETALL")
+        .arg(format!("{prefix}:ack:{{bob}}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(cursors.get("phone"), Some(&3), "the refused ack stored nothing");
+    let five = node.send_unary("alice", "c5", "bob", "m5").await.unwrap();
+    assert_eq!(five.seq, 4, "seq 4 given out again");
+    let token = node.login("bob", "phone").await.token;
+    let (endpoint, opts) = (node.endpoint(), Options::default());
+    let mut phone = Session::resume(&endpoint, &token, 4, &epoch, "", &opts).await.unwrap();
+    assert_ne!(phone.welcome.inbox_epoch, epoch, "a new epoch: old seqs mean nothing");
+    assert_eq!(take(&mut phone, 1).await, vec![(4, "m5".to_string())], "nothing acked skipped");
+}

@@ -14,7 +14,7 @@ use tim::store::groups::{GroupChange, Groups, Limits};
 /// A small group's limits: it never broadcasts.
 const LIMITS: Limits = Limits { max_members: 10, fanout: 10 };
 use tim::store::{
-    Inbox, MemoryStore, NewMessage, PutRoute, RedisStore, Route, RouteStore, StoreError,
+    AckCheck, Inbox, MemoryStore, NewMessage, PutRoute, RedisStore, Route, RouteStore, StoreError,
     StoreOptions,
 };
 
@@ -96,6 +96,7 @@ on_every_store!(
     a_message_that_cannot_be_taken_fails_alone,
     a_conversation_index_only_moves_forward_and_keeps_the_most_recent,
     read_cursors_move_forward_count_readers_and_leave_with_the_member,
+    an_ack_is_refused_when_the_inbox_no_longer_holds_what_the_device_was_given,
 );
 
 /// Read cursors: one per user and conversation, forward only, in what the user has seen too;
@@ -188,21 +189,21 @@ async fn devices_are_bounded_forgotten_when_unseen_and_then_hold_nothing_back(ba
     assert!(matches!(full, StoreError::TooManyDevices { max: 2 }), "{full:?}");
     s.inbox.enroll("alice", "tablet").await.unwrap();
     // The laptop never acks; the phone keeps acking (and so stays seen).
-    assert_eq!(s.inbox.ack("bob", "laptop", 0).await.unwrap(), 0);
-    assert_eq!(s.inbox.ack("bob", "phone", 3).await.unwrap(), 3);
+    assert_eq!(s.inbox.ack("bob", "laptop", 0, &AckCheck::default()).await.unwrap(), 0);
+    assert_eq!(s.inbox.ack("bob", "phone", 3, &AckCheck::default()).await.unwrap(), 3);
     assert_eq!(s.inbox.read("bob", 0, 10).await.unwrap().len(), 3, "the laptop holds them");
     tokio::time::sleep(Duration::from_millis(400)).await;
-    s.inbox.ack("bob", "phone", 3).await.unwrap();
+    s.inbox.ack("bob", "phone", 3, &AckCheck::default()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     // The laptop was away too long: forgotten at the next Hello, so the tablet fits, and its
     // cursor no longer holds the inbox.
     s.inbox.enroll("bob", "tablet").await.unwrap();
-    s.inbox.ack("bob", "tablet", 3).await.unwrap();
-    s.inbox.ack("bob", "phone", 3).await.unwrap();
+    s.inbox.ack("bob", "tablet", 3, &AckCheck::default()).await.unwrap();
+    s.inbox.ack("bob", "phone", 3, &AckCheck::default()).await.unwrap();
     assert!(s.inbox.read("bob", 0, 10).await.unwrap().is_empty());
     // A forgotten device (logged out) frees its place; its late ack stores nothing.
     s.inbox.forget("bob", "tablet").await.unwrap();
-    assert_eq!(s.inbox.ack("bob", "tablet", 1).await.unwrap(), 1);
+    assert_eq!(s.inbox.ack("bob", "tablet", 1, &AckCheck::default()).await.unwrap(), 1);
     s.inbox.enroll("bob", "watch").await.unwrap();
     assert!(s.inbox.enroll("bob", "tablet").await.is_err(), "phone and watch: full again");
 }
@@ -288,19 +289,56 @@ async fn cursors_only_move_forward_and_the_inbox_keeps_what_a_device_still_needs
         s.inbox.enroll(user, device).await.unwrap();
     }
     // A device seen for the first time is registered at what it asks for.
-    assert_eq!(s.inbox.ack("bob", "laptop", 0).await.unwrap(), 0);
-    // Clamped to the last seq; never back.
-    assert_eq!(s.inbox.ack("bob", "phone", 10).await.unwrap(), 3);
-    assert_eq!(s.inbox.ack("bob", "phone", 1).await.unwrap(), 3);
+    assert_eq!(s.inbox.ack("bob", "laptop", 0, &AckCheck::default()).await.unwrap(), 0);
+    // Past the last seq: the inbox lost what the device was given (rolled back); never back.
+    let past = s.inbox.ack("bob", "phone", 10, &AckCheck::default()).await.unwrap_err();
+    assert!(matches!(past, StoreError::RolledBack { seq: 10 }), "{past:?}");
+    assert_eq!(s.inbox.ack("bob", "phone", 3, &AckCheck::default()).await.unwrap(), 3);
+    assert_eq!(s.inbox.ack("bob", "phone", 1, &AckCheck::default()).await.unwrap(), 3);
     assert_eq!(bodies(&s.inbox.read("bob", 0, 10).await.unwrap()).len(), 3, "laptop needs all");
-    assert_eq!(s.inbox.ack("bob", "laptop", 2).await.unwrap(), 2);
+    assert_eq!(s.inbox.ack("bob", "laptop", 2, &AckCheck::default()).await.unwrap(), 2);
     // Acked by every device: gone; the rest stays.
     assert_eq!(bodies(&s.inbox.read("bob", 0, 10).await.unwrap()), [(3, "m3")]);
     assert_eq!(s.inbox.last_seq("bob").await.unwrap(), 3);
     // With one device, what it acks is gone.
     s.inbox.append(message("carol", "c1", "x")).await.unwrap();
-    assert_eq!(s.inbox.ack("carol", "phone", 1).await.unwrap(), 1);
+    assert_eq!(s.inbox.ack("carol", "phone", 1, &AckCheck::default()).await.unwrap(), 1);
     assert!(s.inbox.read("carol", 0, 10).await.unwrap().is_empty());
+}
+
+/// A failover to a replica that lagged gives seqs out again: an ack naming messages the inbox no
+/// longer holds under their seqs, or whose last stored cursor was lost, stores nothing.
+async fn an_ack_is_refused_when_the_inbox_no_longer_holds_what_the_device_was_given(
+    backend: &Backend,
+) {
+    let s = open(backend, StoreOptions::default()).await;
+    let mut ids = Vec::new();
+    for i in 1..=3 {
+        let stored = s.inbox.append(message("bob", &format!("c{i}"), &format!("m{i}"))).await;
+        ids.push((i, stored.unwrap().message.msg_id));
+    }
+    s.inbox.enroll("bob", "phone").await.unwrap();
+    let check = |stored: u64, sent: &[(u64, String)]| AckCheck { stored, sent: sent.to_vec() };
+    let ack = |up_to: u64, check: AckCheck| {
+        let inbox = s.inbox.clone();
+        async move { inbox.ack("bob", "phone", up_to, &check).await }
+    };
+    assert_eq!(ack(2, check(0, &ids[..2])).await.unwrap(), 2, "what the device was given");
+    let other = [(3, "another message".to_string())];
+    let refusals = [
+        (3, check(2, &other), 3, "another message under seq 3"),
+        (4, check(2, &[]), 4, "past the last seq"),
+        (3, check(3, &ids[2..]), 3, "the stored cursor (3) was lost"),
+    ];
+    for (up_to, check, seq, why) in refusals {
+        let refused = ack(up_to, check).await.unwrap_err();
+        assert!(
+            matches!(refused, StoreError::RolledBack { seq: s } if s == seq),
+            "{why}: {refused:?}"
+        );
+    }
+    assert_eq!(ack(0, AckCheck::default()).await.unwrap(), 2, "nothing stored by a refusal");
+    assert_eq!(ack(3, check(2, &ids[2..])).await.unwrap(), 3);
 }
 
 async fn messages_past_retention_are_never_read(backend: &Backend) {

@@ -6,7 +6,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use prometheus_client::metrics::histogram::Histogram;
 
-use super::{Appended, HistoryPage, Inbox, NewMessage, StoreError, StoredMessage};
+use super::{AckCheck, Appended, HistoryPage, Inbox, NewMessage, StoreError, StoredMessage};
 use crate::metrics::Metrics;
 
 /// The calls timed: `timed` takes a position here.
@@ -68,8 +68,14 @@ impl Inbox for Metered {
         self.timed(5, self.inner.last_seq(user)).await
     }
 
-    async fn ack(&self, user: &str, device: &str, up_to: u64) -> Result<u64, StoreError> {
-        self.timed(6, self.inner.ack(user, device, up_to)).await
+    async fn ack(
+        &self,
+        user: &str,
+        device: &str,
+        up_to: u64,
+        check: &AckCheck,
+    ) -> Result<u64, StoreError> {
+        self.timed(6, self.inner.ack(user, device, up_to, check)).await
     }
 
     async fn enroll(&self, user: &str, device: &str) -> Result<(), StoreError> {

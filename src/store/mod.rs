@@ -27,6 +27,9 @@ pub enum StoreError {
     /// The backend cannot be reached or timed out; nothing was written. Retryable.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The inbox no longer holds what the device acked at `seq` (see [`InboxStore::ack`]).
+    #[error("the inbox was rolled back: seq {seq} is not the message the device acked")]
+    RolledBack { seq: u64 },
     /// The backend answered something we do not understand.
     #[error("store error: {0}")]
     Internal(String),
@@ -118,6 +121,17 @@ pub struct StoredMessage {
     pub client_msg_id: String,
     /// Set when the message is a change of its group.
     pub event: Option<groups::GroupEvent>,
+}
+
+/// What an ack is checked against: the cursor the session last stored for the device, and the
+/// (seq, msg_id) of messages it sent the device above that. The ack is refused as rolled back
+/// when the stored cursor is below `stored` (a cursor write was lost), when `up_to` is past
+/// the inbox's last seq, or when the inbox holds another message under one of `sent`'s seqs
+/// above the stored cursor. Empty: only the last seq is checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AckCheck {
+    pub stored: u64,
+    pub sent: Vec<(u64, String)>,
 }
 
 /// Where one device's stream is held.
@@ -227,7 +241,17 @@ pub trait Inbox: Send + Sync + 'static {
     /// it; a device not enrolled (logged out, forgotten) stores nothing and gets
     /// `min(up_to, last_seq)` back. Messages at or below every device's cursor may be trimmed,
     /// and the lowest is found without scanning every device.
-    async fn ack(&self, user: &str, device: &str, up_to: u64) -> Result<u64, StoreError>;
+    ///
+    /// `check`: what the device was given; an inbox that no longer agrees was rolled back under
+    /// it (a failover to a replica that lagged, a restore) and gave its seqs out again, so
+    /// `up_to` no longer means what the device got: [`StoreError::RolledBack`], nothing stored.
+    async fn ack(
+        &self,
+        user: &str,
+        device: &str,
+        up_to: u64,
+        check: &AckCheck,
+    ) -> Result<u64, StoreError>;
 
     /// Admits `device` of `user` (at Hello): forgets the user's devices unseen for
     /// `device_ttl` with their cursors, refuses a device not yet known when the user has

@@ -7,6 +7,7 @@ use super::end::End;
 use super::outbound::Outbound;
 use super::session::Session;
 use crate::proto::{self, ClientFrame, client_frame, server_frame::Frame};
+use crate::store::{AckCheck, StoreError};
 use crate::wire;
 
 impl Session {
@@ -19,7 +20,7 @@ impl Session {
             Some(client_frame::Frame::Send(m)) => {
                 // Acks sent before this message are stored before it.
                 if let Some(up_to) = self.acks.take() {
-                    self.store_ack(up_to).await;
+                    self.store_ack(up_to).await?;
                 }
                 let reply = self.send(m).await;
                 out.send(reply).await?;
@@ -63,21 +64,42 @@ impl Session {
             ))));
         }
         if let Some(up_to) = self.acks.receive(up_to) {
-            self.store_ack(up_to).await;
+            self.store_ack(up_to).await?;
             self.acks.open_window(tokio::time::Instant::now());
         }
         Ok(())
     }
 
-    /// Stores the device's cursor. A failed store is retried by the next ack.
-    pub(super) async fn store_ack(&mut self, up_to: u64) {
-        match self.node.inbox().ack(&self.user, &self.device, up_to).await {
+    /// Stores the device's cursor, checked against the message this session sent at `up_to`.
+    /// A failed store is retried by the next ack; an inbox rolled back under the device ends the
+    /// stream, so that the client resumes where the store can tell (see `Session::start`).
+    pub(super) async fn store_ack(&mut self, up_to: u64) -> Result<(), End> {
+        let stored = self.acks.stored();
+        let sent = self.sent.iter().filter(|(seq, _)| *seq > stored && *seq <= up_to).cloned();
+        let check = AckCheck { stored, sent: sent.collect() };
+        match self.node.inbox().ack(&self.user, &self.device, up_to, &check).await {
             Ok(cursor) => {
                 let advanced = cursor.saturating_sub(self.acks.stored());
                 self.node.metrics().acked.inc_by(advanced);
                 self.acks.set_stored(cursor);
             }
+            Err(StoreError::RolledBack { seq }) => return Err(self.rolled_back_at(seq).await),
             Err(e) => warn!(user = %self.user, error = %e, "ack not stored"),
         }
+        Ok(())
+    }
+
+    /// The inbox was rolled back under this device at `seq` (seen by an ack the store refused,
+    /// a seq given out again, a last seq below what was sent): the device may have been given
+    /// messages that are gone and then acked others under their seqs, so neither its resume
+    /// point nor anything it says about seqs can be trusted. The inbox gets a new epoch, and
+    /// the stream ends: the device resumes from its stored cursor, which only ever moved over
+    /// messages the device was given under their seqs.
+    pub(super) async fn rolled_back_at(&self, seq: u64) -> End {
+        warn!(user = %self.user, device = %self.device, seq, "inbox rolled back under the device");
+        if let Err(e) = self.node.inbox().renew_epoch(&self.user).await {
+            warn!(user = %self.user, error = %e, "could not renew the inbox epoch");
+        }
+        super::end::rolled_back(seq)
     }
 }

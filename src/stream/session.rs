@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 use super::Inbound;
 use super::acks::AckMerge;
-use super::end::{End, end_with, ended, rolled_back};
+use super::end::{End, end_with, ended};
 use super::gate::SendGate;
 use super::groups::Groups;
 use super::hello::{self, Refused, Resume, hello};
@@ -24,7 +24,7 @@ use crate::deliver::{Feed, Phase, REPLACED, Stop};
 use crate::ids::new_id;
 use crate::node::Node;
 use crate::proto::{self, server_frame::Frame, session_ended::Reason};
-use crate::store::{PutRoute, Route, StoredMessage, message_at};
+use crate::store::{AckCheck, PutRoute, Route, StoredMessage, message_at};
 
 /// How many messages one inbox read returns.
 const PAGE: usize = 256;
@@ -94,7 +94,8 @@ pub async fn run(node: Arc<Node>, mut inbound: Inbound, mut out: Outbound) {
         () = tokio::time::sleep_until(expires) => Err(End::Expired),
     };
     if let Some(up_to) = s.acks.take() {
-        s.store_ack(up_to).await;
+        // The stream is ending anyway; a rolled-back inbox is noticed at the next Hello.
+        let _ = s.store_ack(up_to).await;
     }
     s.groups.store_acks(&node, &user, &device).await;
     if let Err(end) = result {
@@ -154,7 +155,9 @@ impl Session {
         let mut epoch = node.inbox().epoch(&self.user).await?;
         let last_seq = node.inbox().last_seq(&self.user).await?;
         let mut after = resume.point(&self.user, &epoch, last_seq);
-        if self.rolled_back(after, &resume.msg_id).await? {
+        // Past the end of the inbox it came from: its last seqs were lost and will be given again.
+        let past_end = resume.epoch == epoch && resume.after > last_seq;
+        if past_end || self.rolled_back(after, &resume.msg_id).await? {
             // Its seqs were given out again: as good as a lost inbox. The device's stored
             // cursor (as old as the store's state) decides where delivery starts.
             warn!(user = %self.user, device = %self.device, after, "inbox rolled back under the \
@@ -162,7 +165,8 @@ impl Session {
             epoch = node.inbox().renew_epoch(&self.user).await?;
             after = 0;
         }
-        let cursor = node.inbox().ack(&self.user, &self.device, after).await?;
+        let cursor =
+            node.inbox().ack(&self.user, &self.device, after, &AckCheck::default()).await?;
         self.acks.set_stored(cursor);
         self.next = cursor + 1;
         // The first page is read before Welcome, so Welcome can say where delivery starts.
@@ -245,7 +249,7 @@ impl Session {
                 }
                 _ = sleep_until(ack_due), if ack_due.is_some() => {
                     if let Some(up_to) = self.acks.expire() {
-                        self.store_ack(up_to).await;
+                        self.store_ack(up_to).await?;
                     }
                 }
                 _ = sleep_until(gap_due), if gap_due.is_some() => self.groups.expire_gaps(),
@@ -298,7 +302,7 @@ impl Session {
     /// the latest, without waiting for the next message.
     async fn catch_up(&mut self, out: &mut Outbound) -> Result<(), End> {
         match self.node.inbox().last_seq(&self.user).await {
-            Ok(last) if last + 1 < self.next => Err(rolled_back(last)),
+            Ok(last) if last + 1 < self.next => Err(self.rolled_back_at(last).await),
             Ok(last) if last >= self.next && !self.more => self.fill(out).await,
             _ => Ok(()),
         }
@@ -323,7 +327,7 @@ impl Session {
         if msg.seq < self.next {
             // Sent already, or a seq given out again by a rolled-back store.
             if self.sent.iter().any(|(seq, id)| *seq == msg.seq && *id != msg.msg_id) {
-                return Err(rolled_back(msg.seq));
+                return Err(self.rolled_back_at(msg.seq).await);
             }
             return Ok(());
         }

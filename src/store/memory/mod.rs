@@ -11,7 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 
 use super::{
-    Appended, HistoryPage, Inbox, NewMessage, Route, StoreError, StoreOptions, StoredMessage,
+    AckCheck, Appended, HistoryPage, Inbox, NewMessage, Route, StoreError, StoreOptions,
+    StoredMessage,
 };
 use crate::auth::unix_ms;
 
@@ -329,18 +330,38 @@ impl Inbox for MemoryStore {
         Ok(())
     }
 
-    async fn ack(&self, user: &str, device: &str, up_to: u64) -> Result<u64, StoreError> {
-        Ok(self.with_user(user, |u| {
+    async fn ack(
+        &self,
+        user: &str,
+        device: &str,
+        up_to: u64,
+        check: &AckCheck,
+    ) -> Result<u64, StoreError> {
+        self.with_user(user, |u| {
+            // As ack.lua checks it (an in-memory inbox is lost, never rolled back; the checks
+            // keep the two stores alike).
+            let current = u.cursors.get(device).copied().unwrap_or(0);
+            let enrolled = u.devices.contains_key(device);
+            if enrolled && (up_to > u.last_seq || current < check.stored) {
+                return Err(StoreError::RolledBack { seq: up_to });
+            }
+            let above = |s: &&(u64, String)| enrolled && s.0 > current && s.0 <= up_to;
+            for (seq, id) in check.sent.iter().filter(above) {
+                let held = u.messages.binary_search_by_key(seq, |m| m.seq).ok();
+                if held.and_then(|i| u.messages.get(i)).is_some_and(|m| m.msg_id != *id) {
+                    return Err(StoreError::RolledBack { seq: *seq });
+                }
+            }
             let target = up_to.min(u.last_seq);
             // Not (or no longer) one of the user's devices: nothing is stored.
-            let Some(seen) = u.devices.get_mut(device) else { return target };
+            let Some(seen) = u.devices.get_mut(device) else { return Ok(target) };
             *seen = Instant::now();
             let cursor = u.cursors.entry(device.to_string()).or_insert(0);
             *cursor = (*cursor).max(target);
             let cursor = *cursor;
             u.expire(&self.opts, Instant::now());
-            cursor
-        }))
+            Ok(cursor)
+        })
     }
 }
 

@@ -6,17 +6,47 @@
 --       4 lowest-cursor sorted set (device by cursor), 5 devices sorted set (device by last
 --       seen), 6 epoch
 -- ARGV: 1 now (ms), 2 how long a device is kept unseen (ms), 3 how long the seq counter and
---       epoch outlive the last activity (ms), 4 TTL slack (ms, as append.lua's); then 2 per
---       ack: device, up_to
--- Returns one reply per ack: { 0, the device's cursor } or { 4, error }.
+--       epoch outlive the last activity (ms), 4 TTL slack (ms, as append.lua's); then 4 per
+--       ack: device, up_to, the cursor the session last stored, and the messages it sent the
+--       device above that as "seq:msg_id,seq:msg_id,..." (may be empty)
+-- Returns one reply per ack: { 0, the device's cursor }; { 5, seq } when the inbox was rolled
+-- back under the device (see rolled_back; nothing is stored); or { 4, error }.
 
 local keep = tonumber(ARGV[3])
 local slack = tonumber(ARGV[4])
 local ARGS_BEFORE = 4
 
+-- The seq that shows the inbox was rolled back under the device, or nil: up_to past the last
+-- seq; a cursor below the one the session stored (that write was lost); another message than
+-- the one sent under a seq above the cursor.
+local function rolled_back(inbox, last, up_to, cursor, a)
+  if up_to > last then
+    return up_to
+  end
+  local stored = tonumber(ARGV[a + 3])
+  if cursor < stored then
+    return stored
+  end
+  for seq, msg_id in string.gmatch(ARGV[a + 4], '(%d+):([^,]+)') do
+    seq = tonumber(seq)
+    if seq > cursor and seq <= up_to then
+      local held = redis.call('XRANGE', inbox, seq .. '-0', seq .. '-0')
+      if #held == 1 then
+        local f = held[1][2]
+        for j = 1, #f, 2 do
+          if f[j] == 'msg_id' and f[j + 1] ~= msg_id then
+            return seq
+          end
+        end
+      end
+    end
+  end
+  return nil
+end
+
 local function ack(i)
   local k = (i - 1) * 6
-  local a = ARGS_BEFORE + (i - 1) * 2
+  local a = ARGS_BEFORE + (i - 1) * 4
   local cursors, seq_key, inbox, low = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
   local devices, epoch = KEYS[k + 5], KEYS[k + 6]
   local device = ARGV[a + 1]
@@ -31,13 +61,18 @@ local function ack(i)
     end
   end
   local last = tonumber(redis.call('GET', seq_key) or '0')
-  local target = math.min(tonumber(ARGV[a + 2]), last)
+  local up_to = tonumber(ARGV[a + 2])
+  local target = math.min(up_to, last)
   if not redis.call('ZSCORE', devices, device) then
     -- Not (or no longer) one of the user's devices: it logged out, or was forgotten. Its ack
     -- stores nothing, so no cursor comes back to hold the inbox.
     return { 0, target }
   end
   local current = redis.call('HGET', cursors, device)
+  local rolled = rolled_back(inbox, last, up_to, tonumber(current or '0'), a)
+  if rolled then
+    return { 5, rolled }
+  end
   local cursor = target
   if current then
     cursor = math.max(tonumber(current), target)

@@ -1,11 +1,16 @@
 //! One Redis connection handle for both deployments: a single server (a multiplexed connection
-//! that reconnects in the background) or a Redis Cluster (slot-aware routing).
+//! that reconnects in the background) or a Redis Cluster (slot-aware routing); and what its
+//! errors mean to the store's callers.
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, IntoConnectionInfo as _, Pipeline, RedisFuture, TlsCertificates, Value};
+use redis::{
+    Cmd, IntoConnectionInfo as _, Pipeline, RedisError, RedisFuture, TlsCertificates, Value,
+};
+
+use crate::store::StoreError;
 
 /// How to reach Redis beyond its URLs: a password for URLs that carry none, and the CA of a
 /// `rediss://` server (the system's roots when none).
@@ -113,6 +118,32 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl From<RedisError> for StoreError {
+    fn from(e: RedisError) -> Self {
+        use redis::{ErrorKind, ServerErrorKind as S};
+        // Connection loss, timeouts, LOADING after a restart, cluster failover: try again.
+        // Anything else (a script error, WRONGTYPE) will not heal by retrying.
+        let transient = e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_cluster_error()
+            || matches!(
+                e.kind(),
+                ErrorKind::Io
+                    | ErrorKind::ClusterConnectionNotFound
+                    | ErrorKind::Server(
+                        S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::ReadOnly
+                    )
+            );
+        if transient {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Internal(e.to_string())
         }
     }
 }

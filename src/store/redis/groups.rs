@@ -317,6 +317,10 @@ impl Groups for RedisStore {
         }
         self.fanout_mark(&message.conversation, &message.from, &message.client_msg_id, false)
             .await?;
+        // The sender is acked after this: the log entry and every copy on the replicas first.
+        if self.opts.wait_replicas > 0 {
+            super::writer::wait_replicas(&self.conn, self.opts.wait_replicas, self.timeout).await?;
+        }
         Ok(out)
     }
 

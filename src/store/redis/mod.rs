@@ -37,9 +37,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::streams::StreamRangeReply;
-use redis::{AsyncCommands, RedisError, Script};
+use redis::{AsyncCommands, Script};
 
-use super::{Appended, HistoryPage, Inbox, NewMessage, StoreError, StoreOptions, StoredMessage};
+use super::{
+    AckCheck, Appended, HistoryPage, Inbox, NewMessage, StoreError, StoreOptions, StoredMessage,
+};
 
 mod broadcast;
 mod cluster;
@@ -94,6 +96,8 @@ pub struct RedisStore {
     opts: StoreOptions,
     /// Appends and ack cursors, group-committed.
     writer: Writer,
+    /// The command timeout (WAIT for a group message is bounded by it).
+    timeout: Duration,
     route_put: Script,
     route_remove: Script,
     trim: Script,
@@ -105,32 +109,6 @@ pub struct RedisStore {
     /// This store's id among the writers whose unfinished group fan-outs others complete
     /// (`fanout`).
     writer_id: String,
-}
-
-impl From<RedisError> for StoreError {
-    fn from(e: RedisError) -> Self {
-        use redis::{ErrorKind, ServerErrorKind as S};
-        // Connection loss, timeouts, LOADING after a restart, cluster failover: try again.
-        // Anything else (a script error, WRONGTYPE) will not heal by retrying.
-        let transient = e.is_io_error()
-            || e.is_timeout()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || e.is_cluster_error()
-            || matches!(
-                e.kind(),
-                ErrorKind::Io
-                    | ErrorKind::ClusterConnectionNotFound
-                    | ErrorKind::Server(
-                        S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::ReadOnly
-                    )
-            );
-        if transient {
-            StoreError::Unavailable(e.to_string())
-        } else {
-            StoreError::Internal(e.to_string())
-        }
-    }
 }
 
 impl RedisStore {
@@ -180,6 +158,7 @@ impl RedisStore {
             keys,
             opts,
             writer,
+            timeout,
             route_put: Script::new(include_str!("route_put.lua")),
             route_remove: Script::new(include_str!("route_remove.lua")),
             trim: with_lib!("trim.lua"),
@@ -364,8 +343,14 @@ impl Inbox for RedisStore {
         Ok(seq.unwrap_or(0))
     }
 
-    async fn ack(&self, user: &str, device: &str, up_to: u64) -> Result<u64, StoreError> {
-        self.writer.ack(user, device, up_to).await
+    async fn ack(
+        &self,
+        user: &str,
+        device: &str,
+        up_to: u64,
+        check: &AckCheck,
+    ) -> Result<u64, StoreError> {
+        self.writer.ack(user, device, up_to, check).await
     }
 
     async fn enroll(&self, user: &str, device: &str) -> Result<(), StoreError> {

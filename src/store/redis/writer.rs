@@ -23,10 +23,10 @@ use futures_util::stream::FuturesUnordered;
 use redis::{FromRedisValue as _, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::Committer;
 use super::messages::{AppendReply, MAX_CALL, each, group_by};
 use super::values::{Stored, bad, now_ms};
-use crate::store::{Appended, NewMessage, SenderCopy, StoreError, StoredMessage};
+use super::{Committer, Conn};
+use crate::store::{AckCheck, Appended, NewMessage, SenderCopy, StoreError, StoredMessage};
 
 /// Most requests one batch takes.
 const MAX_BATCH: usize = 256;
@@ -46,6 +46,7 @@ enum Job {
         user: String,
         device: String,
         up_to: u64,
+        check: AckCheck,
         reply: Reply<u64>,
     },
     Refresh(Refresh, Reply<bool>),
@@ -84,9 +85,11 @@ impl Writer {
         user: &str,
         device: &str,
         up_to: u64,
+        check: &AckCheck,
     ) -> Result<u64, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let job = Job::Ack { user: user.into(), device: device.into(), up_to, reply };
+        let (user, device, check) = (user.into(), device.into(), check.clone());
+        let job = Job::Ack { user, device, up_to, check, reply };
         self.submit(job, answer).await
     }
 
@@ -144,7 +147,9 @@ impl Committer {
             match job {
                 Job::Append(msg, reply) => appends.push((msg, reply)),
                 Job::Complete(msg, logged, reply) => completes.push((msg, logged, reply)),
-                Job::Ack { user, device, up_to, reply } => acks.push((user, device, up_to, reply)),
+                Job::Ack { user, device, up_to, check, reply } => {
+                    acks.push((user, device, up_to, check, reply))
+                }
                 Job::Refresh(refresh, reply) => refreshes.push((refresh, reply)),
             }
         }
@@ -190,7 +195,7 @@ impl Committer {
         }
     }
 
-    async fn ack_all(&self, acks: Vec<(String, String, u64, Reply<u64>)>) {
+    async fn ack_all(&self, acks: Vec<AckJob>) {
         let calls = self.calls(acks, |(user, ..)| user.clone());
         let results = futures_util::future::join_all(calls.iter().map(|c| self.ack_call(c))).await;
         for ((.., reply), outcome) in each(calls, results) {
@@ -199,23 +204,34 @@ impl Committer {
     }
 
     /// One `ack.lua` call for `call`'s acks: each one's cursor, or the call's error.
-    async fn ack_call(
-        &self,
-        call: &[(String, String, u64, Reply<u64>)],
-    ) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
+    async fn ack_call(&self, call: &[AckJob]) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
         let mut inv = self.ack.prepare_invoke();
         inv.arg(now_ms())
             .arg(self.opts.device_ttl.as_millis() as u64)
             .arg(self.keys.keep_ms(&self.opts))
             .arg(super::slack_ms(self.opts.retention));
-        for (user, device, up_to, _) in call {
+        for (user, device, up_to, check, _) in call {
             for kind in ["ack", "seq", "inbox", "low", "devices", "epoch"] {
                 inv.key(self.keys.key(kind, user));
             }
-            inv.arg(device).arg(up_to);
+            let sent: Vec<String> = check.sent.iter().map(|(s, id)| format!("{s}:{id}")).collect();
+            inv.arg(device).arg(up_to).arg(check.stored).arg(sent.join(","));
         }
-        let replies = inv.invoke_async(&mut self.conn.clone()).await?;
-        Ok(item_replies(replies, "ack cursor", |v| u64::from_redis_value(v).ok()))
+        let replies: Vec<(i64, Value)> = inv.invoke_async(&mut self.conn.clone()).await?;
+        // 5: rolled back under the device (the seq it acked).
+        let (rolled, replies): (Vec<_>, Vec<_>) =
+            replies.into_iter().enumerate().partition(|(_, (code, _))| *code == ROLLED_BACK);
+        let mut out: Vec<Option<Result<u64, StoreError>>> = (0..call.len()).map(|_| None).collect();
+        for (i, (_, seq)) in rolled {
+            let seq = u64::from_redis_value(seq).unwrap_or(call[i].2);
+            out[i] = Some(Err(StoreError::RolledBack { seq }));
+        }
+        let (at, replies): (Vec<usize>, Vec<_>) = replies.into_iter().unzip();
+        let parsed = item_replies(replies, "ack cursor", |v| u64::from_redis_value(v).ok());
+        for (i, r) in at.into_iter().zip(parsed) {
+            out[i] = Some(r);
+        }
+        Ok(out.into_iter().map(|r| r.expect("every ack answered")).collect())
     }
 
     async fn refresh_all(&self, refreshes: Vec<(Refresh, Reply<bool>)>) {
@@ -244,26 +260,38 @@ impl Committer {
         }))
     }
 
-    /// Waits until `wait_replicas` replicas have every write made on this connection so far,
-    /// within the Redis timeout. Fewer: UNAVAILABLE, the outcome unknown to the sender (the
-    /// primary has it; a retry with the same client_msg_id finds it).
     async fn wait_for_replicas(&self) -> Result<(), StoreError> {
-        let want = self.opts.wait_replicas;
-        let timeout =
-            self.timeout.saturating_sub(Duration::from_millis(100)).max(Duration::from_millis(1));
-        let got: u32 = redis::cmd("WAIT")
-            .arg(want)
-            .arg(timeout.as_millis() as u64)
-            .query_async(&mut self.conn.clone())
-            .await?;
-        if got < want {
-            return Err(StoreError::Unavailable(format!(
-                "{got} of {want} Redis replicas have the message"
-            )));
-        }
-        Ok(())
+        wait_replicas(&self.conn, self.opts.wait_replicas, self.timeout).await
     }
 }
+
+/// Waits until `want` replicas have every write made on `conn` so far, within the Redis
+/// `timeout`. Fewer: UNAVAILABLE, the outcome unknown to the sender (the primary has it; a
+/// retry with the same client_msg_id finds it).
+pub(super) async fn wait_replicas(
+    conn: &Conn,
+    want: u32,
+    timeout: Duration,
+) -> Result<(), StoreError> {
+    let timeout = timeout.saturating_sub(Duration::from_millis(100)).max(Duration::from_millis(1));
+    let got: u32 = redis::cmd("WAIT")
+        .arg(want)
+        .arg(timeout.as_millis() as u64)
+        .query_async(&mut conn.clone())
+        .await?;
+    if got < want {
+        return Err(StoreError::Unavailable(format!(
+            "{got} of {want} Redis replicas have the message"
+        )));
+    }
+    Ok(())
+}
+
+/// One ack of a batch: user, device, up_to, what to check it against, the reply.
+type AckJob = (String, String, u64, AckCheck, Reply<u64>);
+
+/// `ack.lua`'s code for an ack refused because the inbox was rolled back under the device.
+const ROLLED_BACK: i64 = 5;
 
 /// The per-item replies of a batch script that answers `{ 0, value }` or `{ 4, error }` for
 /// each item: `value` read by `ok` (a value it cannot read is a bad `what`), or the item's error.
