@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{ClientError, Options};
 use crate::proto;
 
+mod shown;
 mod supervisor;
 
 use supervisor::Supervisor;
@@ -32,6 +33,10 @@ pub struct Config {
     pub retry_delay: Duration,
     /// The highest seq this device already processed (from the application's own storage).
     pub resume_after: u64,
+    /// How many of the messages lately shown are remembered, so that a message the store gives
+    /// again under another seq (after a rollback, or a retry whose ack was lost in a failover)
+    /// is not shown twice. 0: none.
+    pub dedup_window: usize,
 }
 
 impl Config {
@@ -46,6 +51,7 @@ impl Config {
             backoff_max: Duration::from_secs(10),
             retry_delay: Duration::from_millis(250),
             resume_after: 0,
+            dedup_window: 1024,
         }
     }
 }
@@ -58,7 +64,10 @@ pub enum ClientEvent {
     Message(proto::Message),
     /// A stream is up (again), on this node. `unread`: the user's unread messages over all
     /// their conversations and how many conversations hold them, when Welcome counted them.
-    Connected { node_id: String, endpoint: String, unread: Option<(u64, u32)> },
+    /// `inbox_epoch`: the inbox's seqs count in this epoch; another one than before means the
+    /// store lost or rolled back the inbox, and seqs started again (messages already shown are
+    /// not shown again).
+    Connected { node_id: String, endpoint: String, unread: Option<(u64, u32)>, inbox_epoch: String },
     /// The stream ended; reconnecting.
     Disconnected { reason: String },
     /// Another session of this device took over: the client has stopped.

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::Code;
 use tracing::debug;
 
+use super::shown::Shown;
 use super::{ClientEvent, Cmd, Config};
 use crate::client::{ClientError, Event, Session, login};
 use crate::proto;
@@ -46,6 +47,8 @@ pub(super) struct Supervisor {
     /// msg_id of each message handed to the application above `acked`, and of `acked` itself:
     /// Hello names it so that a rolled-back inbox is noticed.
     ids: std::collections::BTreeMap<u64, String>,
+    /// Messages lately handed to the application, so none is handed over twice.
+    shown: Shown,
     /// Broadcast groups: the highest conversation seq handed to the application, and acked by
     /// it, per conversation.
     conv_delivered: HashMap<String, u64>,
@@ -71,6 +74,7 @@ impl Supervisor {
             acked: config.resume_after,
             epoch: String::new(),
             ids: std::collections::BTreeMap::new(),
+            shown: Shown::new(config.dedup_window),
             config,
             events,
             retry,
@@ -118,7 +122,7 @@ impl Supervisor {
 
     /// The application processed everything up to `seq`.
     fn ack(&mut self, seq: u64) {
-        self.acked = self.acked.max(seq.min(self.delivered));
+        self.acked = self.shown.acked_through(self.acked.max(seq.min(self.delivered)));
         // Keep the acked message's id (the resume point), forget those below it.
         let kept = self.ids.split_off(&self.acked);
         self.ids = kept;
@@ -184,6 +188,7 @@ impl Supervisor {
             self.delivered = w.resume_from;
             self.acked = w.resume_from;
             self.ids.clear();
+            self.shown.new_epoch();
         }
         self.epoch = w.inbox_epoch.clone();
         let gap = (w.first_seq > self.delivered + 1)
@@ -195,6 +200,7 @@ impl Supervisor {
             .send(ClientEvent::Connected {
                 node_id: w.node_id.clone(),
                 endpoint: login.endpoint,
+                inbox_epoch: w.inbox_epoch.clone(),
                 unread: w.unread_total.map(|total| (total, w.unread_conversations)),
             })
             .await;
@@ -289,7 +295,7 @@ impl Supervisor {
                         if m.seq > self.delivered {
                             self.delivered = m.seq;
                             self.ids.insert(m.seq, m.msg_id.clone());
-                            self.forward(m);
+                            self.forward_once(m);
                         }
                     }
                     // Ephemeral: dropped rather than waited for when the application lags.
@@ -320,6 +326,17 @@ impl Supervisor {
                 },
             }
         }
+    }
+
+    /// [`Self::forward`]s a message not shown yet; one shown already (under another seq) is
+    /// skipped and acked with the ones before it.
+    fn forward_once(&mut self, m: proto::Message) {
+        if !self.shown.seen_before(&m) {
+            return self.forward(m);
+        }
+        debug!(seq = m.seq, msg_id = %m.msg_id, "shown already; skipped");
+        self.shown.skip(m.seq);
+        self.ack(self.acked);
     }
 
     /// Hands a message to the application, or queues it behind the ones waiting for room.
