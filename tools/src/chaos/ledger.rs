@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
+use super::faults::Faults;
+
 /// What happened to the messages of a run.
 #[derive(Debug, Default)]
 pub struct Ledger {
@@ -26,8 +28,13 @@ struct Inner {
     members: HashMap<String, Vec<String>>,
     /// (member, device, group) → conversation seqs in the order the application saw them.
     group_received: HashMap<(String, String, String), Vec<(u64, String)>>,
+    /// (recipient, device) → the inbox epoch it last connected to.
+    epochs: HashMap<(String, String), String>,
     max_reconnect_ms: u64,
 }
+
+/// In `received`: the device connected to a new inbox epoch here (seqs start at 1).
+const EPOCH: u64 = 0;
 
 /// The verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,6 +51,8 @@ pub struct Report {
     /// `<sender>#<n>`) a message shown before an earlier one of the same sender.
     pub out_of_order: u64,
     pub max_reconnect_ms: u64,
+    /// The faults made while the messages went.
+    pub faults: Faults,
 }
 
 impl Report {
@@ -57,14 +66,16 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "chaos: sent={} acked={} delivered={} lost={} duplicated={} out_of_order={} max_reconnect_ms={}",
+            "chaos: sent={} acked={} delivered={} lost={} duplicated={} out_of_order={} \
+             max_reconnect_ms={} faults={}",
             self.sent,
             self.acked,
             self.delivered,
             self.lost,
             self.duplicated,
             self.out_of_order,
-            self.max_reconnect_ms
+            self.max_reconnect_ms,
+            self.faults
         )
     }
 }
@@ -83,19 +94,36 @@ impl Ledger {
     pub fn acked(&self, to: &str, seq: u64, body: &str) {
         let mut inner = self.lock();
         let previous = inner.acked.entry(to.to_string()).or_default().insert(seq, body.to_string());
-        if previous.is_some_and(|p| p != body) {
+        tracing::trace!(to, seq, body, "acked");
+        if let Some(previous) = previous.filter(|p| p != body) {
+            tracing::warn!(to, seq, body, previous, "two messages acked under one seq");
             inner.conflicting_acks += 1;
         }
     }
 
     /// `device` of `user` showed message `seq`.
     pub fn received(&self, user: &str, device: &str, seq: u64, body: &str) {
+        tracing::trace!(user, device, seq, body, "received");
         let mut inner = self.lock();
         inner
             .received
             .entry((user.to_string(), device.to_string()))
             .or_default()
             .push((seq, body.to_string()));
+    }
+
+    /// `device` of `user` is connected to an inbox of `epoch`: when it is another one than
+    /// before, seqs start again (the store rolled the inbox back).
+    pub fn epoch(&self, user: &str, device: &str, epoch: &str) {
+        let mut inner = self.lock();
+        let key = (user.to_string(), device.to_string());
+        if inner.epochs.get(&key).is_some_and(|e| e == epoch) {
+            return;
+        }
+        let first = inner.epochs.insert(key.clone(), epoch.to_string()).is_none();
+        if !first {
+            inner.received.entry(key).or_default().push((EPOCH, String::new()));
+        }
     }
 
     /// `group` has `members` (fixed for the run).
@@ -108,7 +136,8 @@ impl Ledger {
         let mut inner = self.lock();
         let entry = (from.to_string(), body.to_string());
         let acked = inner.group_acked.entry(group.to_string()).or_default();
-        if acked.insert(conv_seq, entry.clone()).is_some_and(|p| p != entry) {
+        if let Some(previous) = acked.insert(conv_seq, entry.clone()).filter(|p| *p != entry) {
+            tracing::warn!(group, conv_seq, body, previous = %previous.1, "two messages acked under one conversation seq");
             inner.conflicting_acks += 1;
         }
     }
@@ -139,6 +168,37 @@ impl Ledger {
         self.report_for(devices).lost
     }
 
+    /// Up to `n` acked messages that some listed device never showed, as
+    /// `recipient seq body` (a group message: `recipient group#conv_seq body`), to say what a
+    /// run that was not clean lost.
+    pub fn lost_examples(&self, devices: &[(String, String)], n: usize) -> Vec<String> {
+        let inner = self.lock();
+        let mut out = Vec::new();
+        for (user, device) in devices {
+            let key = (user.clone(), device.clone());
+            let got = inner.received.get(&key).map_or(&[][..], Vec::as_slice);
+            let bodies: std::collections::HashSet<&String> = got.iter().map(|(_, b)| b).collect();
+            for (seq, body) in inner.acked.get(user).into_iter().flatten() {
+                if !bodies.contains(body) {
+                    out.push(format!("{user} {seq} {body}"));
+                }
+            }
+            for (group, acked) in &inner.group_acked {
+                let members = inner.members.get(group).map_or(&[][..], Vec::as_slice);
+                if !members.contains(user) {
+                    continue;
+                }
+                for (cseq, (from, body)) in acked {
+                    if from != user && !bodies.contains(body) {
+                        out.push(format!("{user} {group}#{cseq} {body}"));
+                    }
+                }
+            }
+        }
+        out.truncate(n);
+        out
+    }
+
     /// Checks every acked message against every listed (user, device).
     pub fn report_for(&self, devices: &[(String, String)]) -> Report {
         let inner = self.lock();
@@ -154,14 +214,21 @@ impl Ledger {
         for (user, device) in devices {
             let got = inner.received.get(&(user.clone(), device.clone()));
             let got: &[(u64, String)] = got.map_or(&[], |v| v.as_slice());
-            r.delivered += got.len() as u64;
+            // Seqs count within an inbox epoch: a new one (the store rolled the inbox back)
+            // starts them again. Bodies are unique per message, whatever the epoch.
             let mut seen = HashMap::new();
             let mut bodies = std::collections::HashSet::new();
             let mut last = 0;
             let mut last_of_sender: HashMap<&str, u64> = HashMap::new();
             for (seq, body) in got {
-                // Bodies are unique per message: the same body twice is one message stored or
-                // shown twice, even under two seqs.
+                if *seq == EPOCH {
+                    seen.clear();
+                    last = 0;
+                    continue;
+                }
+                r.delivered += 1;
+                // The same body twice is one message stored or shown twice, even under two
+                // seqs.
                 if seen.insert(*seq, body).is_some() || !bodies.insert(body) {
                     r.duplicated += 1;
                 } else if *seq <= last {
@@ -176,13 +243,9 @@ impl Ledger {
                 }
                 last = last.max(*seq);
             }
-            for (seq, body) in inner.acked.get(user).into_iter().flatten() {
-                match seen.get(seq) {
-                    Some(b) if *b == body => {}
-                    // Missing, or another message under this seq: either way this one is lost.
-                    _ => r.lost += 1,
-                }
-            }
+            // Lost: never shown (under whatever seq the epoch gave it).
+            let acked = inner.acked.get(user).into_iter().flatten();
+            r.lost += acked.filter(|(_, body)| !bodies.contains(body)).count() as u64;
             for (group, members) in &inner.members {
                 if members.contains(user) {
                     group_check(&inner, &mut r, user, device, group);
@@ -207,9 +270,10 @@ fn group_check(inner: &Inner, r: &mut Report, user: &str, device: &str, group: &
         last = last.max(*conv_seq);
         seen.insert(*conv_seq, body);
     }
-    for (conv_seq, (from, body)) in inner.group_acked.get(group).into_iter().flatten() {
+    let bodies: std::collections::HashSet<&String> = got.iter().map(|(_, b)| b).collect();
+    for (from, body) in inner.group_acked.get(group).into_iter().flatten().map(|(_, m)| m) {
         // One device per user in these runs: a sender's own copy is not made.
-        if from != user && seen.get(conv_seq).is_none_or(|b| *b != body) {
+        if from != user && !bodies.contains(body) {
             r.lost += 1;
         }
     }
@@ -317,7 +381,9 @@ mod tests {
         assert!(r.clean());
         assert_eq!(
             r.to_string(),
-            "chaos: sent=1 acked=1 delivered=1 lost=0 duplicated=0 out_of_order=0 max_reconnect_ms=0"
+            "chaos: sent=1 acked=1 delivered=1 lost=0 duplicated=0 out_of_order=0 \
+             max_reconnect_ms=0 faults=node_kill:0,node_drain:0,redis_kill:0,redis_failover:0,\
+             partition:0"
         );
     }
 }

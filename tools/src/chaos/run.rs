@@ -1,62 +1,20 @@
 //! `tim chaos`: nodes and a redis-server as child processes (through the [`crate::harness`]),
 //! users on the resilient client sending to each other and into groups, faults on a schedule,
 //! then the ledger's verdict.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tracing::info;
 
+use super::cluster::Cluster;
+use super::faults::{self, Schedule};
+use super::options::{ChaosError, ChaosOptions, setup};
 use super::{Ledger, Report};
-use crate::harness::{self, HarnessError, Probe, RedisServer, Server};
+use crate::harness;
 use tim::client::resilient::{Client, ClientEvent, Config, Handle};
 use tim::proto::groups_client::GroupsClient;
-
-/// What to run.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ChaosOptions {
-    /// Nodes to start.
-    #[arg(long, default_value_t = 3)]
-    pub nodes: usize,
-    /// Simulated users, each on its own connection.
-    #[arg(long, default_value_t = 20)]
-    pub users: usize,
-    /// How long traffic and faults last.
-    #[arg(long, default_value_t = 30)]
-    pub seconds: u64,
-    /// Messages per second each user sends.
-    #[arg(long, default_value_t = 5)]
-    pub rate: u32,
-    /// Seconds between faults.
-    #[arg(long, default_value_t = 3)]
-    pub fault_every: u64,
-    /// Groups to create (0: none); a quarter of each member's messages go to one of theirs.
-    #[arg(long, default_value_t = 2)]
-    pub groups: usize,
-    /// Members of each group (at most --users).
-    #[arg(long, default_value_t = 8)]
-    pub group_size: usize,
-    /// The redis-server binary.
-    #[arg(long, default_value = "redis-server")]
-    pub redis_server: String,
-    /// The tim executable to start nodes from (default: the `tim` beside this executable).
-    #[arg(long, env = harness::TIM_BIN)]
-    pub tim: Option<PathBuf>,
-}
-
-/// Why a chaos run could not be carried out (not a verdict on delivery).
-#[derive(Debug, thiserror::Error)]
-pub enum ChaosError {
-    #[error("{0}")]
-    Setup(String),
-    #[error(transparent)]
-    Harness(#[from] HarnessError),
-}
-
-fn setup(e: impl std::fmt::Display) -> ChaosError {
-    ChaosError::Setup(e.to_string())
-}
 
 /// Runs the whole scenario and returns the verdict.
 pub async fn run(opts: &ChaosOptions) -> Result<Report, ChaosError> {
@@ -72,39 +30,9 @@ pub async fn run(opts: &ChaosOptions) -> Result<Report, ChaosError> {
     }
 }
 
-/// Starts redis-server with an AOF fsync'ed on every write (a blocking start, off the runtime).
-async fn start_redis(binary: &str) -> Result<RedisServer, ChaosError> {
-    let binary = binary.to_string();
-    let started = tokio::task::spawn_blocking(move || RedisServer::start(&binary, true, Vec::new));
-    Ok(started.await.map_err(setup)??)
-}
-
-/// Kills `redis`, and starts it again on the same port and AOF after `down`.
-async fn bounce_redis(mut redis: RedisServer, down: Duration) -> Result<RedisServer, ChaosError> {
-    redis.kill();
-    tokio::time::sleep(down).await;
-    let restarted = tokio::task::spawn_blocking(move || redis.restart().map(|()| redis));
-    Ok(restarted.await.map_err(setup)??)
-}
-
 async fn scenario(opts: &ChaosOptions, tim: &Path) -> Result<Report, ChaosError> {
-    let mut redis = start_redis(&opts.redis_server).await?;
-    let redis_url = redis.url();
-    let secret = tim::ids::new_id();
-    let node_secret = tim::ids::new_id();
-    let addrs: Vec<String> = (0..opts.nodes)
-        .map(|_| harness::free_port().map(|p| format!("127.0.0.1:{p}")))
-        .collect::<Result<_, _>>()
-        .map_err(setup)?;
-    let mut nodes = Vec::new();
-    for addr in &addrs {
-        let peers: Vec<&str> = addrs.iter().filter(|a| *a != addr).map(String::as_str).collect();
-        let flags = ["--peers", &peers.join(","), "--redis", &redis_url, "--token-secret", &secret];
-        let more = ["--node-secret", &node_secret, "--drain-grace", "2s", "--send-rate", "0"];
-        let flags = [&flags[..], &more[..]].concat();
-        let process = harness::tim_serve(tim, addr, &flags).env("RUST_LOG", "error");
-        nodes.push(Server::start(process, addr, Probe::Health).await?);
-    }
+    let mut cluster = Cluster::start(opts, tim).await?;
+    let gateways = cluster.gateways();
     info!(nodes = opts.nodes, users = opts.users, "cluster up; starting traffic");
 
     let ledger = Arc::new(Ledger::default());
@@ -112,54 +40,38 @@ async fn scenario(opts: &ChaosOptions, tim: &Path) -> Result<Report, ChaosError>
     let mut handles = Vec::new();
     let mut readers = Vec::new();
     for user in &users {
-        let mut config = Config::new(addrs.clone(), user, "phone");
+        let mut config = Config::new(gateways.clone(), user, "phone");
         config.backoff_min = Duration::from_millis(200);
         config.backoff_max = Duration::from_secs(2);
         config.options.keepalive_interval = Duration::from_secs(2);
         config.options.keepalive_timeout = Duration::from_secs(3);
+        config.options.connect_to = cluster.connect_to();
         let client = Client::start(config);
         handles.push(client.handle());
         readers.push(tokio::spawn(record(client, user.clone(), ledger.clone())));
     }
-    let groups = create_groups(opts, &addrs[0], &users, &ledger).await?;
-    let stop = Arc::new(AtomicBool::new(false));
+    let groups = create_groups(opts, &gateways[0], &users, &ledger).await?;
+    let budget = Arc::new(AtomicU64::new(opts.messages.unwrap_or(u64::MAX)));
     let period = Duration::from_secs_f64(1.0 / f64::from(opts.rate.max(1)));
+    let end = Instant::now() + Duration::from_secs(opts.seconds);
     let mut senders = Vec::new();
     for (i, handle) in handles.iter().enumerate() {
-        let (h, ledger, users, stop) =
-            (handle.clone(), ledger.clone(), users.clone(), stop.clone());
+        let (h, ledger, users, budget) =
+            (handle.clone(), ledger.clone(), users.clone(), budget.clone());
         let mine: Vec<String> =
             groups.iter().filter(|(_, m)| m.contains(&users[i])).map(|(g, _)| g.clone()).collect();
-        senders.push(tokio::spawn(send_loop(h, i, users, mine, ledger, stop, period)));
+        let traffic = Traffic { i, users, groups: mine, period, end, budget };
+        senders.push(tokio::spawn(send_loop(h, traffic, ledger)));
     }
 
-    // Faults, in rotation, until time is up.
-    let end = Instant::now() + Duration::from_secs(opts.seconds);
-    let mut round = 0usize;
-    while Instant::now() + Duration::from_secs(opts.fault_every) < end {
-        tokio::time::sleep(Duration::from_secs(opts.fault_every)).await;
-        let victim = rand::random_range(0..nodes.len());
-        match round % 3 {
-            0 => {
-                info!(node = %addrs[victim], "fault: SIGKILL node, restart in 1 s");
-                nodes[victim].kill();
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                nodes[victim].restart().await?;
-            }
-            1 => {
-                info!("fault: SIGKILL redis, restart in 1 s");
-                redis = bounce_redis(redis, Duration::from_secs(1)).await?;
-            }
-            _ => {
-                info!(node = %addrs[victim], "fault: SIGTERM node (drain), restart");
-                let _ = nodes[victim].terminate().await;
-                nodes[victim].restart().await?;
-            }
-        }
-        round += 1;
+    // Faults, in rotation, while the traffic lasts.
+    let over = || budget.load(Ordering::Relaxed) == 0 || Instant::now() >= end;
+    let every = Duration::from_secs(opts.fault_every);
+    let schedule = Schedule { every, hold: Duration::from_secs(opts.hold) };
+    let faults = faults::run(&mut cluster, &opts.faults, schedule, over).await?;
+    while !over() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(end.saturating_duration_since(Instant::now())).await;
-    stop.store(true, Ordering::Relaxed);
     info!("traffic stopped; waiting for every acked message to arrive");
     // One deadline for all: a sender still waiting then gives up (its send counts as unacked).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -174,14 +86,16 @@ async fn scenario(opts: &ChaosOptions, tim: &Path) -> Result<Report, ChaosError>
         users.iter().map(|u| (u.clone(), "phone".into())).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     while ledger.outstanding(&devices) > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let report = ledger.report_for(&devices);
+    let report = Report { faults, ..ledger.report_for(&devices) };
+    for lost in ledger.lost_examples(&devices, 20) {
+        tracing::warn!(%lost, "an acked message never arrived");
+    }
     for r in readers {
         r.abort();
     }
-    drop(nodes);
-    drop(redis);
+    drop(cluster);
     Ok(report)
 }
 
@@ -218,33 +132,44 @@ async fn create_groups(
     Ok(groups)
 }
 
-async fn send_loop(
-    h: Handle,
+/// One user's sending: to random others and (a quarter) into its groups, one message each
+/// `period` (or, when an ack takes longer, as soon as it came), until `end` or until the run's
+/// `budget` is spent.
+struct Traffic {
     i: usize,
     users: Vec<String>,
     groups: Vec<String>,
-    ledger: Arc<Ledger>,
-    stop: Arc<AtomicBool>,
     period: Duration,
-) {
+    end: Instant,
+    budget: Arc<AtomicU64>,
+}
+
+async fn send_loop(h: Handle, t: Traffic, ledger: Arc<Ledger>) {
+    let me = &t.users[t.i];
     let mut n = 0u64;
-    while !stop.load(Ordering::Relaxed) {
+    let take = |b: u64| b.checked_sub(1);
+    let mut tick = tokio::time::interval(t.period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while Instant::now() < t.end
+        && t.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, take).is_ok()
+    {
         n += 1;
-        let body = format!("{}#{n}", users[i]);
+        let body = format!("{me}#{n}");
         ledger.sent();
         // Retried across reconnects until stored; only a client that stopped gives up.
-        if !groups.is_empty() && rand::random_range(0..4) == 0 {
-            let group = &groups[rand::random_range(0..groups.len())];
+        if !t.groups.is_empty() && rand::random_range(0..4) == 0 {
+            let group = &t.groups[rand::random_range(0..t.groups.len())];
             if let Ok(ack) = h.send_to_group(group, &body).await {
-                ledger.acked_group(group, ack.conv_seq, &users[i], &body);
+                ledger.acked_group(group, ack.conv_seq, me, &body);
             }
         } else {
-            let to = &users[(i + 1 + rand::random_range(0..users.len() - 1)) % users.len()];
+            let others = t.users.len() - 1;
+            let to = &t.users[(t.i + 1 + rand::random_range(0..others)) % t.users.len()];
             if let Ok(ack) = h.send(to, &body).await {
                 ledger.acked(to, ack.seq, &body);
             }
         }
-        tokio::time::sleep(period).await;
+        tick.tick().await;
     }
 }
 
@@ -270,7 +195,8 @@ pub async fn record(mut client: Client, user: String, ledger: Arc<Ledger>) {
             ClientEvent::Disconnected { .. } => {
                 down_since.get_or_insert_with(Instant::now);
             }
-            ClientEvent::Connected { .. } => {
+            ClientEvent::Connected { inbox_epoch, .. } => {
+                ledger.epoch(&user, "phone", &inbox_epoch);
                 if let Some(t) = down_since.take() {
                     ledger.reconnected(t.elapsed().as_millis() as u64);
                 }
