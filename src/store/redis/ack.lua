@@ -27,16 +27,30 @@ local function rolled_back(inbox, last, up_to, cursor, a)
   if cursor < stored then
     return stored
   end
+  -- What was sent above the cursor, checked in one read of that stretch of the inbox.
+  local sent, low, high = {}, nil, nil
   for seq, msg_id in string.gmatch(ARGV[a + 4], '(%d+):([^,]+)') do
     seq = tonumber(seq)
     if seq > cursor and seq <= up_to then
-      local held = redis.call('XRANGE', inbox, seq .. '-0', seq .. '-0')
-      if #held == 1 then
-        local f = held[1][2]
-        for j = 1, #f, 2 do
-          if f[j] == 'msg_id' and f[j + 1] ~= msg_id then
+      sent[seq] = msg_id
+      low = math.min(low or seq, seq)
+      high = math.max(high or seq, seq)
+    end
+  end
+  if not low then
+    return nil
+  end
+  for _, e in ipairs(redis.call('XRANGE', inbox, low .. '-0', high .. '-0')) do
+    local seq = tonumber(string.match(e[1], '^(%d+)'))
+    local want = sent[seq]
+    if want then
+      local f = e[2]
+      for j = 1, #f, 2 do
+        if f[j] == 'msg_id' then
+          if f[j + 1] ~= want then
             return seq
           end
+          break
         end
       end
     end
