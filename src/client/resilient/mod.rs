@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{ClientError, Options};
 use crate::proto;
 
+mod outgoing;
 mod shown;
 mod supervisor;
 

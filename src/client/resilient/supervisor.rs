@@ -10,21 +10,11 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::Code;
 use tracing::debug;
 
+use super::outgoing::{Outgoing, tag, with_id};
 use super::shown::Shown;
 use super::{ClientEvent, Cmd, Config};
 use crate::client::{ClientError, Event, Session, login};
 use crate::proto;
-
-struct Outgoing {
-    /// The message, without its client_msg_id (kept beside it).
-    msg: proto::SendMessage,
-    reply: Option<oneshot::Sender<Result<proto::SendAck, ClientError>>>,
-}
-
-/// `msg` with its client_msg_id.
-fn with_id(id: &str, msg: &proto::SendMessage) -> proto::SendMessage {
-    proto::SendMessage { client_msg_id: id.to_string(), ..msg.clone() }
-}
 
 /// How a connection ended.
 enum Ended {
@@ -398,11 +388,4 @@ impl Supervisor {
             }
         }
     }
-}
-
-async fn tag(
-    id: String,
-    ack: impl Future<Output = Result<proto::SendAck, ClientError>>,
-) -> (String, Result<proto::SendAck, ClientError>) {
-    (id, ack.await)
 }
