@@ -27,7 +27,7 @@ pub enum StoreError {
     /// The backend cannot be reached or timed out; nothing was written. Retryable.
     #[error("store unavailable: {0}")]
     Unavailable(String),
-    /// The inbox no longer holds what the device acked at `seq` (see [`InboxStore::ack`]).
+    /// The inbox no longer holds what the device acked at `seq` (see [`Inbox::ack`]).
     #[error("the inbox was rolled back: seq {seq} is not the message the device acked")]
     RolledBack { seq: u64 },
     /// The backend answered something we do not understand.

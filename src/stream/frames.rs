@@ -70,16 +70,17 @@ impl Session {
         Ok(())
     }
 
-    /// Stores the device's cursor, checked against the message this session sent at `up_to`.
-    /// A failed store is retried by the next ack; an inbox rolled back under the device ends the
-    /// stream, so that the client resumes where the store can tell (see `Session::start`).
+    /// Stores the device's cursor, checked against what this session sent above the cursor it
+    /// last stored. A failed store is retried by the next ack; an inbox rolled back under the
+    /// device ends the stream, so that the client resumes where the store can tell (see
+    /// `Session::start`).
     pub(super) async fn store_ack(&mut self, up_to: u64) -> Result<(), End> {
         let stored = self.acks.stored();
         let sent = self.sent.iter().filter(|(seq, _)| *seq > stored && *seq <= up_to).cloned();
         let check = AckCheck { stored, sent: sent.collect() };
         match self.node.inbox().ack(&self.user, &self.device, up_to, &check).await {
             Ok(cursor) => {
-                let advanced = cursor.saturating_sub(self.acks.stored());
+                let advanced = cursor.saturating_sub(stored);
                 self.node.metrics().acked.inc_by(advanced);
                 self.acks.set_stored(cursor);
             }

@@ -343,7 +343,8 @@ impl Inbox for MemoryStore {
             let current = u.cursors.get(device).copied().unwrap_or(0);
             let enrolled = u.devices.contains_key(device);
             if enrolled && (up_to > u.last_seq || current < check.stored) {
-                return Err(StoreError::RolledBack { seq: up_to });
+                let seq = if up_to > u.last_seq { up_to } else { check.stored };
+                return Err(StoreError::RolledBack { seq });
             }
             let above = |s: &&(u64, String)| enrolled && s.0 > current && s.0 <= up_to;
             for (seq, id) in check.sent.iter().filter(above) {

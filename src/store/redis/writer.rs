@@ -218,20 +218,15 @@ impl Committer {
             inv.arg(device).arg(up_to).arg(check.stored).arg(sent.join(","));
         }
         let replies: Vec<(i64, Value)> = inv.invoke_async(&mut self.conn.clone()).await?;
-        // 5: rolled back under the device (the seq it acked).
-        let (rolled, replies): (Vec<_>, Vec<_>) =
-            replies.into_iter().enumerate().partition(|(_, (code, _))| *code == ROLLED_BACK);
-        let mut out: Vec<Option<Result<u64, StoreError>>> = (0..call.len()).map(|_| None).collect();
-        for (i, (_, seq)) in rolled {
-            let seq = u64::from_redis_value(seq).unwrap_or(call[i].2);
-            out[i] = Some(Err(StoreError::RolledBack { seq }));
-        }
-        let (at, replies): (Vec<usize>, Vec<_>) = replies.into_iter().unzip();
-        let parsed = item_replies(replies, "ack cursor", |v| u64::from_redis_value(v).ok());
-        for (i, r) in at.into_iter().zip(parsed) {
-            out[i] = Some(r);
-        }
-        Ok(out.into_iter().map(|r| r.expect("every ack answered")).collect())
+        let cursor = |v: Value| u64::from_redis_value(v).ok();
+        let each = replies.into_iter().zip(call).map(|((code, value), (_, _, up_to, ..))| {
+            match code {
+                // Rolled back under the device: the seq that shows it.
+                ROLLED_BACK => Err(StoreError::RolledBack { seq: cursor(value).unwrap_or(*up_to) }),
+                _ => item_reply((code, value), "ack cursor", cursor),
+            }
+        });
+        Ok(each.collect())
     }
 
     async fn refresh_all(&self, refreshes: Vec<(Refresh, Reply<bool>)>) {
@@ -300,14 +295,22 @@ fn item_replies<R>(
     what: &str,
     ok: impl Fn(Value) -> Option<R>,
 ) -> Vec<Result<R, StoreError>> {
-    let item = |(code, value): (i64, Value)| match code {
+    replies.into_iter().map(|reply| item_reply(reply, what, &ok)).collect()
+}
+
+/// One item's reply of a batch script (see [`item_replies`]).
+fn item_reply<R>(
+    (code, value): (i64, Value),
+    what: &str,
+    ok: impl Fn(Value) -> Option<R>,
+) -> Result<R, StoreError> {
+    match code {
         0 => ok(value).ok_or_else(|| bad(what)),
         _ => Err(StoreError::Internal(
             String::from_redis_value(value)
                 .unwrap_or_else(|_| format!("{what}: the script failed")),
         )),
-    };
-    replies.into_iter().map(item).collect()
+    }
 }
 
 /// The stored message `msg` became, and the sender's copy. For a duplicate: the first copy's
