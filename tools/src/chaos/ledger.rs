@@ -2,7 +2,7 @@
 //! (with the recipient's seq, or for a group message its conversation seq) and what each device
 //! received, and says whether anything acked was lost, shown twice or shown out of order
 //! (in its inbox's seq order, in each sender's order, and in each group's conversation order).
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use super::faults::Faults;
@@ -175,27 +175,13 @@ impl Ledger {
         let inner = self.lock();
         let mut out = Vec::new();
         for (user, device) in devices {
-            let key = (user.clone(), device.clone());
-            let got = inner.received.get(&key).map_or(&[][..], Vec::as_slice);
-            let bodies: std::collections::HashSet<&String> = got.iter().map(|(_, b)| b).collect();
-            for (seq, body) in inner.acked.get(user).into_iter().flatten() {
-                if !bodies.contains(body) {
-                    out.push(format!("{user} {seq} {body}"));
-                }
-            }
-            for (group, acked) in &inner.group_acked {
-                let members = inner.members.get(group).map_or(&[][..], Vec::as_slice);
-                if !members.contains(user) {
-                    continue;
-                }
-                for (cseq, (from, body)) in acked {
-                    if from != user && !bodies.contains(body) {
-                        out.push(format!("{user} {group}#{cseq} {body}"));
-                    }
-                }
+            let got = inner.received.get(&(user.clone(), device.clone()));
+            let shown: HashSet<&String> = got.into_iter().flatten().map(|(_, b)| b).collect();
+            out.extend(never_shown(&inner, user, &shown).take(n - out.len()));
+            if out.len() == n {
+                break;
             }
         }
-        out.truncate(n);
         out
     }
 
@@ -217,7 +203,7 @@ impl Ledger {
             // Seqs count within an inbox epoch: a new one (the store rolled the inbox back)
             // starts them again. Bodies are unique per message, whatever the epoch.
             let mut seen = HashMap::new();
-            let mut bodies = std::collections::HashSet::new();
+            let mut bodies = HashSet::new();
             let mut last = 0;
             let mut last_of_sender: HashMap<&str, u64> = HashMap::new();
             for (seq, body) in got {
@@ -244,11 +230,10 @@ impl Ledger {
                 last = last.max(*seq);
             }
             // Lost: never shown (under whatever seq the epoch gave it).
-            let acked = inner.acked.get(user).into_iter().flatten();
-            r.lost += acked.filter(|(_, body)| !bodies.contains(body)).count() as u64;
+            r.lost += never_shown(&inner, user, &bodies).count() as u64;
             for (group, members) in &inner.members {
                 if members.contains(user) {
-                    group_check(&inner, &mut r, user, device, group);
+                    group_order(&inner, &mut r, user, device, group);
                 }
             }
         }
@@ -256,26 +241,44 @@ impl Ledger {
     }
 }
 
-/// Every acked message of `group` from another member reached `user`'s `device` once, in the
-/// group's conversation order (duplicates are counted by the inbox checks).
-fn group_check(inner: &Inner, r: &mut Report, user: &str, device: &str, group: &str) {
+/// The acked messages `user`'s device never showed (`shown`: the bodies it did show), direct
+/// ones and those of its groups from other members, as `lost_examples` names them.
+fn never_shown<'a>(
+    inner: &'a Inner,
+    user: &'a str,
+    shown: &'a HashSet<&String>,
+) -> impl Iterator<Item = String> + 'a {
+    let direct = inner.acked.get(user).into_iter().flatten();
+    let direct = direct
+        .filter(|(_, body)| !shown.contains(body))
+        .map(move |(seq, body)| format!("{user} {seq} {body}"));
+    let member = move |group: &&String| {
+        inner.members.get(*group).is_some_and(|m| m.iter().any(|u| u == user))
+    };
+    let groups =
+        inner.group_acked.iter().filter(move |(g, _)| member(g)).flat_map(move |(g, acked)| {
+            // One device per user in these runs: a sender's own copy is not made.
+            acked
+                .iter()
+                .filter(move |(_, (from, body))| from != user && !shown.contains(body))
+                .map(move |(cseq, (_, body))| format!("{user} {g}#{cseq} {body}"))
+        });
+    direct.chain(groups)
+}
+
+/// `user`'s `device` showed `group`'s messages in the group's conversation order (loss is
+/// counted by `never_shown`, duplicates by the inbox checks).
+fn group_order(inner: &Inner, r: &mut Report, user: &str, device: &str, group: &str) {
     let key = (user.to_string(), device.to_string(), group.to_string());
     let got = inner.group_received.get(&key).map_or(&[][..], Vec::as_slice);
     let mut last = 0;
-    let mut seen = HashMap::new();
-    for (conv_seq, body) in got {
-        if *conv_seq <= last && !seen.contains_key(conv_seq) {
+    let mut seen = HashSet::new();
+    for (conv_seq, _) in got {
+        if *conv_seq <= last && !seen.contains(conv_seq) {
             r.out_of_order += 1;
         }
         last = last.max(*conv_seq);
-        seen.insert(*conv_seq, body);
-    }
-    let bodies: std::collections::HashSet<&String> = got.iter().map(|(_, b)| b).collect();
-    for (from, body) in inner.group_acked.get(group).into_iter().flatten().map(|(_, m)| m) {
-        // One device per user in these runs: a sender's own copy is not made.
-        if from != user && !bodies.contains(body) {
-            r.lost += 1;
-        }
+        seen.insert(*conv_seq);
     }
 }
 

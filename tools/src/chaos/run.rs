@@ -39,13 +39,14 @@ async fn scenario(opts: &ChaosOptions, tim: &Path) -> Result<Report, ChaosError>
     let users: Vec<String> = (0..opts.users).map(|i| format!("chaos-user-{i}")).collect();
     let mut handles = Vec::new();
     let mut readers = Vec::new();
+    let connect_to = cluster.connect_to();
     for user in &users {
         let mut config = Config::new(gateways.clone(), user, "phone");
         config.backoff_min = Duration::from_millis(200);
         config.backoff_max = Duration::from_secs(2);
         config.options.keepalive_interval = Duration::from_secs(2);
         config.options.keepalive_timeout = Duration::from_secs(3);
-        config.options.connect_to = cluster.connect_to();
+        config.options.connect_to = connect_to.clone();
         let client = Client::start(config);
         handles.push(client.handle());
         readers.push(tokio::spawn(record(client, user.clone(), ledger.clone())));
