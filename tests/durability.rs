@@ -484,16 +484,7 @@ async fn a_rolled_back_inbox_is_noticed_and_no_acked_message_is_skipped() {
     let mut laptop = node.connect("bob", "laptop", 3).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     // The backup: every key of bob's, as it is now.
-    let keys: Vec<String> = ::redis::cmd("KEYS")
-        .arg(format!("{prefix}:*{{bob}}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let mut backup = Vec::new();
-    for key in &keys {
-        let dump: Vec<u8> = ::redis::cmd("DUMP").arg(key).query_async(&mut conn).await.unwrap();
-        backup.push((key.clone(), dump));
-    }
+    let backup = backup(&mut conn, prefix, "bob").await;
     for i in 4..=5 {
         node.send_unary("alice", &format!("c{i}"), "bob", &format!("m{i}")).await.unwrap();
     }
@@ -505,16 +496,7 @@ async fn a_rolled_back_inbox_is_noticed_and_no_acked_message_is_skipped() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // The restore.
-    for (key, dump) in &backup {
-        let () = ::redis::cmd("RESTORE")
-            .arg(key)
-            .arg(0)
-            .arg(dump.as_slice())
-            .arg("REPLACE")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
+    restore(&mut conn, &backup).await;
     let six = node.send_unary("alice", "c6", "bob", "m6").await.unwrap();
     let seven = node.send_unary("alice", "c7", "bob", "m7").await.unwrap();
     assert_eq!((six.seq, seven.seq), (4, 5), "the rolled-back inbox gave 4 and 5 out again");
@@ -743,23 +725,12 @@ async fn an_ack_past_a_rolled_back_inbox_stores_nothing_and_the_reused_seq_arriv
     assert_eq!(take(&mut phone, 3).await, expected("m", 1, 3));
     phone.sender().ack(3).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let pattern = format!("{prefix}:*{{bob}}*");
-    let keys: Vec<String> =
-        ::redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await.unwrap();
-    let mut backup = Vec::new();
-    for key in &keys {
-        let dump: Vec<u8> = ::redis::cmd("DUMP").arg(key).query_async(&mut conn).await.unwrap();
-        backup.push((key.clone(), dump));
-    }
+    let backup = backup(&mut conn, prefix, "bob").await;
     node.send_unary("alice", "c4", "bob", "m4").await.unwrap();
     assert_eq!(take(&mut phone, 1).await, expected("m", 4, 4));
     let epoch = phone.welcome.inbox_epoch.clone();
     // The rollback: seq 4 is gone, the cursor back at 3.
-    for (key, dump) in &backup {
-        let mut restore = ::redis::cmd("RESTORE");
-        restore.arg(key).arg(0).arg(dump.as_slice()).arg("REPLACE");
-        let () = restore.query_async(&mut conn).await.unwrap();
-    }
+    restore(&mut conn, &backup).await;
     phone.sender().ack(4).await.unwrap();
     match next_event(&mut phone).await {
         Event::Closed(Some(s)) => {
@@ -781,4 +752,29 @@ async fn an_ack_past_a_rolled_back_inbox_stores_nothing_and_the_reused_seq_arriv
     let mut phone = Session::resume(&endpoint, &token, 4, &epoch, "", &opts).await.unwrap();
     assert_ne!(phone.welcome.inbox_epoch, epoch, "a new epoch: old seqs mean nothing");
     assert_eq!(take(&mut phone, 1).await, vec![(4, "m5".to_string())], "nothing acked skipped");
+}
+
+/// Every key of `user`'s (its hash tag), dumped as it is now: the state a rollback goes back to.
+async fn backup(
+    conn: &mut ::redis::aio::MultiplexedConnection,
+    prefix: &str,
+    user: &str,
+) -> Vec<(String, Vec<u8>)> {
+    let pattern = format!("{prefix}:*{{{user}}}*");
+    let keys: Vec<String> = ::redis::cmd("KEYS").arg(&pattern).query_async(conn).await.unwrap();
+    let mut backup = Vec::new();
+    for key in keys {
+        let dump: Vec<u8> = ::redis::cmd("DUMP").arg(&key).query_async(conn).await.unwrap();
+        backup.push((key, dump));
+    }
+    backup
+}
+
+/// Puts each key of `backup` back as it was (keys written since and not in it stay).
+async fn restore(conn: &mut ::redis::aio::MultiplexedConnection, backup: &[(String, Vec<u8>)]) {
+    for (key, dump) in backup {
+        let mut restore = ::redis::cmd("RESTORE");
+        restore.arg(key).arg(0).arg(dump.as_slice()).arg("REPLACE");
+        let () = restore.query_async(conn).await.unwrap();
+    }
 }
